@@ -1,0 +1,127 @@
+use leptos::server_fn::{
+    codec::JsonEncoding,
+    error::{FromServerFnError, ServerFnErrorErr},
+};
+use serde::{Deserialize, Serialize};
+
+/// Every error a console user can meet, with a message that says what to do.
+///
+/// The same enum travels from server functions to the browser and backs the
+/// JSON API's error bodies, so a given failure reads the same everywhere.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum ConsoleError {
+    #[error("Sign in to continue.")]
+    Unauthenticated,
+    #[error("Only organization admins can do this.")]
+    Forbidden,
+    #[error("Email or password is incorrect.")]
+    InvalidCredentials,
+    #[error("Too many sign-in attempts. Try again in {retry_after_secs} seconds.")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("{field}: {message}")]
+    InvalidInput { field: String, message: String },
+    #[error("{what} was not found.")]
+    NotFound { what: String },
+    #[error("{message}")]
+    Conflict { message: String },
+    #[error("Something went wrong on our side. Try again; if it keeps happening, contact support.")]
+    Internal,
+    #[error("The request could not be completed: {message}")]
+    Request { message: String },
+}
+
+impl ConsoleError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::InvalidInput {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::NotFound {
+            what: what.to_string(),
+        }
+    }
+
+    /// Stable machine-readable code, the same as the serialized `code` tag.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::InvalidInput { .. } => "invalid_input",
+            Self::NotFound { .. } => "not_found",
+            Self::Conflict { .. } => "conflict",
+            Self::Internal => "internal",
+            Self::Request { .. } => "request",
+        }
+    }
+
+    /// The HTTP status this error maps to.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Unauthenticated | Self::InvalidCredentials => 401,
+            Self::Forbidden => 403,
+            Self::RateLimited { .. } => 429,
+            Self::InvalidInput { .. } | Self::Request { .. } => 400,
+            Self::NotFound { .. } => 404,
+            Self::Conflict { .. } => 409,
+            Self::Internal => 500,
+        }
+    }
+}
+
+impl FromServerFnError for ConsoleError {
+    type Encoder = JsonEncoding;
+
+    fn from_server_fn_error(value: ServerFnErrorErr) -> Self {
+        let message = match value {
+            ServerFnErrorErr::Args(m) | ServerFnErrorErr::MissingArg(m) => {
+                format!("a form field is missing or malformed ({m})")
+            }
+            ServerFnErrorErr::Request(_) => "the server could not be reached".to_string(),
+            other => other.to_string(),
+        };
+        Self::Request { message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_matches_serialized_tag() {
+        let errors = [
+            ConsoleError::Unauthenticated,
+            ConsoleError::Forbidden,
+            ConsoleError::InvalidCredentials,
+            ConsoleError::RateLimited { retry_after_secs: 3 },
+            ConsoleError::invalid("email", "x"),
+            ConsoleError::not_found("User"),
+            ConsoleError::Conflict { message: "x".into() },
+            ConsoleError::Internal,
+            ConsoleError::Request { message: "x".into() },
+        ];
+        for e in errors {
+            let json = serde_json_value(&e);
+            assert!(json.contains(&format!("\"code\":\"{}\"", e.code())), "{json}");
+        }
+    }
+
+    fn serde_json_value(e: &ConsoleError) -> String {
+        String::from_utf8(JsonEncoding::encode(e).expect("encodes").to_vec()).expect("utf8")
+    }
+
+    use leptos::server_fn::codec::Encodes;
+
+    #[test]
+    fn malformed_arguments_read_as_a_request_error() {
+        let e = ConsoleError::from_server_fn_error(ServerFnErrorErr::Args("bad".into()));
+        assert_eq!(e.status(), 400);
+        assert!(e.to_string().contains("malformed"));
+    }
+}

@@ -1,0 +1,12 @@
+//! What the console asks of the server: shared types, the error type, and the
+//! server functions (bodies run on the server, stubs are compiled into the client).
+
+mod auth;
+mod error;
+mod types;
+mod users;
+
+pub use auth::*;
+pub use error::ConsoleError;
+pub use types::*;
+pub use users::*;

@@ -1,0 +1,44 @@
+use super::{AuditEntry, ConsoleError, UserSummary};
+#[cfg(feature = "ssr")]
+use super::{NewUser, Role};
+use leptos::prelude::*;
+
+#[server(endpoint = "users")]
+pub async fn list_users() -> Result<Vec<UserSummary>, ConsoleError> {
+    crate::backend::console()?.list_users().await
+}
+
+/// Adds a user to the caller's organization with an initial password the
+/// admin hands over; the role arrives as text from the form and is checked here.
+#[server(endpoint = "create_user")]
+pub async fn create_user(
+    email: String,
+    name: String,
+    role: String,
+    password: String,
+) -> Result<UserSummary, ConsoleError> {
+    let role: Role = role
+        .parse()
+        .map_err(|m: String| ConsoleError::invalid("role", m))?;
+    crate::backend::console()?
+        .create_user(NewUser {
+            email,
+            name,
+            role,
+            password,
+        })
+        .await
+}
+
+#[server(endpoint = "set_user_role")]
+pub async fn set_user_role(user_id: String, role: String) -> Result<UserSummary, ConsoleError> {
+    let role: Role = role
+        .parse()
+        .map_err(|m: String| ConsoleError::invalid("role", m))?;
+    crate::backend::console()?.set_user_role(&user_id, role).await
+}
+
+#[server(endpoint = "audit_log")]
+pub async fn audit_log() -> Result<Vec<AuditEntry>, ConsoleError> {
+    crate::backend::console()?.audit_log(100).await
+}

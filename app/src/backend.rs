@@ -1,0 +1,31 @@
+//! The seam between server functions and the server that owns state.
+//!
+//! The server crate implements [`Console`] for one request (database, session,
+//! caller address) and provides it as context; server functions stay thin.
+
+use crate::api::{AuditEntry, ConsoleError, NewUser, OrgSummary, Role, UserSummary, Viewer};
+use leptos::prelude::use_context;
+use std::sync::Arc;
+
+#[async_trait::async_trait]
+pub trait Console: Send + Sync {
+    async fn viewer(&self) -> Result<Option<Viewer>, ConsoleError>;
+    async fn sign_in(&self, email: &str, password: &str) -> Result<Viewer, ConsoleError>;
+    async fn sign_out(&self) -> Result<(), ConsoleError>;
+    async fn overview(&self) -> Result<OrgSummary, ConsoleError>;
+    async fn list_users(&self) -> Result<Vec<UserSummary>, ConsoleError>;
+    async fn create_user(&self, new: NewUser) -> Result<UserSummary, ConsoleError>;
+    async fn set_user_role(&self, user_id: &str, role: Role) -> Result<UserSummary, ConsoleError>;
+    async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, ConsoleError>;
+}
+
+pub type ConsoleHandle = Arc<dyn Console>;
+
+/// The request's console, provided by the server for every page render and
+/// server function call.
+pub fn console() -> Result<ConsoleHandle, ConsoleError> {
+    use_context::<ConsoleHandle>().ok_or_else(|| {
+        tracing::error!("no Console in context: server wiring is broken");
+        ConsoleError::Internal
+    })
+}

@@ -1,0 +1,132 @@
+use crate::api::{audit_log, list_users, AuditEntry, CreateUser, SetUserRole, UserSummary};
+use crate::components::ErrorPanel;
+use leptos::prelude::*;
+use leptos_meta::Title;
+
+/// Users and roles of the organization, and its audit log. Admins only: the
+/// server refuses members, and the page shows that refusal.
+#[component]
+pub fn AdminPage() -> impl IntoView {
+    let create = ServerAction::<CreateUser>::new();
+    let set_role = ServerAction::<SetUserRole>::new();
+    let users = Resource::new(
+        move || (create.version().get(), set_role.version().get()),
+        |_| list_users(),
+    );
+    let audit = Resource::new(
+        move || (create.version().get(), set_role.version().get()),
+        |_| audit_log(),
+    );
+
+    view! {
+        <Title text="Admin" />
+        <div class="page-header">
+            <h1>"Admin"</h1>
+        </div>
+        <Suspense fallback=|| view! { <p class="muted">"Loading users…"</p> }>
+            {move || Suspend::new(async move {
+                match users.await {
+                    Ok(list) => view! {
+                        <UsersTable users=list set_role=set_role />
+                        <NewUserForm create=create />
+                    }.into_any(),
+                    Err(e) => view! { <ErrorPanel error=e /> }.into_any(),
+                }
+            })}
+        </Suspense>
+        <Suspense>
+            {move || Suspend::new(async move {
+                audit.await.ok().map(|entries| view! { <AuditTable entries /> })
+            })}
+        </Suspense>
+    }
+}
+
+#[component]
+fn UsersTable(users: Vec<UserSummary>, set_role: ServerAction<SetUserRole>) -> impl IntoView {
+    let error = move || set_role.value().get().and_then(|r| r.err());
+    view! {
+        <section class="panel" aria-labelledby="users-title">
+            <h2 id="users-title">"Users"</h2>
+            {move || error().map(|e| view! { <p class="field-error" role="alert">{e.to_string()}</p> })}
+            <table class="table">
+                <thead>
+                    <tr><th scope="col">"Name"</th><th scope="col">"Email"</th><th scope="col">"Role"</th><th scope="col">"Added"</th></tr>
+                </thead>
+                <tbody>
+                    {users.into_iter().map(|u| {
+                        let other = if u.role == crate::api::Role::Admin { "member" } else { "admin" };
+                        view! {
+                            <tr>
+                                <td>{u.name.clone()}</td>
+                                <td>{u.email.clone()}</td>
+                                <td>
+                                    <span class="badge">{u.role.to_string()}</span>
+                                    <ActionForm action=set_role attr:class="inline">
+                                        <input type="hidden" name="user_id" value=u.id.clone() />
+                                        <input type="hidden" name="role" value=other />
+                                        <button type="submit" class="link">{format!("Make {other}")}</button>
+                                    </ActionForm>
+                                </td>
+                                <td><time datetime=u.created_at.clone()>{u.created_at.get(..10).unwrap_or_default().to_string()}</time></td>
+                            </tr>
+                        }
+                    }).collect_view()}
+                </tbody>
+            </table>
+        </section>
+    }
+}
+
+#[component]
+fn NewUserForm(create: ServerAction<CreateUser>) -> impl IntoView {
+    let result = move || create.value().get();
+    view! {
+        <section class="panel" aria-labelledby="new-user-title">
+            <h2 id="new-user-title">"Add a user"</h2>
+            <p class="muted">"They sign in with this email and the initial password you hand them."</p>
+            <ActionForm action=create attr:class="form form-grid">
+                <label for="new-name">"Name"</label>
+                <input id="new-name" name="name" required maxlength="100" />
+                <label for="new-email">"Email"</label>
+                <input id="new-email" name="email" type="email" required maxlength="254" />
+                <label for="new-role">"Role"</label>
+                <select id="new-role" name="role">
+                    <option value="member" selected>"Member"</option>
+                    <option value="admin">"Admin"</option>
+                </select>
+                <label for="new-password">"Initial password"</label>
+                <input id="new-password" name="password" type="password" required minlength="12" maxlength="1024" autocomplete="new-password" />
+                <button type="submit" class="primary" disabled=move || create.pending().get()>"Add user"</button>
+            </ActionForm>
+            {move || result().map(|r| match r {
+                Ok(u) => view! { <p class="notice notice-ok" role="status">{format!("Added {} as {}.", u.email, u.role)}</p> }.into_any(),
+                Err(e) => view! { <p class="field-error" role="alert">{e.to_string()}</p> }.into_any(),
+            })}
+        </section>
+    }
+}
+
+#[component]
+fn AuditTable(entries: Vec<AuditEntry>) -> impl IntoView {
+    view! {
+        <section class="panel" aria-labelledby="audit-title">
+            <h2 id="audit-title">"Audit log"</h2>
+            <table class="table">
+                <thead>
+                    <tr><th scope="col">"When"</th><th scope="col">"Who"</th><th scope="col">"What"</th><th scope="col">"Target"</th></tr>
+                </thead>
+                <tbody>
+                    {entries.into_iter().map(|e| view! {
+                        <tr>
+                            <td><time datetime=e.at.clone()>{e.at.replace('T', " ").get(..19).unwrap_or_default().to_string()}</time></td>
+                            <td>{e.actor.unwrap_or_else(|| "—".into())}</td>
+                            <td><code>{e.action}</code></td>
+                            <td>{e.target.unwrap_or_default()}</td>
+                        </tr>
+                    }).collect_view()}
+                </tbody>
+            </table>
+        </section>
+    }
+}

@@ -1,0 +1,56 @@
+//! Sections whose content arrives with later capabilities; until then each
+//! says plainly what it will hold and what to do first.
+
+use leptos::prelude::*;
+use leptos_meta::Title;
+
+#[component]
+fn EmptySection(
+    title: &'static str,
+    headline: &'static str,
+    detail: &'static str,
+) -> impl IntoView {
+    view! {
+        <Title text=title />
+        <div class="page-header">
+            <h1>{title}</h1>
+        </div>
+        <section class="empty-state">
+            <h2>{headline}</h2>
+            <p>{detail}</p>
+        </section>
+    }
+}
+
+#[component]
+pub fn NetworksPage() -> impl IntoView {
+    view! {
+        <EmptySection
+            title="Networks"
+            headline="No networks yet"
+            detail="A network connects VPCs in several regions and accounts as a full mesh, a transit hub with spokes, or a mesh core with leaf VPCs. Add an AWS account first; then create a network here."
+        />
+    }
+}
+
+#[component]
+pub fn AccountsPage() -> impl IntoView {
+    view! {
+        <EmptySection
+            title="Accounts"
+            headline="No AWS accounts yet"
+            detail="vpcmesh works in your AWS accounts through a role you create with our CloudFormation template. The role trusts vpcmesh only with your organization's external ID."
+        />
+    }
+}
+
+#[component]
+pub fn KeysPage() -> impl IntoView {
+    view! {
+        <EmptySection
+            title="Keys"
+            headline="No key epochs yet"
+            detail="Each network's tunnel keys come from your own KMS key. vpcmesh stores only the encrypted data key; appliances decrypt it in your account. Epochs, rotation and invalidation appear here once a network exists."
+        />
+    }
+}

@@ -1,0 +1,13 @@
+//! One module per console page.
+
+mod admin;
+mod dashboard;
+mod empty_sections;
+mod not_found;
+mod sign_in;
+
+pub use admin::AdminPage;
+pub use dashboard::DashboardPage;
+pub use empty_sections::{AccountsPage, KeysPage, NetworksPage};
+pub use not_found::NotFoundPage;
+pub use sign_in::SignInPage;

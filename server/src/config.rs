@@ -1,0 +1,185 @@
+//! Start-up configuration: flags and environment, validated once.
+
+use clap::{Parser, ValueEnum};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use url::Url;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "vpcmesh-server", version, about = "vpcmesh control plane and console")]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "LEPTOS_SITE_ADDR", default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+    /// The URL users type to reach the console (scheme + host + port). Cookies
+    /// are Secure when it is https; state-changing requests must come from it.
+    #[arg(long, env = "VPCMESH_PUBLIC_URL")]
+    pub public_url: Option<Url>,
+    /// Allow a plain-http public URL on a non-loopback host (closed labs only).
+    #[arg(long, env = "VPCMESH_INSECURE_HTTP")]
+    pub insecure_http: bool,
+    /// Postgres connection URL. Overrides --embedded-postgres.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Run a private Postgres cluster with its data in this folder.
+    #[arg(long, env = "VPCMESH_EMBEDDED_POSTGRES")]
+    pub embedded_postgres: Option<PathBuf>,
+    /// Folder with the built site (pkg/ with the WASM bundle and CSS).
+    #[arg(long, env = "LEPTOS_SITE_ROOT", default_value = "target/site")]
+    pub site_root: String,
+    /// Name of the WASM/JS/CSS bundle inside pkg/.
+    #[arg(long, env = "LEPTOS_OUTPUT_NAME", default_value = "vpcmesh")]
+    pub output_name: String,
+    /// A console session ends after this long without a request.
+    #[arg(long, env = "VPCMESH_SESSION_IDLE_SECS", default_value_t = 12 * 3600)]
+    pub session_idle_secs: u64,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "VPCMESH_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// Take the client address from X-Forwarded-For (only behind a trusted load balancer).
+    #[arg(long, env = "VPCMESH_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
+    /// AWS endpoint override (the local emulator); unset means real AWS.
+    #[arg(long, env = "VPCMESH_AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<Url>,
+    /// Ensure a demo organization whose admin has this email; prints a fresh password.
+    #[arg(long, env = "VPCMESH_DEMO_ADMIN")]
+    pub demo_admin: Option<String>,
+    #[arg(long, env = "VPCMESH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// What the running server needs to know, derived from [`Config`] and checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `scheme://host[:port]` that state-changing requests must come from.
+    pub public_origin: String,
+    pub secure_cookies: bool,
+    pub session_idle: Duration,
+    pub max_body_bytes: usize,
+    pub trust_forwarded_for: bool,
+    pub aws_endpoint_url: Option<Url>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--public-url must be http or https, got '{0}'")]
+    Scheme(String),
+    #[error("--public-url must have a host")]
+    NoHost,
+    #[error("--public-url {0} is plain http on a non-loopback host: use https (TLS at the load balancer) or pass --insecure-http for a closed lab")]
+    InsecureHttp(String),
+    #[error("--session-idle-secs must be between 1 and 2592000 (30 days)")]
+    SessionIdle,
+    #[error("--max-body-bytes must be between 1024 and 16777216")]
+    BodyLimit,
+    #[error("set --database-url (DATABASE_URL) or --embedded-postgres DIR")]
+    NoDatabase,
+}
+
+impl Config {
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let public = match &self.public_url {
+            Some(u) => u.clone(),
+            None => Url::parse(&format!("http://{}", self.listen)).map_err(|_| ConfigError::NoHost)?,
+        };
+        let scheme = public.scheme();
+        if scheme != "http" && scheme != "https" {
+            return Err(ConfigError::Scheme(scheme.to_string()));
+        }
+        let host = public.host_str().ok_or(ConfigError::NoHost)?;
+        if scheme == "http" && !is_loopback_host(host) && !self.insecure_http {
+            return Err(ConfigError::InsecureHttp(public.to_string()));
+        }
+        if self.session_idle_secs == 0 || self.session_idle_secs > 30 * 24 * 3600 {
+            return Err(ConfigError::SessionIdle);
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_body_bytes) {
+            return Err(ConfigError::BodyLimit);
+        }
+        if self.database_url.is_none() && self.embedded_postgres.is_none() {
+            return Err(ConfigError::NoDatabase);
+        }
+        Ok(Settings {
+            public_origin: public.origin().ascii_serialization(),
+            secure_cookies: scheme == "https",
+            session_idle: Duration::from_secs(self.session_idle_secs),
+            max_body_bytes: self.max_body_bytes,
+            trust_forwarded_for: self.trust_forwarded_for,
+            aws_endpoint_url: self.aws_endpoint_url.clone(),
+        })
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+impl Settings {
+    /// Settings for a server on loopback, as tests and the local demo use.
+    pub fn local(origin: &str) -> Self {
+        Settings {
+            public_origin: origin.to_string(),
+            secure_cookies: false,
+            session_idle: Duration::from_secs(12 * 3600),
+            max_body_bytes: 64 * 1024,
+            trust_forwarded_for: false,
+            aws_endpoint_url: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["vpcmesh-server", "--database-url", "postgres://x"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).expect("flags parse")
+    }
+
+    #[test]
+    fn default_origin_follows_listen_address() {
+        let s = parse(&["--listen", "127.0.0.1:4000"]).settings().expect("valid");
+        assert_eq!(s.public_origin, "http://127.0.0.1:4000");
+        assert!(!s.secure_cookies);
+    }
+
+    #[test]
+    fn https_public_url_makes_cookies_secure() {
+        let s = parse(&["--public-url", "https://vpn.example.com/"]).settings().expect("valid");
+        assert_eq!(s.public_origin, "https://vpn.example.com");
+        assert!(s.secure_cookies);
+    }
+
+    #[test]
+    fn plain_http_on_a_public_host_is_refused() {
+        let err = parse(&["--public-url", "http://vpn.example.com"]).settings().unwrap_err();
+        assert!(matches!(err, ConfigError::InsecureHttp(_)));
+        assert!(parse(&["--public-url", "http://vpn.example.com", "--insecure-http"]).settings().is_ok());
+    }
+
+    #[test]
+    fn out_of_range_limits_are_refused() {
+        assert_eq!(parse(&["--session-idle-secs", "0"]).settings().unwrap_err(), ConfigError::SessionIdle);
+        assert_eq!(parse(&["--max-body-bytes", "10"]).settings().unwrap_err(), ConfigError::BodyLimit);
+        assert!(matches!(parse(&["--public-url", "ftp://x"]).settings().unwrap_err(), ConfigError::Scheme(_)));
+    }
+
+    #[test]
+    fn a_database_is_required() {
+        let c = Config::try_parse_from(["vpcmesh-server"]).expect("flags parse");
+        assert_eq!(c.settings().unwrap_err(), ConfigError::NoDatabase);
+    }
+}

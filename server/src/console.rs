@@ -1,0 +1,261 @@
+//! The console's operations for one request: the [`Console`] seam that
+//! server functions call, also used by the JSON API.
+
+use crate::{
+    audit,
+    auth::{
+        password, rate_limit,
+        session::{SessionIdentity, IDENTITY_KEY},
+    },
+    identity::{orgs, users, validate},
+    internal::OrInternal,
+    state::AppState,
+};
+use app::{
+    api::{AuditEntry, ConsoleError, NewUser, OrgSummary, Role, UserSummary, Viewer},
+    backend::Console,
+};
+use axum::{extract::FromRequestParts, http::request::Parts};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use tower_sessions::Session;
+use uuid::Uuid;
+
+/// One caller: the shared state, their session and their address.
+#[derive(Clone)]
+pub struct ConsoleSession {
+    state: AppState,
+    session: Session,
+    client_ip: IpAddr,
+}
+
+impl FromRequestParts<AppState> for ConsoleSession {
+    type Rejection = crate::http::error::ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let session = parts.extensions.get::<Session>().cloned().ok_or_else(|| {
+            tracing::error!("session layer missing from the router");
+            ConsoleError::Internal
+        })?;
+        Ok(ConsoleSession {
+            state: state.clone(),
+            session,
+            client_ip: client_ip(parts, state.settings.trust_forwarded_for),
+        })
+    }
+}
+
+fn client_ip(parts: &Parts, trust_forwarded_for: bool) -> IpAddr {
+    if trust_forwarded_for {
+        // The load balancer appends the address it saw: the last entry is the one to trust.
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse().ok());
+        if let Some(ip) = forwarded {
+            return ip;
+        }
+    }
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+impl ConsoleSession {
+    async fn identity(&self) -> Result<Option<SessionIdentity>, ConsoleError> {
+        self.session
+            .get::<SessionIdentity>(IDENTITY_KEY)
+            .await
+            .or_internal("read the session")
+    }
+
+    /// The signed-in user's row, re-read so removals and role changes count now.
+    async fn current(&self) -> Result<users::UserRecord, ConsoleError> {
+        let Some(id) = self.identity().await? else {
+            return Err(ConsoleError::Unauthenticated);
+        };
+        match users::find(&self.state.pool, id.org_id, id.user_id)
+            .await
+            .or_internal("load the signed-in user")?
+        {
+            Some(user) => Ok(user),
+            None => {
+                self.session.flush().await.or_internal("end a stale session")?;
+                Err(ConsoleError::Unauthenticated)
+            }
+        }
+    }
+
+    async fn admin(&self) -> Result<users::UserRecord, ConsoleError> {
+        let user = self.current().await?;
+        if user.role != Role::Admin {
+            return Err(ConsoleError::Forbidden);
+        }
+        Ok(user)
+    }
+}
+
+fn viewer(user: &users::UserRecord) -> Viewer {
+    Viewer {
+        user_id: user.id.to_string(),
+        email: user.email.clone(),
+        name: user.name.clone(),
+        role: user.role,
+        org_id: user.org_id.to_string(),
+        org_name: user.org_name.clone(),
+    }
+}
+
+#[async_trait::async_trait]
+impl Console for ConsoleSession {
+    async fn viewer(&self) -> Result<Option<Viewer>, ConsoleError> {
+        match self.current().await {
+            Ok(user) => Ok(Some(viewer(&user))),
+            Err(ConsoleError::Unauthenticated) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(client_ip = %self.client_ip))]
+    async fn sign_in(&self, email: &str, password_text: &str) -> Result<Viewer, ConsoleError> {
+        let email = validate::email(email)?;
+        if password_text.is_empty() {
+            return Err(ConsoleError::invalid("password", "enter your password"));
+        }
+        if password_text.len() > validate::PASSWORD_MAX {
+            return Err(ConsoleError::InvalidCredentials);
+        }
+        let pool = &self.state.pool;
+        if let Some(retry_after_secs) = rate_limit::retry_after(pool, &email, self.client_ip)
+            .await
+            .or_internal("check the sign-in rate limit")?
+        {
+            tracing::warn!(retry_after_secs, "sign-in rate limited");
+            return Err(ConsoleError::RateLimited { retry_after_secs });
+        }
+        let user = users::find_by_email(pool, &email).await.or_internal("look up a user")?;
+        let ok = password::verify(password_text, user.as_ref().map(|u| u.password_hash.as_str()))
+            .await
+            .or_internal("verify a password")?;
+        rate_limit::record(pool, &email, self.client_ip, ok)
+            .await
+            .or_internal("record a sign-in attempt")?;
+        let user = match (ok, user) {
+            (true, Some(user)) => user,
+            (_, user) => {
+                if let Some(u) = user {
+                    audit::record(pool, u.org_id, Some(u.id), "sign_in.failed", None)
+                        .await
+                        .or_internal("audit a failed sign-in")?;
+                }
+                tracing::info!("sign-in refused");
+                return Err(ConsoleError::InvalidCredentials);
+            }
+        };
+        // A new session id at sign-in, so an id planted before sign-in is worthless.
+        self.session.cycle_id().await.or_internal("rotate the session id")?;
+        self.session
+            .insert(IDENTITY_KEY, SessionIdentity { user_id: user.id, org_id: user.org_id })
+            .await
+            .or_internal("store the session")?;
+        audit::record(pool, user.org_id, Some(user.id), "sign_in", None)
+            .await
+            .or_internal("audit a sign-in")?;
+        tracing::info!(user_id = %user.id, org_id = %user.org_id, "signed in");
+        Ok(viewer(&user))
+    }
+
+    async fn sign_out(&self) -> Result<(), ConsoleError> {
+        if let Some(id) = self.identity().await? {
+            audit::record(&self.state.pool, id.org_id, Some(id.user_id), "sign_out", None)
+                .await
+                .or_internal("audit a sign-out")?;
+        }
+        self.session.flush().await.or_internal("end the session")
+    }
+
+    async fn overview(&self) -> Result<OrgSummary, ConsoleError> {
+        let user = self.current().await?;
+        orgs::summary(&self.state.pool, user.org_id)
+            .await
+            .or_internal("summarise the organization")
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserSummary>, ConsoleError> {
+        let admin = self.admin().await?;
+        let rows = users::list(&self.state.pool, admin.org_id)
+            .await
+            .or_internal("list users")?;
+        Ok(rows.iter().map(users::UserRecord::summary).collect())
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn create_user(&self, new: NewUser) -> Result<UserSummary, ConsoleError> {
+        let admin = self.admin().await?;
+        let email = validate::email(&new.email)?;
+        let name = validate::display_name(&new.name)?;
+        validate::new_password(&new.password)?;
+        let hash = password::hash(&new.password).await.or_internal("hash a password")?;
+        let mut tx = self.state.pool.begin().await.or_internal("begin a transaction")?;
+        let id = users::insert(
+            &mut *tx,
+            users::NewUserRow {
+                org_id: admin.org_id,
+                email: &email,
+                name: &name,
+                role: new.role,
+                password_hash: &hash,
+            },
+        )
+        .await
+        .or_internal("insert a user")?
+        .ok_or_else(|| ConsoleError::Conflict {
+            message: format!("A user with the email {email} already exists."),
+        })?;
+        audit::record(&mut *tx, admin.org_id, Some(admin.id), "user.created", Some(&email))
+            .await
+            .or_internal("audit a new user")?;
+        let created = users::find(&mut *tx, admin.org_id, id)
+            .await
+            .or_internal("read back a new user")?
+            .ok_or(ConsoleError::Internal)?;
+        tx.commit().await.or_internal("commit a new user")?;
+        tracing::info!(user_id = %id, org_id = %admin.org_id, role = %new.role, "user created");
+        Ok(created.summary())
+    }
+
+    async fn set_user_role(&self, user_id: &str, role: Role) -> Result<UserSummary, ConsoleError> {
+        let admin = self.admin().await?;
+        let id: Uuid = user_id
+            .parse()
+            .map_err(|_| ConsoleError::invalid("user_id", "is not a user id"))?;
+        let pool = &self.state.pool;
+        let target = users::find(pool, admin.org_id, id)
+            .await
+            .or_internal("load a user")?
+            .ok_or_else(|| ConsoleError::not_found("User"))?;
+        if !users::set_role(pool, admin.org_id, id, role).await.or_internal("change a role")? {
+            return Err(ConsoleError::Conflict {
+                message: "An organization needs at least one admin: make someone else admin first.".into(),
+            });
+        }
+        audit::record(pool, admin.org_id, Some(admin.id), &format!("user.role.{role}"), Some(&target.email))
+            .await
+            .or_internal("audit a role change")?;
+        let updated = users::find(pool, admin.org_id, id)
+            .await
+            .or_internal("read back a user")?
+            .ok_or_else(|| ConsoleError::not_found("User"))?;
+        Ok(updated.summary())
+    }
+
+    async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, ConsoleError> {
+        let admin = self.admin().await?;
+        audit::recent(&self.state.pool, admin.org_id, limit)
+            .await
+            .or_internal("read the audit log")
+    }
+}

@@ -1,0 +1,26 @@
+//! Postgres: the connection pool, migrations, and the private cluster used
+//! for local runs and tests.
+
+mod pg_cluster;
+
+pub use pg_cluster::{ClusterError, Durability, PrivateCluster};
+
+use sqlx::{postgres::PgPoolOptions, PgPool};
+use std::time::Duration;
+
+pub async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    sqlx::migrate!("../migrations").run(pool).await
+}
+
+/// `/readyz`: the database answers a trivial query.
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+}

@@ -1,0 +1,110 @@
+//! The JSON API (`/api/v1`), for scripts and tests; the same operations the
+//! console's server functions call.
+
+use crate::{console::ConsoleSession, http::error::ApiError};
+use app::{
+    api::{ConsoleError, NewUser, Role},
+    backend::Console,
+};
+use axum::{
+    extract::{rejection::JsonRejection, FromRequest, Path, Request},
+    http::StatusCode,
+    response::IntoResponse,
+    routing::{get, patch, post},
+    Json, Router,
+};
+use serde::{de::DeserializeOwned, Deserialize};
+
+pub fn routes() -> Router<crate::state::AppState> {
+    Router::new()
+        .route("/session", post(sign_in).delete(sign_out))
+        .route("/me", get(me))
+        .route("/overview", get(overview))
+        .route("/users", get(list_users).post(create_user))
+        .route("/users/{id}", patch(update_user))
+        .route("/audit", get(audit))
+}
+
+/// `Json` whose rejections (malformed JSON, wrong content type, missing or
+/// mistyped fields) answer in the API's error shape.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(ApiError(rejection_error(rejection))),
+        }
+    }
+}
+
+fn rejection_error(rejection: JsonRejection) -> ConsoleError {
+    match rejection {
+        JsonRejection::JsonDataError(e) => ConsoleError::Request {
+            message: format!("a field is missing or has the wrong type: {}", e.body_text()),
+        },
+        JsonRejection::JsonSyntaxError(_) => ConsoleError::Request {
+            message: "the body is not valid JSON".into(),
+        },
+        JsonRejection::MissingJsonContentType(_) => ConsoleError::Request {
+            message: "send the body as JSON with Content-Type: application/json".into(),
+        },
+        other => ConsoleError::Request {
+            message: other.body_text(),
+        },
+    }
+}
+
+#[derive(Deserialize)]
+struct SignInBody {
+    email: String,
+    password: String,
+}
+
+async fn sign_in(console: ConsoleSession, ApiJson(body): ApiJson<SignInBody>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(console.sign_in(&body.email, &body.password).await?))
+}
+
+async fn sign_out(console: ConsoleSession) -> Result<impl IntoResponse, ApiError> {
+    console.sign_out().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn me(console: ConsoleSession) -> Result<impl IntoResponse, ApiError> {
+    console
+        .viewer()
+        .await?
+        .map(Json)
+        .ok_or(ApiError(ConsoleError::Unauthenticated))
+}
+
+async fn overview(console: ConsoleSession) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(console.overview().await?))
+}
+
+async fn list_users(console: ConsoleSession) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(console.list_users().await?))
+}
+
+async fn create_user(console: ConsoleSession, ApiJson(body): ApiJson<NewUser>) -> Result<impl IntoResponse, ApiError> {
+    Ok((StatusCode::CREATED, Json(console.create_user(body).await?)))
+}
+
+#[derive(Deserialize)]
+struct UpdateUserBody {
+    role: Role,
+}
+
+async fn update_user(
+    console: ConsoleSession,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateUserBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(console.set_user_role(&id, body.role).await?))
+}
+
+async fn audit(console: ConsoleSession) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(console.audit_log(200).await?))
+}

@@ -1,0 +1,17 @@
+//! vpcmesh control plane: serves the console (SSR + hydration), its server
+//! functions and the JSON API, on top of Postgres.
+
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod console;
+pub mod db;
+pub mod demo;
+pub mod http;
+pub mod identity;
+pub mod internal;
+pub mod run;
+pub mod state;
+
+pub use config::{Config, Settings};
+pub use state::AppState;

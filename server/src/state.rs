@@ -1,0 +1,33 @@
+use crate::config::Settings;
+use axum::extract::FromRef;
+use leptos::prelude::LeptosOptions;
+use leptos_axum::AxumRouteListing;
+use sqlx::PgPool;
+use std::sync::Arc;
+
+/// Everything a request handler may need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub settings: Arc<Settings>,
+    pub leptos_options: LeptosOptions,
+    pub routes: Arc<Vec<AxumRouteListing>>,
+}
+
+impl FromRef<AppState> for LeptosOptions {
+    fn from_ref(state: &AppState) -> Self {
+        state.leptos_options.clone()
+    }
+}
+
+impl AppState {
+    pub fn new(pool: PgPool, settings: Settings, leptos_options: LeptosOptions) -> Self {
+        let routes = leptos_axum::generate_route_list(app::App);
+        AppState {
+            pool,
+            settings: Arc::new(settings),
+            leptos_options,
+            routes: Arc::new(routes),
+        }
+    }
+}
