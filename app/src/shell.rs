@@ -6,7 +6,7 @@ use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::{
     components::{ParentRoute, Route, Router, Routes},
-    path,
+    path, SsrMode,
 };
 
 /// The HTML document around the app, rendered on the server only.
@@ -40,15 +40,17 @@ pub fn App() -> impl IntoView {
         <Title formatter=|page: String| {
             if page.is_empty() { "vpcmesh".to_string() } else { format!("{page} · vpcmesh") }
         } />
+        // Async rendering: pages arrive complete (readable without JavaScript)
+        // and a missing session becomes a real redirect.
         <Router>
             <Routes fallback=NotFoundPage>
-                <Route path=path!("/sign-in") view=SignInPage />
-                <ParentRoute path=path!("") view=ConsoleLayout>
-                    <Route path=path!("") view=DashboardPage />
-                    <Route path=path!("networks") view=NetworksPage />
-                    <Route path=path!("accounts") view=AccountsPage />
-                    <Route path=path!("keys") view=KeysPage />
-                    <Route path=path!("admin") view=AdminPage />
+                <Route path=path!("/sign-in") view=SignInPage ssr=SsrMode::Async />
+                <ParentRoute path=path!("") view=ConsoleLayout ssr=SsrMode::Async>
+                    <Route path=path!("") view=DashboardPage ssr=SsrMode::Async />
+                    <Route path=path!("networks") view=NetworksPage ssr=SsrMode::Async />
+                    <Route path=path!("accounts") view=AccountsPage ssr=SsrMode::Async />
+                    <Route path=path!("keys") view=KeysPage ssr=SsrMode::Async />
+                    <Route path=path!("admin") view=AdminPage ssr=SsrMode::Async />
                 </ParentRoute>
             </Routes>
         </Router>

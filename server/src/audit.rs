@@ -12,17 +12,23 @@ pub async fn record(
     action: &str,
     target: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO audit_events (org_id, actor_id, action, target) VALUES ($1, $2, $3, $4)")
-        .bind(org_id)
-        .bind(actor_id)
-        .bind(action)
-        .bind(target)
-        .execute(db)
-        .await
-        .map(|_| ())
+    sqlx::query(
+        "INSERT INTO audit_events (org_id, actor_id, action, target) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(org_id)
+    .bind(actor_id)
+    .bind(action)
+    .bind(target)
+    .execute(db)
+    .await
+    .map(|_| ())
 }
 
-pub async fn recent(db: impl PgExecutor<'_>, org_id: Uuid, limit: i64) -> Result<Vec<AuditEntry>, sqlx::Error> {
+pub async fn recent(
+    db: impl PgExecutor<'_>,
+    org_id: Uuid,
+    limit: i64,
+) -> Result<Vec<AuditEntry>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT a.at, u.email AS actor, a.action, a.target
            FROM audit_events a LEFT JOIN users u ON u.id = a.actor_id

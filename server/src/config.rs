@@ -11,7 +11,11 @@ pub enum LogFormat {
 }
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "vpcmesh-server", version, about = "vpcmesh control plane and console")]
+#[command(
+    name = "vpcmesh-server",
+    version,
+    about = "vpcmesh control plane and console"
+)]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "LEPTOS_SITE_ADDR", default_value = "127.0.0.1:3000")]
@@ -86,7 +90,9 @@ impl Config {
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         let public = match &self.public_url {
             Some(u) => u.clone(),
-            None => Url::parse(&format!("http://{}", self.listen)).map_err(|_| ConfigError::NoHost)?,
+            None => {
+                Url::parse(&format!("http://{}", self.listen)).map_err(|_| ConfigError::NoHost)?
+            }
         };
         let scheme = public.scheme();
         if scheme != "http" && scheme != "https" {
@@ -151,30 +157,49 @@ mod tests {
 
     #[test]
     fn default_origin_follows_listen_address() {
-        let s = parse(&["--listen", "127.0.0.1:4000"]).settings().expect("valid");
+        let s = parse(&["--listen", "127.0.0.1:4000"])
+            .settings()
+            .expect("valid");
         assert_eq!(s.public_origin, "http://127.0.0.1:4000");
         assert!(!s.secure_cookies);
     }
 
     #[test]
     fn https_public_url_makes_cookies_secure() {
-        let s = parse(&["--public-url", "https://vpn.example.com/"]).settings().expect("valid");
+        let s = parse(&["--public-url", "https://vpn.example.com/"])
+            .settings()
+            .expect("valid");
         assert_eq!(s.public_origin, "https://vpn.example.com");
         assert!(s.secure_cookies);
     }
 
     #[test]
     fn plain_http_on_a_public_host_is_refused() {
-        let err = parse(&["--public-url", "http://vpn.example.com"]).settings().unwrap_err();
+        let err = parse(&["--public-url", "http://vpn.example.com"])
+            .settings()
+            .unwrap_err();
         assert!(matches!(err, ConfigError::InsecureHttp(_)));
-        assert!(parse(&["--public-url", "http://vpn.example.com", "--insecure-http"]).settings().is_ok());
+        assert!(
+            parse(&["--public-url", "http://vpn.example.com", "--insecure-http"])
+                .settings()
+                .is_ok()
+        );
     }
 
     #[test]
     fn out_of_range_limits_are_refused() {
-        assert_eq!(parse(&["--session-idle-secs", "0"]).settings().unwrap_err(), ConfigError::SessionIdle);
-        assert_eq!(parse(&["--max-body-bytes", "10"]).settings().unwrap_err(), ConfigError::BodyLimit);
-        assert!(matches!(parse(&["--public-url", "ftp://x"]).settings().unwrap_err(), ConfigError::Scheme(_)));
+        assert_eq!(
+            parse(&["--session-idle-secs", "0"]).settings().unwrap_err(),
+            ConfigError::SessionIdle
+        );
+        assert_eq!(
+            parse(&["--max-body-bytes", "10"]).settings().unwrap_err(),
+            ConfigError::BodyLimit
+        );
+        assert!(matches!(
+            parse(&["--public-url", "ftp://x"]).settings().unwrap_err(),
+            ConfigError::Scheme(_)
+        ));
     }
 
     #[test]

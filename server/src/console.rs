@@ -31,7 +31,10 @@ pub struct ConsoleSession {
 impl FromRequestParts<AppState> for ConsoleSession {
     type Rejection = crate::http::error::ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let session = parts.extensions.get::<Session>().cloned().ok_or_else(|| {
             tracing::error!("session layer missing from the router");
             ConsoleError::Internal
@@ -83,7 +86,10 @@ impl ConsoleSession {
         {
             Some(user) => Ok(user),
             None => {
-                self.session.flush().await.or_internal("end a stale session")?;
+                self.session
+                    .flush()
+                    .await
+                    .or_internal("end a stale session")?;
                 Err(ConsoleError::Unauthenticated)
             }
         }
@@ -136,10 +142,15 @@ impl Console for ConsoleSession {
             tracing::warn!(retry_after_secs, "sign-in rate limited");
             return Err(ConsoleError::RateLimited { retry_after_secs });
         }
-        let user = users::find_by_email(pool, &email).await.or_internal("look up a user")?;
-        let ok = password::verify(password_text, user.as_ref().map(|u| u.password_hash.as_str()))
+        let user = users::find_by_email(pool, &email)
             .await
-            .or_internal("verify a password")?;
+            .or_internal("look up a user")?;
+        let ok = password::verify(
+            password_text,
+            user.as_ref().map(|u| u.password_hash.as_str()),
+        )
+        .await
+        .or_internal("verify a password")?;
         rate_limit::record(pool, &email, self.client_ip, ok)
             .await
             .or_internal("record a sign-in attempt")?;
@@ -156,9 +167,18 @@ impl Console for ConsoleSession {
             }
         };
         // A new session id at sign-in, so an id planted before sign-in is worthless.
-        self.session.cycle_id().await.or_internal("rotate the session id")?;
         self.session
-            .insert(IDENTITY_KEY, SessionIdentity { user_id: user.id, org_id: user.org_id })
+            .cycle_id()
+            .await
+            .or_internal("rotate the session id")?;
+        self.session
+            .insert(
+                IDENTITY_KEY,
+                SessionIdentity {
+                    user_id: user.id,
+                    org_id: user.org_id,
+                },
+            )
             .await
             .or_internal("store the session")?;
         audit::record(pool, user.org_id, Some(user.id), "sign_in", None)
@@ -170,9 +190,15 @@ impl Console for ConsoleSession {
 
     async fn sign_out(&self) -> Result<(), ConsoleError> {
         if let Some(id) = self.identity().await? {
-            audit::record(&self.state.pool, id.org_id, Some(id.user_id), "sign_out", None)
-                .await
-                .or_internal("audit a sign-out")?;
+            audit::record(
+                &self.state.pool,
+                id.org_id,
+                Some(id.user_id),
+                "sign_out",
+                None,
+            )
+            .await
+            .or_internal("audit a sign-out")?;
         }
         self.session.flush().await.or_internal("end the session")
     }
@@ -198,8 +224,15 @@ impl Console for ConsoleSession {
         let email = validate::email(&new.email)?;
         let name = validate::display_name(&new.name)?;
         validate::new_password(&new.password)?;
-        let hash = password::hash(&new.password).await.or_internal("hash a password")?;
-        let mut tx = self.state.pool.begin().await.or_internal("begin a transaction")?;
+        let hash = password::hash(&new.password)
+            .await
+            .or_internal("hash a password")?;
+        let mut tx = self
+            .state
+            .pool
+            .begin()
+            .await
+            .or_internal("begin a transaction")?;
         let id = users::insert(
             &mut *tx,
             users::NewUserRow {
@@ -215,9 +248,15 @@ impl Console for ConsoleSession {
         .ok_or_else(|| ConsoleError::Conflict {
             message: format!("A user with the email {email} already exists."),
         })?;
-        audit::record(&mut *tx, admin.org_id, Some(admin.id), "user.created", Some(&email))
-            .await
-            .or_internal("audit a new user")?;
+        audit::record(
+            &mut *tx,
+            admin.org_id,
+            Some(admin.id),
+            "user.created",
+            Some(&email),
+        )
+        .await
+        .or_internal("audit a new user")?;
         let created = users::find(&mut *tx, admin.org_id, id)
             .await
             .or_internal("read back a new user")?
@@ -237,14 +276,24 @@ impl Console for ConsoleSession {
             .await
             .or_internal("load a user")?
             .ok_or_else(|| ConsoleError::not_found("User"))?;
-        if !users::set_role(pool, admin.org_id, id, role).await.or_internal("change a role")? {
+        if !users::set_role(pool, admin.org_id, id, role)
+            .await
+            .or_internal("change a role")?
+        {
             return Err(ConsoleError::Conflict {
-                message: "An organization needs at least one admin: make someone else admin first.".into(),
+                message: "An organization needs at least one admin: make someone else admin first."
+                    .into(),
             });
         }
-        audit::record(pool, admin.org_id, Some(admin.id), &format!("user.role.{role}"), Some(&target.email))
-            .await
-            .or_internal("audit a role change")?;
+        audit::record(
+            pool,
+            admin.org_id,
+            Some(admin.id),
+            &format!("user.role.{role}"),
+            Some(&target.email),
+        )
+        .await
+        .or_internal("audit a role change")?;
         let updated = users::find(pool, admin.org_id, id)
             .await
             .or_internal("read back a user")?

@@ -27,8 +27,12 @@ pub async fn ensure_demo_admin(pool: &PgPool, email: &str) -> anyhow::Result<Str
         None => orgs::create(&mut *tx, DEMO_ORG).await?,
     };
     match users::find_by_email(&mut *tx, &email).await? {
-        Some(user) if user.org_id == org.id => users::set_password_hash(&mut *tx, user.id, &hash).await?,
-        Some(_) => anyhow::bail!("{email} already belongs to another organization; choose another --demo-admin"),
+        Some(user) if user.org_id == org.id => {
+            users::set_password_hash(&mut *tx, user.id, &hash).await?
+        }
+        Some(_) => anyhow::bail!(
+            "{email} already belongs to another organization; choose another --demo-admin"
+        ),
         None => {
             users::insert(
                 &mut *tx,

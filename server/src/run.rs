@@ -27,13 +27,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         (None, None) => unreachable!("Config::settings requires a database"),
     };
-    let pool = db::connect(&database_url).await.context("connect to Postgres")?;
+    let pool = db::connect(&database_url)
+        .await
+        .context("connect to Postgres")?;
     db::migrate(&pool).await.context("apply migrations")?;
 
     if let Some(email) = &config.demo_admin {
         let password = demo::ensure_demo_admin(&pool, email).await?;
         // Printed for the person at the terminal, never logged.
-        println!("\n  Demo console: {}\n  Sign in as {email} with password {password}\n", settings.public_origin);
+        println!(
+            "\n  Demo console: {}\n  Sign in as {email} with password {password}\n",
+            settings.public_origin
+        );
     }
 
     let leptos_options = LeptosOptions::builder()
@@ -63,7 +68,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 fn spawn_chores(pool: &sqlx::PgPool) {
     let store = session::store(pool);
     tokio::spawn(async move {
-        if let Err(e) = store.continuously_delete_expired(Duration::from_secs(300)).await {
+        if let Err(e) = store
+            .continuously_delete_expired(Duration::from_secs(300))
+            .await
+        {
             tracing::error!(error = %e, "expired-session cleanup stopped");
         }
     });

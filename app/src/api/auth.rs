@@ -38,9 +38,7 @@ pub async fn org_overview() -> Result<OrgSummary, ConsoleError> {
 /// link cannot bounce a user to another site.
 pub fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') => {
-            p.to_string()
-        }
+        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') => p.to_string(),
         _ => "/".to_string(),
     }
 }

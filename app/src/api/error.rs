@@ -25,8 +25,12 @@ pub enum ConsoleError {
     NotFound { what: String },
     #[error("{message}")]
     Conflict { message: String },
-    #[error("Something went wrong on our side. Try again; if it keeps happening, contact support.")]
+    #[error(
+        "Something went wrong on our side. Try again; if it keeps happening, contact support."
+    )]
     Internal,
+    #[error("The request body is too large: the limit is {limit_bytes} bytes.")]
+    TooLarge { limit_bytes: usize },
     #[error("The request could not be completed: {message}")]
     Request { message: String },
 }
@@ -56,6 +60,7 @@ impl ConsoleError {
             Self::NotFound { .. } => "not_found",
             Self::Conflict { .. } => "conflict",
             Self::Internal => "internal",
+            Self::TooLarge { .. } => "too_large",
             Self::Request { .. } => "request",
         }
     }
@@ -70,6 +75,7 @@ impl ConsoleError {
             Self::NotFound { .. } => 404,
             Self::Conflict { .. } => 409,
             Self::Internal => 500,
+            Self::TooLarge { .. } => 413,
         }
     }
 }
@@ -99,16 +105,26 @@ mod tests {
             ConsoleError::Unauthenticated,
             ConsoleError::Forbidden,
             ConsoleError::InvalidCredentials,
-            ConsoleError::RateLimited { retry_after_secs: 3 },
+            ConsoleError::RateLimited {
+                retry_after_secs: 3,
+            },
             ConsoleError::invalid("email", "x"),
             ConsoleError::not_found("User"),
-            ConsoleError::Conflict { message: "x".into() },
+            ConsoleError::Conflict {
+                message: "x".into(),
+            },
             ConsoleError::Internal,
-            ConsoleError::Request { message: "x".into() },
+            ConsoleError::TooLarge { limit_bytes: 1 },
+            ConsoleError::Request {
+                message: "x".into(),
+            },
         ];
         for e in errors {
             let json = serde_json_value(&e);
-            assert!(json.contains(&format!("\"code\":\"{}\"", e.code())), "{json}");
+            assert!(
+                json.contains(&format!("\"code\":\"{}\"", e.code())),
+                "{json}"
+            );
         }
     }
 

@@ -35,7 +35,9 @@ pub async fn set_user_role(user_id: String, role: String) -> Result<UserSummary,
     let role: Role = role
         .parse()
         .map_err(|m: String| ConsoleError::invalid("role", m))?;
-    crate::backend::console()?.set_user_role(&user_id, role).await
+    crate::backend::console()?
+        .set_user_role(&user_id, role)
+        .await
 }
 
 #[server(endpoint = "audit_log")]

@@ -12,7 +12,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-pub async fn require_same_origin(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn require_same_origin(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
     if is_safe(req.method()) {
         return next.run(req).await;
     }
@@ -43,7 +47,9 @@ fn check(req: &Request, origin: &str) -> Result<(), &'static str> {
         };
     }
     if let Some(r) = headers.get(header::REFERER).and_then(|r| r.to_str().ok()) {
-        let same = r == origin || r.strip_prefix(origin).is_some_and(|rest| rest.starts_with('/'));
+        let same = r == origin
+            || r.strip_prefix(origin)
+                .is_some_and(|rest| rest.starts_with('/'));
         return if same {
             Ok(())
         } else {
@@ -79,7 +85,11 @@ mod tests {
         assert!(check(&req(&[("origin", "http://evil.example")]), ORIGIN).is_err());
         assert!(check(&req(&[("origin", "null")]), ORIGIN).is_err());
         assert!(check(&req(&[("referer", "http://127.0.0.1:30001/")]), ORIGIN).is_err());
-        assert!(check(&req(&[("referer", "http://127.0.0.1:3000.evil.example/")]), ORIGIN).is_err());
+        assert!(check(
+            &req(&[("referer", "http://127.0.0.1:3000.evil.example/")]),
+            ORIGIN
+        )
+        .is_err());
         assert!(check(&req(&[]), ORIGIN).is_err());
     }
 }

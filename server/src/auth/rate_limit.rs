@@ -12,10 +12,18 @@ pub const MAX_FAILURES_PER_IP: i64 = 20;
 pub const WINDOW_SECS: i64 = 15 * 60;
 
 /// `Some(seconds)` to wait when this email or address is over its limit.
-pub async fn retry_after(pool: &PgPool, email: &str, ip: IpAddr) -> Result<Option<u64>, sqlx::Error> {
-    let (by_email, oldest_email, by_ip, oldest_ip): (i64, Option<OffsetDateTime>, i64, Option<OffsetDateTime>) =
-        sqlx::query_as(
-            "WITH recent AS (
+pub async fn retry_after(
+    pool: &PgPool,
+    email: &str,
+    ip: IpAddr,
+) -> Result<Option<u64>, sqlx::Error> {
+    let (by_email, oldest_email, by_ip, oldest_ip): (
+        i64,
+        Option<OffsetDateTime>,
+        i64,
+        Option<OffsetDateTime>,
+    ) = sqlx::query_as(
+        "WITH recent AS (
                  SELECT email, client_ip, at FROM sign_in_attempts
                   WHERE NOT succeeded AND at > now() - make_interval(secs => $3)
                     AND (email = $1 OR client_ip = $2))
@@ -24,16 +32,20 @@ pub async fn retry_after(pool: &PgPool, email: &str, ip: IpAddr) -> Result<Optio
                     count(*) FILTER (WHERE client_ip = $2),
                     min(at) FILTER (WHERE client_ip = $2)
                FROM recent",
-        )
-        .bind(email)
-        .bind(sqlx::types::ipnetwork::IpNetwork::from(ip))
-        .bind(WINDOW_SECS as f64)
-        .fetch_one(pool)
-        .await?;
+    )
+    .bind(email)
+    .bind(sqlx::types::ipnetwork::IpNetwork::from(ip))
+    .bind(WINDOW_SECS as f64)
+    .fetch_one(pool)
+    .await?;
     let now = OffsetDateTime::now_utc();
     let wait = |oldest: Option<OffsetDateTime>| {
         oldest
-            .map(|o| (o + time::Duration::seconds(WINDOW_SECS) - now).whole_seconds().max(1) as u64)
+            .map(|o| {
+                (o + time::Duration::seconds(WINDOW_SECS) - now)
+                    .whole_seconds()
+                    .max(1) as u64
+            })
             .unwrap_or(1)
     };
     Ok(if by_email >= MAX_FAILURES_PER_EMAIL {
@@ -45,7 +57,12 @@ pub async fn retry_after(pool: &PgPool, email: &str, ip: IpAddr) -> Result<Optio
     })
 }
 
-pub async fn record(pool: &PgPool, email: &str, ip: IpAddr, succeeded: bool) -> Result<(), sqlx::Error> {
+pub async fn record(
+    pool: &PgPool,
+    email: &str,
+    ip: IpAddr,
+    succeeded: bool,
+) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO sign_in_attempts (email, client_ip, succeeded) VALUES ($1, $2, $3)")
         .bind(email)
         .bind(sqlx::types::ipnetwork::IpNetwork::from(ip))

@@ -32,4 +32,6 @@ pub fn layer(pool: &PgPool, settings: &Settings) -> SessionManagerLayer<Postgres
         .with_same_site(SameSite::Lax)
         .with_path("/")
         .with_expiry(Expiry::OnInactivity(idle))
+        // Save on every request, so activity pushes the idle expiry forward.
+        .with_always_save(true)
 }

@@ -26,7 +26,9 @@ wait $pg"#;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("PostgreSQL server binaries not found (looked for {0}); install the postgresql package")]
+    #[error(
+        "PostgreSQL server binaries not found (looked for {0}); install the postgresql package"
+    )]
     BinariesMissing(String),
     #[error("running as root needs the 'postgres' system user (from the postgresql package)")]
     NoPostgresUser,
@@ -39,7 +41,13 @@ pub enum ClusterError {
     #[error("initdb failed for {dir}: {output}")]
     Initdb { dir: PathBuf, output: String },
     #[error("postgres did not become ready within {secs}s; its log ({log}) ends with:\n{tail}")]
-    NotReady { secs: u64, log: PathBuf, tail: String },
+    NotReady {
+        secs: u64,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("the postgres user cannot reach {0}: a parent folder is not traversable by others (chmod o+x it, or keep the cluster under /tmp)")]
+    Unreachable(PathBuf),
     #[error("database name '{0}' must be lowercase letters, digits and underscores")]
     BadDatabaseName(String),
     #[error(transparent)]
@@ -72,7 +80,10 @@ impl PrivateCluster {
             move |source| ClusterError::Io { what, dir, source }
         };
         fs::create_dir_all(dir).map_err(io("create the cluster folder"))?;
-        let dir = dir.canonicalize().map_err(io("resolve the cluster folder"))?;
+        let dir = dir
+            .canonicalize()
+            .map_err(io("resolve the cluster folder"))?;
+        run_as.check_reachable(&dir)?;
         let data = dir.join("data");
         let password_file = dir.join("password");
         let log = dir.join("postgres.log");
@@ -84,13 +95,24 @@ impl PrivateCluster {
                 .map(char::from)
                 .collect();
             write_private(&password_file, &password).map_err(io("write the password file"))?;
-            run_as.own(&dir).map_err(io("hand the cluster folder to postgres"))?;
-            run_as.own(&password_file).map_err(io("hand the password file to postgres"))?;
+            run_as
+                .own(&dir)
+                .map_err(io("hand the cluster folder to postgres"))?;
+            run_as
+                .own(&password_file)
+                .map_err(io("hand the password file to postgres"))?;
             let output = run_as
                 .command(&bin.join("initdb"))
                 .arg("-D")
                 .arg(&data)
-                .args(["-U", SUPERUSER, "--auth=scram-sha-256", "-E", "UTF8", "--no-sync"])
+                .args([
+                    "-U",
+                    SUPERUSER,
+                    "--auth=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ])
                 .arg(format!("--pwfile={}", password_file.display()))
                 .output()
                 .map_err(io("run initdb"))?;
@@ -117,7 +139,14 @@ impl PrivateCluster {
             .arg("-k")
             .arg(&dir);
         if durability == Durability::Ephemeral {
-            postgres.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
+            postgres.args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]);
         }
         let mut watchdog = Command::new("bash");
         watchdog
@@ -191,7 +220,8 @@ impl PrivateCluster {
             .fetch_optional(&mut conn)
             .await?;
         if exists.is_none() {
-            conn.execute(format!("CREATE DATABASE \"{name}\"").as_str()).await?;
+            conn.execute(format!("CREATE DATABASE \"{name}\"").as_str())
+                .await?;
         }
         conn.close().await?;
         Ok(self.url(name))
@@ -231,10 +261,12 @@ fn find_bin_dir() -> Result<PathBuf, ClusterError> {
         })
         .collect();
     versions.sort();
-    versions
-        .pop()
-        .map(|(_, bin)| bin)
-        .ok_or_else(|| ClusterError::BinariesMissing(format!("{}/*/bin/postgres or $VPCMESH_PG_BIN", root.display())))
+    versions.pop().map(|(_, bin)| bin).ok_or_else(|| {
+        ClusterError::BinariesMissing(format!(
+            "{}/*/bin/postgres or $VPCMESH_PG_BIN",
+            root.display()
+        ))
+    })
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -267,7 +299,12 @@ impl RunAs {
             .lines()
             .map(|l| l.split(':').collect::<Vec<_>>())
             .find(|f| f.first() == Some(&"postgres") && f.len() > 3)
-            .and_then(|f| Some(RunAs::Postgres { uid: f[2].parse().ok()?, gid: f[3].parse().ok()? }))
+            .and_then(|f| {
+                Some(RunAs::Postgres {
+                    uid: f[2].parse().ok()?,
+                    gid: f[3].parse().ok()?,
+                })
+            })
             .ok_or(ClusterError::NoPostgresUser)
     }
 
@@ -276,10 +313,31 @@ impl RunAs {
             RunAs::Me => Command::new(program),
             RunAs::Postgres { .. } => {
                 let mut c = Command::new("setpriv");
-                c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"]).arg(program);
+                c.args([
+                    "--reuid=postgres",
+                    "--regid=postgres",
+                    "--init-groups",
+                    "--",
+                ])
+                .arg(program);
                 c
             }
         }
+    }
+
+    /// As root, every parent of `dir` must let the postgres user pass.
+    fn check_reachable(&self, dir: &Path) -> Result<(), ClusterError> {
+        if let RunAs::Postgres { .. } = self {
+            for parent in dir.ancestors().skip(1) {
+                let mode = fs::metadata(parent)
+                    .map(|m| m.permissions().mode())
+                    .unwrap_or(0);
+                if mode & 0o001 == 0 {
+                    return Err(ClusterError::Unreachable(dir.to_path_buf()));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn own(&self, path: &Path) -> std::io::Result<()> {

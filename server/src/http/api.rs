@@ -41,9 +41,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 }
 
 fn rejection_error(rejection: JsonRejection) -> ConsoleError {
+    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        // The router's limit layer rewrites this into `TooLarge` with the limit.
+        return ConsoleError::TooLarge { limit_bytes: 0 };
+    }
     match rejection {
         JsonRejection::JsonDataError(e) => ConsoleError::Request {
-            message: format!("a field is missing or has the wrong type: {}", e.body_text()),
+            message: format!(
+                "a field is missing or has the wrong type: {}",
+                e.body_text()
+            ),
         },
         JsonRejection::JsonSyntaxError(_) => ConsoleError::Request {
             message: "the body is not valid JSON".into(),
@@ -63,7 +70,10 @@ struct SignInBody {
     password: String,
 }
 
-async fn sign_in(console: ConsoleSession, ApiJson(body): ApiJson<SignInBody>) -> Result<impl IntoResponse, ApiError> {
+async fn sign_in(
+    console: ConsoleSession,
+    ApiJson(body): ApiJson<SignInBody>,
+) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(console.sign_in(&body.email, &body.password).await?))
 }
 
@@ -88,7 +98,10 @@ async fn list_users(console: ConsoleSession) -> Result<impl IntoResponse, ApiErr
     Ok(Json(console.list_users().await?))
 }
 
-async fn create_user(console: ConsoleSession, ApiJson(body): ApiJson<NewUser>) -> Result<impl IntoResponse, ApiError> {
+async fn create_user(
+    console: ConsoleSession,
+    ApiJson(body): ApiJson<NewUser>,
+) -> Result<impl IntoResponse, ApiError> {
     Ok((StatusCode::CREATED, Json(console.create_user(body).await?)))
 }
 

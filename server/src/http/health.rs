@@ -10,7 +10,10 @@ pub async fn healthz() -> impl IntoResponse {
 /// The process can serve: the database answers.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     match db::ping(&state.pool).await {
-        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready", "database": "ok" }))),
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "database": "ok" })),
+        ),
         Err(e) => {
             tracing::warn!(error = %e, "readiness: database unreachable");
             (

@@ -1,7 +1,8 @@
 //! Leptos: server-rendered pages and server-function calls, each given the
 //! caller's [`ConsoleSession`] as context.
 
-use crate::{console::ConsoleSession, state::AppState};
+use crate::{console::ConsoleSession, http::error::ApiError, state::AppState};
+use app::api::ConsoleError;
 use app::backend::ConsoleHandle;
 use axum::{
     body::Body,
@@ -19,11 +20,29 @@ fn provide(console: ConsoleSession) -> impl Fn() + Clone + Send + Sync + 'static
     }
 }
 
-pub async fn server_fn(console: ConsoleSession, req: Request<Body>) -> impl IntoResponse {
-    leptos_axum::handle_server_fns_with_context(provide(console), req).await
+/// Server-function calls. The body is read up front against the limit, so an
+/// oversized call is a clear 413 rather than a failure inside the function.
+pub async fn server_fn(
+    State(state): State<AppState>,
+    console: ConsoleSession,
+    req: Request<Body>,
+) -> Response {
+    let limit_bytes = state.settings.max_body_bytes;
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, limit_bytes).await else {
+        return ApiError(ConsoleError::TooLarge { limit_bytes }).into_response();
+    };
+    let req = Request::from_parts(parts, Body::from(bytes));
+    leptos_axum::handle_server_fns_with_context(provide(console), req)
+        .await
+        .into_response()
 }
 
-pub async fn page(State(state): State<AppState>, console: ConsoleSession, req: Request<Body>) -> Response {
+pub async fn page(
+    State(state): State<AppState>,
+    console: ConsoleSession,
+    req: Request<Body>,
+) -> Response {
     let options = state.leptos_options.clone();
     let handler = leptos_axum::render_route_with_context(
         (*state.routes).clone(),

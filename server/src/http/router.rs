@@ -4,13 +4,7 @@ use crate::{
     state::AppState,
 };
 use app::api::ConsoleError;
-use axum::{
-    extract::DefaultBodyLimit,
-    middleware,
-    response::IntoResponse,
-    routing::get,
-    Router,
-};
+use axum::{extract::DefaultBodyLimit, middleware, response::IntoResponse, routing::get, Router};
 use leptos_axum::LeptosRoutes;
 use tower_http::{limit::RequestBodyLimitLayer, trace::TraceLayer};
 
@@ -22,12 +16,18 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .nest("/api/v1", api::routes())
-        .route("/api/{*fn_name}", get(pages::server_fn).post(pages::server_fn))
+        .route(
+            "/api/{*fn_name}",
+            get(pages::server_fn).post(pages::server_fn),
+        )
         .leptos_routes_with_handler(routes, get(pages::page))
         .fallback(pages::fallback)
-        .layer(middleware::from_fn_with_state(state.clone(), csrf::require_same_origin))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            csrf::require_same_origin,
+        ))
         .layer(session::layer(&state.pool, &state.settings))
-        .layer(middleware::map_response(body_too_large))
+        .layer(middleware::map_response_with_state(limit, body_too_large))
         .layer(DefaultBodyLimit::max(limit))
         .layer(RequestBodyLimitLayer::new(limit))
         .layer(middleware::from_fn(security_headers::add))
@@ -36,13 +36,12 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The body-limit layers answer 413 with a bare text; give it the API's shape.
-async fn body_too_large(res: axum::response::Response) -> axum::response::Response {
+async fn body_too_large(
+    axum::extract::State(limit_bytes): axum::extract::State<usize>,
+    res: axum::response::Response,
+) -> axum::response::Response {
     if res.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError(ConsoleError::Request {
-            message: "the request body is too large".into(),
-        })
-        .with_status(413)
-        .into_response();
+        return ApiError(ConsoleError::TooLarge { limit_bytes }).into_response();
     }
     res
 }

@@ -18,8 +18,20 @@ pub async fn add(req: Request, next: Next) -> Response {
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(h, header::X_FRAME_OPTIONS, "DENY");
     set(h, header::REFERRER_POLICY, "same-origin");
-    set(h, HeaderName::from_static("cross-origin-opener-policy"), "same-origin");
-    set(h, HeaderName::from_static("permissions-policy"), "camera=(), microphone=(), geolocation=()");
-    set(h, header::CONTENT_SECURITY_POLICY, "default-src 'none'; frame-ancestors 'none'");
+    set(
+        h,
+        HeaderName::from_static("cross-origin-opener-policy"),
+        "same-origin",
+    );
+    set(
+        h,
+        HeaderName::from_static("permissions-policy"),
+        "camera=(), microphone=(), geolocation=()",
+    );
+    set(
+        h,
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; frame-ancestors 'none'",
+    );
     res
 }

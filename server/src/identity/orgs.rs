@@ -25,7 +25,10 @@ pub async fn create(db: impl PgExecutor<'_>, name: &str) -> Result<Organization,
         .await
 }
 
-pub async fn find_by_name(db: impl PgExecutor<'_>, name: &str) -> Result<Option<Organization>, sqlx::Error> {
+pub async fn find_by_name(
+    db: impl PgExecutor<'_>,
+    name: &str,
+) -> Result<Option<Organization>, sqlx::Error> {
     sqlx::query_as("SELECT id, name, external_id FROM organizations WHERE name = $1 ORDER BY created_at LIMIT 1")
         .bind(name)
         .fetch_optional(db)

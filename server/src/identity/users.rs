@@ -40,14 +40,19 @@ fn from_row(row: sqlx::postgres::PgRow) -> Result<UserRecord, sqlx::Error> {
         org_name: row.try_get("org_name")?,
         email: row.try_get("email")?,
         name: row.try_get("name")?,
-        role: role.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+        role: role
+            .parse()
+            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
         password_hash: row.try_get("password_hash")?,
         created_at: row.try_get("created_at")?,
     })
 }
 
 /// Looks a user up by email, across organizations: only sign-in does this.
-pub async fn find_by_email(db: impl PgExecutor<'_>, email: &str) -> Result<Option<UserRecord>, sqlx::Error> {
+pub async fn find_by_email(
+    db: impl PgExecutor<'_>,
+    email: &str,
+) -> Result<Option<UserRecord>, sqlx::Error> {
     sqlx::query(&format!("{SELECT} WHERE u.email = $1"))
         .bind(email)
         .fetch_optional(db)
@@ -56,7 +61,11 @@ pub async fn find_by_email(db: impl PgExecutor<'_>, email: &str) -> Result<Optio
         .transpose()
 }
 
-pub async fn find(db: impl PgExecutor<'_>, org_id: Uuid, id: Uuid) -> Result<Option<UserRecord>, sqlx::Error> {
+pub async fn find(
+    db: impl PgExecutor<'_>,
+    org_id: Uuid,
+    id: Uuid,
+) -> Result<Option<UserRecord>, sqlx::Error> {
     sqlx::query(&format!("{SELECT} WHERE u.org_id = $1 AND u.id = $2"))
         .bind(org_id)
         .bind(id)
@@ -67,13 +76,15 @@ pub async fn find(db: impl PgExecutor<'_>, org_id: Uuid, id: Uuid) -> Result<Opt
 }
 
 pub async fn list(db: impl PgExecutor<'_>, org_id: Uuid) -> Result<Vec<UserRecord>, sqlx::Error> {
-    sqlx::query(&format!("{SELECT} WHERE u.org_id = $1 ORDER BY u.created_at, u.email"))
-        .bind(org_id)
-        .fetch_all(db)
-        .await?
-        .into_iter()
-        .map(from_row)
-        .collect()
+    sqlx::query(&format!(
+        "{SELECT} WHERE u.org_id = $1 ORDER BY u.created_at, u.email"
+    ))
+    .bind(org_id)
+    .fetch_all(db)
+    .await?
+    .into_iter()
+    .map(from_row)
+    .collect()
 }
 
 pub struct NewUserRow<'a> {
@@ -85,7 +96,10 @@ pub struct NewUserRow<'a> {
 }
 
 /// Inserts a user; `Ok(None)` when the email is already taken.
-pub async fn insert(db: impl PgExecutor<'_>, new: NewUserRow<'_>) -> Result<Option<Uuid>, sqlx::Error> {
+pub async fn insert(
+    db: impl PgExecutor<'_>,
+    new: NewUserRow<'_>,
+) -> Result<Option<Uuid>, sqlx::Error> {
     let id = Uuid::new_v4();
     let inserted = sqlx::query(
         "INSERT INTO users (id, org_id, email, name, role, password_hash)
@@ -105,7 +119,12 @@ pub async fn insert(db: impl PgExecutor<'_>, new: NewUserRow<'_>) -> Result<Opti
 /// Changes a user's role inside `org_id`. Refuses (returns `Ok(false)`) to
 /// demote the organization's last admin; the check and the update are one
 /// statement, so two concurrent demotions cannot both pass.
-pub async fn set_role(db: impl PgExecutor<'_>, org_id: Uuid, id: Uuid, role: Role) -> Result<bool, sqlx::Error> {
+pub async fn set_role(
+    db: impl PgExecutor<'_>,
+    org_id: Uuid,
+    id: Uuid,
+    role: Role,
+) -> Result<bool, sqlx::Error> {
     let updated = sqlx::query(
         "UPDATE users SET role = $3
           WHERE org_id = $1 AND id = $2
@@ -120,7 +139,11 @@ pub async fn set_role(db: impl PgExecutor<'_>, org_id: Uuid, id: Uuid, role: Rol
     Ok(updated.rows_affected() == 1)
 }
 
-pub async fn set_password_hash(db: impl PgExecutor<'_>, id: Uuid, hash: &str) -> Result<(), sqlx::Error> {
+pub async fn set_password_hash(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    hash: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
         .bind(id)
         .bind(hash)

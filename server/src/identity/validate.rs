@@ -37,10 +37,16 @@ pub fn display_name(raw: &str) -> Result<String, ConsoleError> {
         return Err(ConsoleError::invalid("name", "enter a name"));
     }
     if name.chars().count() > 100 {
-        return Err(ConsoleError::invalid("name", "must be at most 100 characters"));
+        return Err(ConsoleError::invalid(
+            "name",
+            "must be at most 100 characters",
+        ));
     }
     if name.chars().any(|c| c.is_control()) {
-        return Err(ConsoleError::invalid("name", "must not contain control characters"));
+        return Err(ConsoleError::invalid(
+            "name",
+            "must not contain control characters",
+        ));
     }
     Ok(name.to_string())
 }
@@ -73,7 +79,17 @@ mod tests {
 
     #[test]
     fn malformed_emails_are_refused() {
-        for bad in ["", "ada", "@example.com", "ada@", "ada@x", "ada@@example.com", "a da@example.com", "ada@.com", &"a".repeat(300)] {
+        for bad in [
+            "",
+            "ada",
+            "@example.com",
+            "ada@",
+            "ada@x",
+            "ada@@example.com",
+            "a da@example.com",
+            "ada@.com",
+            &"a".repeat(300),
+        ] {
             assert!(email(bad).is_err(), "{bad:?} accepted");
         }
     }

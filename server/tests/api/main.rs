@@ -1,0 +1,11 @@
+//! Integration tests: the real router against a real Postgres (a private
+//! cluster the harness starts), driven request by request.
+
+mod support;
+
+mod hardening;
+mod isolation;
+mod pages;
+mod roles;
+mod sessions;
+mod sign_in;

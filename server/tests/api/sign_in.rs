@@ -1,0 +1,170 @@
+use crate::support::{TestApp, PASSWORD};
+use axum::http::{Method, StatusCode};
+use serde_json::json;
+
+#[tokio::test]
+async fn right_password_signs_in_and_sets_a_hardened_cookie() {
+    let app = TestApp::start().await;
+    app.org_with_admin("Acme", "ada@acme.test").await;
+    let mut c = app.client();
+    let r = c.sign_in("Ada@Acme.test ", PASSWORD).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["email"], "ada@acme.test");
+    assert_eq!(r.json()["role"], "admin");
+    let cookie = r.header("set-cookie").expect("session cookie set");
+    assert!(cookie.starts_with("vpcmesh_session="), "{cookie}");
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Lax"), "{cookie}");
+    let me = c.get("/api/v1/me").await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(me.json()["org_name"], "Acme");
+    assert_eq!(
+        app.count("SELECT count(*) FROM audit_events WHERE action = 'sign_in'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn wrong_password_is_refused_and_creates_no_session() {
+    let app = TestApp::start().await;
+    app.org_with_admin("Acme", "ada@acme.test").await;
+    let mut c = app.client();
+    let r = c.sign_in("ada@acme.test", "not the password").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.error_code(), "invalid_credentials");
+    assert_eq!(
+        r.json()["error"]["message"],
+        "Email or password is incorrect."
+    );
+    assert!(r.header("set-cookie").is_none());
+    assert_eq!(
+        app.count("SELECT count(*) FROM tower_sessions.session")
+            .await,
+        0
+    );
+    assert_eq!(c.get("/api/v1/me").await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn unknown_user_gets_the_same_answer_as_a_wrong_password() {
+    let app = TestApp::start().await;
+    app.org_with_admin("Acme", "ada@acme.test").await;
+    let r = app.client().sign_in("nobody@acme.test", PASSWORD).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.error_code(), "invalid_credentials");
+}
+
+#[tokio::test]
+async fn malformed_sign_in_fields_get_clear_errors() {
+    let app = TestApp::start().await;
+    let mut c = app.client();
+    let r = c.sign_in("not-an-email", PASSWORD).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["error"]["field"], "email");
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("name@example.com"));
+
+    let r = c.sign_in("ada@acme.test", "").await;
+    assert_eq!(r.json()["error"]["field"], "password");
+
+    let r = c
+        .json(
+            Method::POST,
+            "/api/v1/session",
+            Some(json!({ "email": "ada@acme.test" })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.text().contains("password"), "{}", r.text());
+
+    let r = c
+        .json(
+            Method::POST,
+            "/api/v1/session",
+            Some(json!({ "email": 7, "password": [] })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.error_code(), "request");
+    assert_eq!(
+        app.count("SELECT count(*) FROM tower_sessions.session")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn repeated_failures_lock_the_email_even_for_the_right_password() {
+    let app = TestApp::start().await;
+    app.org_with_admin("Acme", "ada@acme.test").await;
+    let mut c = app.client();
+    for _ in 0..server::auth::rate_limit::MAX_FAILURES_PER_EMAIL {
+        assert_eq!(
+            c.sign_in("ada@acme.test", "guess guess guess").await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let r = c.sign_in("ada@acme.test", PASSWORD).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.error_code(), "rate_limited");
+    let retry: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!(retry > 0 && retry <= 15 * 60, "{retry}");
+    assert!(c.cookie.is_none());
+    // Another user is not affected by Ada's lock.
+    let org: uuid::Uuid = sqlx::query_scalar("SELECT id FROM organizations")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    app.add_user(org, "bob@acme.test", app::api::Role::Member)
+        .await;
+    assert_eq!(
+        app.client().sign_in("bob@acme.test", PASSWORD).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn plain_form_sign_in_without_javascript_redirects_to_the_console() {
+    let app = TestApp::start().await;
+    app.org_with_admin("Acme", "ada@acme.test").await;
+    let mut c = app.client();
+    let r = c
+        .form(
+            "/api/sign_in",
+            &[
+                ("email", "ada@acme.test"),
+                ("password", PASSWORD),
+                ("next", "/admin"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/admin"));
+    assert!(c.cookie.is_some());
+    assert_eq!(c.get("/api/v1/me").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn form_sign_in_never_redirects_off_site() {
+    let app = TestApp::start().await;
+    app.org_with_admin("Acme", "ada@acme.test").await;
+    let r = app
+        .client()
+        .form(
+            "/api/sign_in",
+            &[
+                ("email", "ada@acme.test"),
+                ("password", PASSWORD),
+                ("next", "//evil.example/x"),
+            ],
+        )
+        .await;
+    assert_eq!(r.header("location"), Some("/"));
+}

@@ -1,0 +1,265 @@
+//! Test harness: one private Postgres cluster per test binary, a fresh
+//! database per test, and a cookie-keeping client for the real router.
+
+use axum::{
+    body::Body,
+    http::{header, HeaderMap, Method, Request, StatusCode},
+    Router,
+};
+use http_body_util::BodyExt;
+use leptos::prelude::LeptosOptions;
+use serde_json::Value;
+use server::{
+    db::{self, Durability, PrivateCluster},
+    http::router,
+    identity::{orgs, users},
+    AppState, Settings,
+};
+use sqlx::PgPool;
+use std::{os::unix::fs::PermissionsExt, path::PathBuf};
+use tokio::sync::OnceCell;
+use tower::ServiceExt;
+use uuid::Uuid;
+
+pub const ORIGIN: &str = "http://127.0.0.1:3000";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+static CLUSTER: OnceCell<PrivateCluster> = OnceCell::const_new();
+
+async fn cluster() -> &'static PrivateCluster {
+    CLUSTER
+        .get_or_init(|| async {
+            // Under /tmp: as root the cluster runs as `postgres`, which must reach it.
+            let dir = PathBuf::from("/tmp/vpcmesh-test-pg");
+            std::fs::create_dir_all(&dir).expect("create /tmp/vpcmesh-test-pg");
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod test pg dir");
+            remove_clusters_of_dead_runs(&dir);
+            let dir = dir.join(format!("api-{}", std::process::id()));
+            PrivateCluster::start(&dir, Durability::Ephemeral)
+                .await
+                .expect("private Postgres cluster starts (is the postgresql package installed?)")
+        })
+        .await
+}
+
+/// Earlier runs' cluster folders (named after their process id) whose process is gone.
+fn remove_clusters_of_dead_runs(root: &std::path::Path) {
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("api-") else {
+            continue;
+        };
+        if !PathBuf::from(format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+pub struct TestApp {
+    pub router: Router,
+    pub pool: PgPool,
+}
+
+impl TestApp {
+    pub async fn start() -> Self {
+        Self::with_settings(|_| {}).await
+    }
+
+    pub async fn with_settings(change: impl FnOnce(&mut Settings)) -> Self {
+        let cluster = cluster().await;
+        let name = format!("t_{}", Uuid::new_v4().simple());
+        let url = cluster
+            .ensure_database(&name)
+            .await
+            .expect("create test database");
+        let pool = db::connect(&url).await.expect("connect test database");
+        db::migrate(&pool).await.expect("migrations apply");
+        let mut settings = Settings::local(ORIGIN);
+        change(&mut settings);
+        let options = LeptosOptions::builder()
+            .output_name("vpcmesh")
+            .site_root("target/site")
+            .build();
+        let router = router(AppState::new(pool.clone(), settings, options));
+        TestApp { router, pool }
+    }
+
+    /// An organization with one admin (`PASSWORD`); returns its id.
+    pub async fn org_with_admin(&self, org: &str, email: &str) -> Uuid {
+        let org = orgs::create(&self.pool, org).await.expect("create org");
+        self.add_user(org.id, email, app::api::Role::Admin).await;
+        org.id
+    }
+
+    pub async fn add_user(&self, org_id: Uuid, email: &str, role: app::api::Role) -> Uuid {
+        let hash = server::auth::password::hash(PASSWORD).await.expect("hash");
+        users::insert(
+            &self.pool,
+            users::NewUserRow {
+                org_id,
+                email,
+                name: "Test User",
+                role,
+                password_hash: &hash,
+            },
+        )
+        .await
+        .expect("insert user")
+        .expect("email is new")
+    }
+
+    pub fn client(&self) -> Client {
+        Client {
+            router: self.router.clone(),
+            cookie: None,
+        }
+    }
+
+    /// A client already signed in as `email` with `PASSWORD`.
+    pub async fn signed_in(&self, email: &str) -> Client {
+        let mut c = self.client();
+        let r = c.sign_in(email, PASSWORD).await;
+        assert_eq!(r.status, StatusCode::OK, "sign-in as {email}: {}", r.text());
+        c
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count query")
+    }
+}
+
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends requests as a same-origin browser would, keeping the session cookie.
+pub struct Client {
+    router: Router,
+    pub cookie: Option<String>,
+}
+
+impl Client {
+    pub fn request(&self, method: Method, path: &str) -> axum::http::request::Builder {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::ORIGIN, ORIGIN);
+        if let Some(c) = &self.cookie {
+            b = b.header(header::COOKIE, c);
+        }
+        b
+    }
+
+    pub async fn send(&mut self, req: Request<Body>) -> Response {
+        let res = self
+            .router
+            .clone()
+            .oneshot(req)
+            .await
+            .expect("router answers");
+        let (parts, body) = res.into_parts();
+        for set in parts.headers.get_all(header::SET_COOKIE) {
+            let set = set.to_str().expect("ascii cookie");
+            let pair = set.split(';').next().unwrap_or_default().to_string();
+            let expired = set.contains("Max-Age=0") || pair.ends_with('=');
+            self.cookie = if expired { None } else { Some(pair) };
+        }
+        let body = body.collect().await.expect("body").to_bytes().to_vec();
+        Response {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub async fn json(&mut self, method: Method, path: &str, body: Option<Value>) -> Response {
+        let b = self
+            .request(method, path)
+            .header(header::CONTENT_TYPE, "application/json");
+        let body = body
+            .map(|v| Body::from(v.to_string()))
+            .unwrap_or_else(Body::empty);
+        self.send(b.body(body).expect("request")).await
+    }
+
+    pub async fn get(&mut self, path: &str) -> Response {
+        self.send(
+            self.request(Method::GET, path)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+    }
+
+    /// A page load, with the `Accept` header a browser sends.
+    pub async fn page(&mut self, path: &str) -> Response {
+        let req = self
+            .request(Method::GET, path)
+            .header(header::ACCEPT, "text/html,application/xhtml+xml")
+            .body(Body::empty())
+            .expect("request");
+        self.send(req).await
+    }
+
+    /// A plain HTML form post, as a browser without JavaScript sends it.
+    pub async fn form(&mut self, path: &str, fields: &[(&str, &str)]) -> Response {
+        let body = fields
+            .iter()
+            .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let req = self
+            .request(Method::POST, path)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, "text/html")
+            .header(header::REFERER, format!("{ORIGIN}/sign-in"))
+            .body(Body::from(body))
+            .expect("request");
+        self.send(req).await
+    }
+
+    pub async fn sign_in(&mut self, email: &str, password: &str) -> Response {
+        self.json(
+            Method::POST,
+            "/api/v1/session",
+            Some(serde_json::json!({ "email": email, "password": password })),
+        )
+        .await
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
