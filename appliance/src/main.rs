@@ -1,1 +1,10 @@
-fn main() {}
+use appliance::config::AgentConfig;
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().init();
+    let config = AgentConfig::parse();
+    config.validate()?;
+    tracing::info!(server = %config.server_url, "vpcmesh agent configured");
+    anyhow::bail!("registration is not implemented yet in this build")
+}

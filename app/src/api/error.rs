@@ -129,10 +129,8 @@ mod tests {
     }
 
     fn serde_json_value(e: &ConsoleError) -> String {
-        String::from_utf8(JsonEncoding::encode(e).expect("encodes").to_vec()).expect("utf8")
+        String::from_utf8(e.ser().to_vec()).expect("utf8")
     }
-
-    use leptos::server_fn::codec::Encodes;
 
     #[test]
     fn malformed_arguments_read_as_a_request_error() {

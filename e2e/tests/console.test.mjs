@@ -1,0 +1,123 @@
+// The console in a real browser against the real server and Postgres.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startServer } from '../lib/server.mjs';
+import { launch, watchErrors, clickUntil, ARTIFACTS } from '../lib/browser.mjs';
+
+let server;
+let browser;
+
+before(async () => {
+  server = await startServer();
+  browser = await launch();
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+test('a user signs in through the page, lands on the dashboard, and hydrated controls respond', async () => {
+  const page = await browser.newPage();
+  const errors = watchErrors(page);
+
+  await page.goto(`${server.url}/`);
+  assert.equal(new URL(page.url()).pathname, '/sign-in', 'signed-out visitors land on sign-in');
+  assert.equal(await page.title(), 'Sign in · vpcmesh');
+
+  // Only a hydrated page reacts to "Show": the server-rendered button has no handler.
+  const password = page.locator('#password');
+  await clickUntil(page, '#toggle-password', async () => (await password.getAttribute('type')) === 'text');
+  assert.equal(await page.locator('#toggle-password').textContent(), 'Hide');
+  await page.click('#toggle-password');
+  assert.equal(await password.getAttribute('type'), 'password');
+
+  await page.fill('#email', server.email);
+  await page.fill('#password', server.password);
+  await page.screenshot({ path: `${ARTIFACTS}/01-sign-in.png` });
+  await Promise.all([page.waitForURL(`${server.url}/`), page.click('button[type=submit]')]);
+
+  await page.waitForSelector('h1:text("Dashboard")');
+  assert.match(await page.textContent('.user-menu'), /Demo Admin/);
+  assert.match(await page.textContent('.cards'), /Users/);
+
+  // A client-side interaction: the checklist folds and unfolds without a request.
+  assert.equal(await page.isVisible('#checklist'), true);
+  await page.click('#toggle-checklist');
+  await page.waitForSelector('#checklist', { state: 'detached' });
+  assert.equal(await page.textContent('#toggle-checklist'), 'Show steps');
+  await page.click('#toggle-checklist');
+  await page.waitForSelector('#checklist');
+  await page.screenshot({ path: `${ARTIFACTS}/02-dashboard.png`, fullPage: true });
+
+  // Client-side navigation to Admin lists the organization's users.
+  await page.click('nav >> text=Admin');
+  await page.waitForSelector(`td:text("${server.email}")`);
+  assert.equal(new URL(page.url()).pathname, '/admin');
+  await page.screenshot({ path: `${ARTIFACTS}/03-admin.png`, fullPage: true });
+
+  assert.deepEqual(errors, [], 'no script errors or CSP violations');
+  await page.close();
+});
+
+test('a wrong password is shown next to the form and nobody is signed in', async () => {
+  const page = await browser.newPage();
+  await page.goto(`${server.url}/sign-in`);
+  await clickUntil(page, '#toggle-password', async () => (await page.getAttribute('#password', 'type')) === 'text');
+  await page.fill('#email', server.email);
+  await page.fill('#password', 'definitely not it');
+  await page.click('button[type=submit]');
+  const alert = page.locator('.field-error[role=alert]');
+  await alert.waitFor();
+  assert.equal(await alert.textContent(), 'Email or password is incorrect.');
+  assert.equal(new URL(page.url()).pathname, '/sign-in');
+  const me = await page.request.get(`${server.url}/api/v1/me`);
+  assert.equal(me.status(), 401);
+  await page.screenshot({ path: `${ARTIFACTS}/04-wrong-password.png` });
+  await page.close();
+});
+
+test('an admin adds a user from the Admin page and the list updates in place', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const errors = watchErrors(page);
+  await page.goto(`${server.url}/sign-in`);
+  await clickUntil(page, '#toggle-password', async () => (await page.getAttribute('#password', 'type')) === 'text');
+  await page.fill('#email', server.email);
+  await page.fill('#password', server.password);
+  await Promise.all([page.waitForURL(`${server.url}/`), page.click('button[type=submit]')]);
+  await page.click('nav >> text=Admin');
+  await page.waitForSelector('#new-email');
+
+  await page.fill('#new-name', 'Grace Hopper');
+  await page.fill('#new-email', 'grace@demo.vpcmesh.dev');
+  await page.selectOption('#new-role', 'member');
+  await page.fill('#new-password', 'correct horse battery staple');
+  await page.click('text=Add user');
+  await page.waitForSelector('td:text("grace@demo.vpcmesh.dev")');
+
+  // The same email again: a clear conflict, next to the form.
+  await page.fill('#new-name', 'Grace Again');
+  await page.fill('#new-email', 'grace@demo.vpcmesh.dev');
+  await page.fill('#new-password', 'correct horse battery staple');
+  await page.click('text=Add user');
+  await page.waitForSelector('text=A user with the email grace@demo.vpcmesh.dev already exists.');
+  await page.screenshot({ path: `${ARTIFACTS}/05-admin-add-user.png`, fullPage: true });
+  assert.deepEqual(errors.filter((e) => !e.includes('status of 409') && !e.includes('status of 500')), []);
+  await context.close();
+});
+
+test('pages read without JavaScript, and the sign-in form works as a plain form', async () => {
+  const context = await browser.newContext({ javaScriptEnabled: false });
+  const page = await context.newPage();
+  await page.goto(`${server.url}/admin`);
+  assert.equal(new URL(page.url()).pathname, '/sign-in');
+  await page.fill('#email', server.email);
+  await page.fill('#password', server.password);
+  await page.click('button[type=submit]');
+  await page.waitForURL(`${server.url}/admin`);
+  assert.match(await page.textContent('h1'), /Admin/);
+  assert.match(await page.textContent('body'), new RegExp(server.email));
+  await page.screenshot({ path: `${ARTIFACTS}/06-no-javascript.png`, fullPage: true });
+  await context.close();
+});
