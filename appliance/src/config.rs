@@ -32,7 +32,8 @@ mod tests {
     fn server_url_must_be_http() {
         let c = AgentConfig::try_parse_from(["a", "--server-url", "ftp://x"]).expect("parses");
         assert_eq!(c.validate(), Err(AgentConfigError::Scheme("ftp".into())));
-        let c = AgentConfig::try_parse_from(["a", "--server-url", "https://cp.example"]).expect("parses");
+        let c = AgentConfig::try_parse_from(["a", "--server-url", "https://cp.example"])
+            .expect("parses");
         assert!(c.validate().is_ok());
     }
 }

@@ -6,15 +6,17 @@ use crate::{
 use app::api::ConsoleError;
 use axum::{extract::DefaultBodyLimit, middleware, response::IntoResponse, routing::get, Router};
 use leptos_axum::LeptosRoutes;
-use tower_http::{limit::RequestBodyLimitLayer, trace::TraceLayer};
+use tower_http::{limit::RequestBodyLimitLayer, services::ServeDir, trace::TraceLayer};
 
 /// The whole HTTP surface, with its layers, ready to serve or to drive in tests.
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
     let routes = (*state.routes).clone();
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+    let pkg = format!(
+        "{}/{}",
+        state.leptos_options.site_root, state.leptos_options.site_pkg_dir
+    );
+    let console = Router::new()
         .nest("/api/v1", api::routes())
         .route(
             "/api/{*fn_name}",
@@ -26,7 +28,13 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             csrf::require_same_origin,
         ))
-        .layer(session::layer(&state.pool, &state.settings))
+        .layer(session::layer(&state.pool, &state.settings));
+    // Health checks and the static bundle need no session (and cause no session write).
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .nest_service("/pkg", ServeDir::new(pkg))
+        .merge(console)
         .layer(middleware::map_response_with_state(limit, body_too_large))
         .layer(DefaultBodyLimit::max(limit))
         .layer(RequestBodyLimitLayer::new(limit))

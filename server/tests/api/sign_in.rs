@@ -168,3 +168,35 @@ async fn form_sign_in_never_redirects_off_site() {
         .await;
     assert_eq!(r.header("location"), Some("/"));
 }
+
+#[tokio::test]
+async fn plain_form_with_a_wrong_password_returns_to_the_form_with_the_reason() {
+    let app = TestApp::start().await;
+    app.org_with_admin("Acme", "ada@acme.test").await;
+    let mut c = app.client();
+    let r = c
+        .form(
+            "/api/sign_in",
+            &[
+                ("email", "ada@acme.test"),
+                ("password", "nope nope nope"),
+                ("next", ""),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    let location = r.header("location").expect("back to the form").to_string();
+    let back = location
+        .strip_prefix(crate::support::ORIGIN)
+        .expect("same site");
+    assert!(
+        back.starts_with("/sign-in?__path=%2Fapi%2Fsign_in&__err="),
+        "{location}"
+    );
+    assert!(c.cookie.is_none());
+    let page = c.page(back).await.text();
+    assert!(
+        page.contains("Email or password is incorrect."),
+        "the form page states the reason"
+    );
+}
