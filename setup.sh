@@ -53,7 +53,9 @@ install_crate() { # crate version binary
   have=$("$3" --version 2>/dev/null | awk '{print $2}') || true
   [ "$have" = "$2" ] && return 0
   say "building $1 $2 from crates.io (once; cached in $VPCMESH_CACHE/tools)"
-  tool_cargo install --locked --quiet "$1" --version "$2" --root "$VPCMESH_CACHE/tools"
+  # --locked first; when the registry lacks a locked version, resolve anew.
+  tool_cargo install --locked --quiet "$1" --version "$2" --root "$VPCMESH_CACHE/tools" ||
+    tool_cargo install --quiet "$1" --version "$2" --root "$VPCMESH_CACHE/tools"
 }
 
 setup_build() {

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod cluster;
 mod hardening;
 mod isolation;
 mod pages;
