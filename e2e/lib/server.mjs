@@ -56,12 +56,14 @@ export async function startServer() {
     email: ADMIN_EMAIL,
     password,
     output: () => output,
+    /** Stops the server with SIGTERM (graceful shutdown); resolves to its exit code. */
     async stop() {
       if (child.exitCode === null) {
         child.kill('SIGTERM');
         await once(child, 'exit');
       }
       rmSync(dir, { recursive: true, force: true });
+      return child.exitCode;
     },
   };
 }

@@ -14,7 +14,8 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
-  await server?.stop();
+  const code = await server?.stop();
+  assert.equal(code, 0, `graceful shutdown on SIGTERM; server output:\n${server?.output()}`);
 });
 
 test('a user signs in through the page, lands on the dashboard, and hydrated controls respond', async () => {
