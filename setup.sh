@@ -15,6 +15,10 @@ mkdir -p "$VPCMESH_CACHE/tools/bin"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$VPCMESH_CACHE/target}
 export PATH="$VPCMESH_CACHE/tools/bin:$HOME/.cargo/bin:$PATH"
 export VPCMESH_ROOT VPCMESH_CACHE
+# cargo-leptos sets this while building; Leptos reads it at compile time
+# (it names the WASM file). Every cargo run sees the same value, so test and
+# lint builds reuse the console build instead of recompiling Leptos.
+export LEPTOS_OUTPUT_NAME=vpcmesh
 
 say() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }

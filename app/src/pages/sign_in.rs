@@ -29,7 +29,7 @@ pub fn SignInPage() -> impl IntoView {
                 <h1 id="sign-in-title">"Sign in"</h1>
                 <p class="muted">"Connect your VPCs across regions and accounts."</p>
                 <ActionForm action=action attr:class="form" attr:novalidate="">
-                    <input type="hidden" name="next" prop:value=next />
+                    <input type="hidden" name="next" value=next />
                     <label for="email">"Email"</label>
                     <input
                         id="email"

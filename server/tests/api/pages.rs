@@ -95,3 +95,13 @@ async fn unknown_pages_are_404_with_a_way_back() {
     assert!(r.text().contains("Page not found"));
     assert!(r.text().contains("href=\"/\""));
 }
+
+#[tokio::test]
+async fn sign_in_page_carries_the_destination_in_the_form() {
+    let app = TestApp::start().await;
+    let html = app.client().page("/sign-in?next=/admin").await.text();
+    assert!(
+        html.contains("name=\"next\" value=\"/admin\""),
+        "the no-JS form posts the destination"
+    );
+}
