@@ -36,10 +36,14 @@ else
   mkdir -p "$VPCMESH_ROOT/.data"
   "$VPCMESH_MOTO_SERVER" -H 127.0.0.1 -p "$moto_port" >"$VPCMESH_ROOT/.data/moto.log" 2>&1 &
   moto_pid=$!
-  trap 'kill $moto_pid 2>/dev/null || true' EXIT
   args+=(--aws-endpoint-url "http://127.0.0.1:$moto_port")
   export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1
 fi
 
 say "starting the console (Ctrl-C stops everything)"
-"$VPCMESH_SERVER_BIN" "${args[@]}"
+"$VPCMESH_SERVER_BIN" "${args[@]}" &
+server_pid=$!
+# Whatever stops this script stops the server (gracefully) and moto with it.
+trap 'kill -TERM $server_pid 2>/dev/null; wait $server_pid; kill ${moto_pid:-} 2>/dev/null; exit' INT TERM
+trap 'kill ${moto_pid:-} 2>/dev/null || true' EXIT
+wait $server_pid

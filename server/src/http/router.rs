@@ -6,7 +6,10 @@ use crate::{
 use app::api::ConsoleError;
 use axum::{extract::DefaultBodyLimit, middleware, response::IntoResponse, routing::get, Router};
 use leptos_axum::LeptosRoutes;
-use tower_http::{limit::RequestBodyLimitLayer, services::ServeDir, trace::TraceLayer};
+use tower_http::{
+    compression::CompressionLayer, limit::RequestBodyLimitLayer, services::ServeDir,
+    trace::TraceLayer,
+};
 
 /// The whole HTTP surface, with its layers, ready to serve or to drive in tests.
 pub fn router(state: AppState) -> Router {
@@ -39,6 +42,8 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(RequestBodyLimitLayer::new(limit))
         .layer(middleware::from_fn(security_headers::add))
+        // The WASM bundle and pages shrink several-fold with gzip/brotli.
+        .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -9,8 +9,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn oversized_bodies_are_refused_before_anything_happens() {
-    let app = TestApp::start().await;
-    app.org_with_admin("Acme", "ada@acme.test").await;
+    let (app, _) = TestApp::acme().await;
     let mut ada = app.signed_in("ada@acme.test").await;
     let huge = "x".repeat(200 * 1024);
     let r = ada
@@ -47,8 +46,7 @@ async fn oversized_bodies_are_refused_before_anything_happens() {
 
 #[tokio::test]
 async fn state_changes_without_csrf_proof_are_refused() {
-    let app = TestApp::start().await;
-    app.org_with_admin("Acme", "ada@acme.test").await;
+    let (app, _) = TestApp::acme().await;
     let mut ada = app.signed_in("ada@acme.test").await;
     let body =
         json!({ "email": "eve@acme.test", "name": "Eve", "role": "admin", "password": PASSWORD })
@@ -98,8 +96,7 @@ async fn state_changes_without_csrf_proof_are_refused() {
 
 #[tokio::test]
 async fn malformed_bodies_get_clear_errors() {
-    let app = TestApp::start().await;
-    app.org_with_admin("Acme", "ada@acme.test").await;
+    let (app, _) = TestApp::acme().await;
     let mut ada = app.signed_in("ada@acme.test").await;
     let not_json = ada
         .request(Method::POST, "/api/v1/users")

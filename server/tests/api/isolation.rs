@@ -7,8 +7,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn admins_see_and_change_only_their_own_organization() {
-    let app = TestApp::start().await;
-    let acme = app.org_with_admin("Acme", "ada@acme.test").await;
+    let (app, acme) = TestApp::acme().await;
     let globex = app.org_with_admin("Globex", "hank@globex.test").await;
     let acme_member = app.add_user(acme, "mia@acme.test", Role::Member).await;
     app.add_user(globex, "gus@globex.test", Role::Member).await;
@@ -78,8 +77,7 @@ async fn admins_see_and_change_only_their_own_organization() {
 async fn a_session_from_one_organization_cannot_be_pointed_at_another() {
     // The session stores user and organization together; a user row moved out
     // of that organization (or deleted) ends the session instead of leaking.
-    let app = TestApp::start().await;
-    let acme = app.org_with_admin("Acme", "ada@acme.test").await;
+    let (app, acme) = TestApp::acme().await;
     let bob = app.add_user(acme, "bob@acme.test", Role::Member).await;
     let mut c = app.signed_in("bob@acme.test").await;
     let globex = server::identity::orgs::create(&app.pool, "Globex")

@@ -34,8 +34,7 @@ async fn sign_in_page_is_a_complete_form() {
 
 #[tokio::test]
 async fn dashboard_renders_the_organization_without_javascript() {
-    let app = TestApp::start().await;
-    app.org_with_admin("Acme", "ada@acme.test").await;
+    let (app, _) = TestApp::acme().await;
     let mut c = app.signed_in("ada@acme.test").await;
     let r = c.page("/").await;
     assert_eq!(r.status, StatusCode::OK);
@@ -58,8 +57,7 @@ async fn dashboard_renders_the_organization_without_javascript() {
 
 #[tokio::test]
 async fn members_get_a_clear_forbidden_page_for_admin() {
-    let app = TestApp::start().await;
-    let org = app.org_with_admin("Acme", "ada@acme.test").await;
+    let (app, org) = TestApp::acme().await;
     app.add_user(org, "mia@acme.test", Role::Member).await;
     let mut mia = app.signed_in("mia@acme.test").await;
     let r = mia.page("/admin").await;
@@ -75,8 +73,7 @@ async fn members_get_a_clear_forbidden_page_for_admin() {
 
 #[tokio::test]
 async fn admins_see_users_and_audit_log() {
-    let app = TestApp::start().await;
-    app.org_with_admin("Acme", "ada@acme.test").await;
+    let (app, _) = TestApp::acme().await;
     let mut ada = app.signed_in("ada@acme.test").await;
     let html = ada.page("/admin").await.text();
     assert!(html.contains("ada@acme.test"));
@@ -104,4 +101,19 @@ async fn sign_in_page_carries_the_destination_in_the_form() {
         html.contains("name=\"next\" value=\"/admin\""),
         "the no-JS form posts the destination"
     );
+}
+
+#[tokio::test]
+async fn pages_are_compressed_for_browsers_that_accept_it() {
+    let app = TestApp::start().await;
+    let mut c = app.client();
+    let req = c
+        .request(axum::http::Method::GET, "/sign-in")
+        .header("accept", "text/html")
+        .header("accept-encoding", "br, gzip")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let r = c.send(req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("content-encoding"), Some("br"));
 }

@@ -9,8 +9,7 @@ fn new_user(email: &str, role: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn admin_adds_a_user_who_can_then_sign_in() {
-    let app = TestApp::start().await;
-    app.org_with_admin("Acme", "ada@acme.test").await;
+    let (app, _) = TestApp::acme().await;
     let mut admin = app.signed_in("ada@acme.test").await;
     let r = admin
         .json(
@@ -43,8 +42,7 @@ async fn admin_adds_a_user_who_can_then_sign_in() {
 
 #[tokio::test]
 async fn members_cannot_manage_users() {
-    let app = TestApp::start().await;
-    let org = app.org_with_admin("Acme", "ada@acme.test").await;
+    let (app, org) = TestApp::acme().await;
     app.add_user(org, "mia@acme.test", Role::Member).await;
     let mut mia = app.signed_in("mia@acme.test").await;
     for r in [
@@ -85,8 +83,7 @@ async fn members_cannot_manage_users() {
 
 #[tokio::test]
 async fn a_role_change_applies_to_the_next_request() {
-    let app = TestApp::start().await;
-    let org = app.org_with_admin("Acme", "ada@acme.test").await;
+    let (app, org) = TestApp::acme().await;
     let bob = app.add_user(org, "bob@acme.test", Role::Member).await;
     let mut ada = app.signed_in("ada@acme.test").await;
     let mut bob_c = app.signed_in("bob@acme.test").await;
@@ -107,8 +104,7 @@ async fn a_role_change_applies_to_the_next_request() {
 
 #[tokio::test]
 async fn the_last_admin_cannot_be_demoted() {
-    let app = TestApp::start().await;
-    app.org_with_admin("Acme", "ada@acme.test").await;
+    let (app, _) = TestApp::acme().await;
     let mut ada = app.signed_in("ada@acme.test").await;
     let me = ada.get("/api/v1/me").await.json();
     let id = me["user_id"].as_str().unwrap().to_string();
@@ -133,8 +129,7 @@ async fn the_last_admin_cannot_be_demoted() {
 
 #[tokio::test]
 async fn bad_new_user_input_is_refused_and_adds_nobody() {
-    let app = TestApp::start().await;
-    app.org_with_admin("Acme", "ada@acme.test").await;
+    let (app, _) = TestApp::acme().await;
     let mut ada = app.signed_in("ada@acme.test").await;
     let cases = [
         (new_user("not-an-email", "member"), "email"),

@@ -27,8 +27,7 @@ async fn activity_keeps_a_session_alive() {
 
 #[tokio::test]
 async fn sign_in_rotates_the_session_id_and_the_old_one_dies() {
-    let app = TestApp::start().await;
-    app.org_with_admin("Acme", "ada@acme.test").await;
+    let (app, _) = TestApp::acme().await;
     let mut c = app.signed_in("ada@acme.test").await;
     let first = c.cookie.clone().expect("cookie");
     assert_eq!(
@@ -44,8 +43,7 @@ async fn sign_in_rotates_the_session_id_and_the_old_one_dies() {
 
 #[tokio::test]
 async fn sign_out_ends_the_session_for_good() {
-    let app = TestApp::start().await;
-    app.org_with_admin("Acme", "ada@acme.test").await;
+    let (app, _) = TestApp::acme().await;
     let mut c = app.signed_in("ada@acme.test").await;
     let cookie = c.cookie.clone();
     assert_eq!(

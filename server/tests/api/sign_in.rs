@@ -4,8 +4,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn right_password_signs_in_and_sets_a_hardened_cookie() {
-    let app = TestApp::start().await;
-    app.org_with_admin("Acme", "ada@acme.test").await;
+    let (app, _) = TestApp::acme().await;
     let mut c = app.client();
     let r = c.sign_in("Ada@Acme.test ", PASSWORD).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
@@ -27,8 +26,7 @@ async fn right_password_signs_in_and_sets_a_hardened_cookie() {
 
 #[tokio::test]
 async fn wrong_password_is_refused_and_creates_no_session() {
-    let app = TestApp::start().await;
-    app.org_with_admin("Acme", "ada@acme.test").await;
+    let (app, _) = TestApp::acme().await;
     let mut c = app.client();
     let r = c.sign_in("ada@acme.test", "not the password").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
@@ -48,8 +46,7 @@ async fn wrong_password_is_refused_and_creates_no_session() {
 
 #[tokio::test]
 async fn unknown_user_gets_the_same_answer_as_a_wrong_password() {
-    let app = TestApp::start().await;
-    app.org_with_admin("Acme", "ada@acme.test").await;
+    let (app, _) = TestApp::acme().await;
     let r = app.client().sign_in("nobody@acme.test", PASSWORD).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.error_code(), "invalid_credentials");
@@ -98,8 +95,7 @@ async fn malformed_sign_in_fields_get_clear_errors() {
 
 #[tokio::test]
 async fn repeated_failures_lock_the_email_even_for_the_right_password() {
-    let app = TestApp::start().await;
-    app.org_with_admin("Acme", "ada@acme.test").await;
+    let (app, _) = TestApp::acme().await;
     let mut c = app.client();
     for _ in 0..server::auth::rate_limit::MAX_FAILURES_PER_EMAIL {
         assert_eq!(
@@ -132,8 +128,7 @@ async fn repeated_failures_lock_the_email_even_for_the_right_password() {
 
 #[tokio::test]
 async fn plain_form_sign_in_without_javascript_redirects_to_the_console() {
-    let app = TestApp::start().await;
-    app.org_with_admin("Acme", "ada@acme.test").await;
+    let (app, _) = TestApp::acme().await;
     let mut c = app.client();
     let r = c
         .form(
@@ -153,8 +148,7 @@ async fn plain_form_sign_in_without_javascript_redirects_to_the_console() {
 
 #[tokio::test]
 async fn form_sign_in_never_redirects_off_site() {
-    let app = TestApp::start().await;
-    app.org_with_admin("Acme", "ada@acme.test").await;
+    let (app, _) = TestApp::acme().await;
     let r = app
         .client()
         .form(
@@ -171,8 +165,7 @@ async fn form_sign_in_never_redirects_off_site() {
 
 #[tokio::test]
 async fn plain_form_with_a_wrong_password_returns_to_the_form_with_the_reason() {
-    let app = TestApp::start().await;
-    app.org_with_admin("Acme", "ada@acme.test").await;
+    let (app, _) = TestApp::acme().await;
     let mut c = app.client();
     let r = c
         .form(

@@ -85,6 +85,13 @@ impl TestApp {
         TestApp { router, pool }
     }
 
+    /// The usual fixture: organization "Acme" whose admin is ada@acme.test.
+    pub async fn acme() -> (Self, Uuid) {
+        let app = Self::start().await;
+        let org = app.org_with_admin("Acme", "ada@acme.test").await;
+        (app, org)
+    }
+
     /// An organization with one admin (`PASSWORD`); returns its id.
     pub async fn org_with_admin(&self, org: &str, email: &str) -> Uuid {
         let org = orgs::create(&self.pool, org).await.expect("create org");
