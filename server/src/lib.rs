@@ -12,6 +12,7 @@ pub mod identity;
 pub mod internal;
 pub mod run;
 pub mod state;
+pub mod topology;
 
 pub use config::{Config, Settings};
 pub use state::AppState;
