@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod aws;
 pub mod config;
 pub mod console;
 pub mod db;
