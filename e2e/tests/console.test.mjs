@@ -104,7 +104,8 @@ test('an admin adds a user from the Admin page and the list updates in place', a
   await page.click('text=Add user');
   await page.waitForSelector('text=A user with the email grace@demo.vpcmesh.dev already exists.');
   await page.screenshot({ path: `${ARTIFACTS}/05-admin-add-user.png`, fullPage: true });
-  assert.deepEqual(errors.filter((e) => !e.includes('status of 409') && !e.includes('status of 500')), []);
+  // The refused duplicate is a 409 the browser logs; nothing else may fail.
+  assert.deepEqual(errors.filter((e) => !e.includes('status of 409')), []);
   await context.close();
 });
 

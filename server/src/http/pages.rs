@@ -7,7 +7,7 @@ use app::backend::ConsoleHandle;
 use axum::{
     body::Body,
     extract::State,
-    http::Request,
+    http::{Request, StatusCode},
     response::{IntoResponse, Response},
 };
 use leptos::prelude::provide_context;
@@ -33,9 +33,24 @@ pub async fn server_fn(
         return ApiError(ConsoleError::TooLarge { limit_bytes }).into_response();
     };
     let req = Request::from_parts(parts, Body::from(bytes));
-    leptos_axum::handle_server_fns_with_context(provide(console), req)
+    let res = leptos_axum::handle_server_fns_with_context(provide(console), req)
         .await
-        .into_response()
+        .into_response();
+    with_error_status(res, limit_bytes).await
+}
+
+/// Server functions answer every error with 500; give a [`ConsoleError`] its
+/// own status (401, 403, 409…), as the JSON API does.
+async fn with_error_status(res: Response, limit: usize) -> Response {
+    if res.status() != StatusCode::INTERNAL_SERVER_ERROR {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let bytes = axum::body::to_bytes(body, limit).await.unwrap_or_default();
+    if let Ok(error) = serde_json::from_slice::<ConsoleError>(&bytes) {
+        parts.status = StatusCode::from_u16(error.status()).unwrap_or(parts.status);
+    }
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 pub async fn page(

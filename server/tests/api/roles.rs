@@ -174,3 +174,22 @@ async fn bad_new_user_input_is_refused_and_adds_nobody() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(app.count("SELECT count(*) FROM users").await, 1);
 }
+
+#[tokio::test]
+async fn server_functions_answer_with_the_error_status() {
+    let (app, org) = TestApp::acme().await;
+    app.add_user(org, "mia@acme.test", Role::Member).await;
+    let mut mia = app.signed_in("mia@acme.test").await;
+    let r = mia.json(Method::POST, "/api/users", None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    let err: app::api::ConsoleError = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(err, app::api::ConsoleError::Forbidden);
+    let mut anonymous = app.client();
+    assert_eq!(
+        anonymous
+            .json(Method::POST, "/api/overview", None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+}
