@@ -41,7 +41,7 @@ async fn oversized_bodies_are_refused_before_anything_happens() {
         .unwrap();
     let r = ada.send(req).await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
-    assert_eq!(app.count("SELECT count(*) FROM users").await, 1);
+    assert_eq!(app.user_rows().await, 1);
 }
 
 #[tokio::test]
@@ -83,7 +83,7 @@ async fn state_changes_without_csrf_proof_are_refused() {
         StatusCode::FORBIDDEN
     );
 
-    assert_eq!(app.count("SELECT count(*) FROM users").await, 1);
+    assert_eq!(app.user_rows().await, 1);
     // The same request from the console's origin goes through.
     let ok = axum::http::Request::post("/api/v1/users")
         .header(header::COOKIE, &cookie)
@@ -140,7 +140,7 @@ async fn malformed_bodies_get_clear_errors() {
     let err: app::api::ConsoleError =
         serde_json::from_slice(&r.body).expect("server fn error is a ConsoleError");
     assert!(err.to_string().contains("missing or malformed"), "{err}");
-    assert_eq!(app.count("SELECT count(*) FROM users").await, 1);
+    assert_eq!(app.user_rows().await, 1);
 }
 
 #[tokio::test]

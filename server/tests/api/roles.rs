@@ -71,7 +71,7 @@ async fn members_cannot_manage_users() {
         )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    assert_eq!(app.count("SELECT count(*) FROM users").await, 2);
+    assert_eq!(app.user_rows().await, 2);
     assert_eq!(
         app.count("SELECT count(*) FROM users WHERE role = 'admin'")
             .await,
@@ -172,7 +172,7 @@ async fn bad_new_user_input_is_refused_and_adds_nobody() {
         )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert_eq!(app.count("SELECT count(*) FROM users").await, 1);
+    assert_eq!(app.user_rows().await, 1);
 }
 
 #[tokio::test]

@@ -56,11 +56,7 @@ async fn sign_out_ends_the_session_for_good() {
         replay.get("/api/v1/me").await.status,
         StatusCode::UNAUTHORIZED
     );
-    assert_eq!(
-        app.count("SELECT count(*) FROM tower_sessions.session")
-            .await,
-        0
-    );
+    assert_eq!(app.session_rows().await, 0);
 }
 
 #[tokio::test]

@@ -131,6 +131,16 @@ impl TestApp {
         c
     }
 
+    /// Stored console sessions (signed-in or not yet expired).
+    pub async fn session_rows(&self) -> i64 {
+        self.count("SELECT count(*) FROM tower_sessions.session")
+            .await
+    }
+
+    pub async fn user_rows(&self) -> i64 {
+        self.count("SELECT count(*) FROM users").await
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql)
             .fetch_one(&self.pool)
@@ -248,6 +258,15 @@ impl Client {
             .body(Body::from(body))
             .expect("request");
         self.send(req).await
+    }
+
+    /// The sign-in form posted without JavaScript.
+    pub async fn form_sign_in(&mut self, email: &str, password: &str, next: &str) -> Response {
+        self.form(
+            "/api/sign_in",
+            &[("email", email), ("password", password), ("next", next)],
+        )
+        .await
     }
 
     pub async fn sign_in(&mut self, email: &str, password: &str) -> Response {
