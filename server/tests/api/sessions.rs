@@ -66,3 +66,16 @@ async fn a_forged_cookie_is_just_signed_out() {
     c.cookie = Some("vpcmesh_session=AAAAAAAAAAAAAAAAAAAAAA".into());
     assert_eq!(c.get("/api/v1/me").await.status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn behind_https_the_session_cookie_is_secure() {
+    let app = TestApp::with_settings(|s| s.secure_cookies = true).await;
+    app.org_with_admin("Acme", "ada@acme.test").await;
+    let r = app.client().sign_in("ada@acme.test", PASSWORD).await;
+    let cookie = r.header("set-cookie").expect("cookie").to_string();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+}
