@@ -127,5 +127,7 @@ leptos_build() {
   fi
   VPCMESH_SERVER_BIN="$CARGO_TARGET_DIR/debug/vpcmesh-server"
   VPCMESH_SITE_ROOT="$VPCMESH_ROOT/target/site"
+  # Compressed once here, so the server never compresses the bundle per request.
+  gzip -kf -6 "$VPCMESH_SITE_ROOT"/pkg/*.wasm "$VPCMESH_SITE_ROOT"/pkg/*.js "$VPCMESH_SITE_ROOT"/pkg/*.css
   export VPCMESH_SERVER_BIN VPCMESH_SITE_ROOT
 }

@@ -7,7 +7,9 @@ use app::api::ConsoleError;
 use axum::{extract::DefaultBodyLimit, middleware, response::IntoResponse, routing::get, Router};
 use leptos_axum::LeptosRoutes;
 use tower_http::{
-    compression::CompressionLayer, limit::RequestBodyLimitLayer, services::ServeDir,
+    compression::{CompressionLayer, CompressionLevel},
+    limit::RequestBodyLimitLayer,
+    services::ServeDir,
     trace::TraceLayer,
 };
 
@@ -31,19 +33,21 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             csrf::require_same_origin,
         ))
-        .layer(session::layer(&state.pool, &state.settings));
+        .layer(session::layer(&state.pool, &state.settings))
+        // Pages and JSON are small: compress them, cheaply, on the fly.
+        .layer(CompressionLayer::new().quality(CompressionLevel::Fastest));
     // Health checks and the static bundle need no session (and cause no session write).
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .nest_service("/pkg", ServeDir::new(pkg))
+        // The bundle is never compressed per request: the build writes .gz
+        // copies next to its files, served to browsers that accept gzip.
+        .nest_service("/pkg", ServeDir::new(pkg).precompressed_gzip())
         .merge(console)
         .layer(middleware::map_response_with_state(limit, body_too_large))
         .layer(DefaultBodyLimit::max(limit))
         .layer(RequestBodyLimitLayer::new(limit))
         .layer(middleware::from_fn(security_headers::add))
-        // The WASM bundle and pages shrink several-fold with gzip/brotli.
-        .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
