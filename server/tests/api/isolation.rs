@@ -27,13 +27,7 @@ async fn admins_see_and_change_only_their_own_organization() {
     );
 
     // Changing Acme's user by id looks exactly like a user that does not exist.
-    let r = hank
-        .json(
-            Method::PATCH,
-            &format!("/api/v1/users/{acme_member}"),
-            Some(json!({ "role": "admin" })),
-        )
-        .await;
+    let r = hank.set_role(&acme_member.to_string(), "admin").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
     let role: String = sqlx::query_scalar("SELECT role FROM users WHERE id = $1")
         .bind(acme_member)

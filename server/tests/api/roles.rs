@@ -63,13 +63,7 @@ async fn members_cannot_manage_users() {
             .fetch_one(&app.pool)
             .await
             .unwrap();
-    let r = mia
-        .json(
-            Method::PATCH,
-            &format!("/api/v1/users/{ada}"),
-            Some(json!({ "role": "member" })),
-        )
-        .await;
+    let r = mia.set_role(&ada.to_string(), "member").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(app.user_rows().await, 2);
     assert_eq!(
@@ -91,13 +85,7 @@ async fn a_role_change_applies_to_the_next_request() {
         bob_c.get("/api/v1/users").await.status,
         StatusCode::FORBIDDEN
     );
-    let r = ada
-        .json(
-            Method::PATCH,
-            &format!("/api/v1/users/{bob}"),
-            Some(json!({ "role": "admin" })),
-        )
-        .await;
+    let r = ada.set_role(&bob.to_string(), "admin").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(bob_c.get("/api/v1/users").await.status, StatusCode::OK);
 }
@@ -108,13 +96,7 @@ async fn the_last_admin_cannot_be_demoted() {
     let mut ada = app.signed_in("ada@acme.test").await;
     let me = ada.get("/api/v1/me").await.json();
     let id = me["user_id"].as_str().unwrap().to_string();
-    let r = ada
-        .json(
-            Method::PATCH,
-            &format!("/api/v1/users/{id}"),
-            Some(json!({ "role": "member" })),
-        )
-        .await;
+    let r = ada.set_role(&id.to_string(), "member").await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert!(r.json()["error"]["message"]
         .as_str()
@@ -164,13 +146,7 @@ async fn bad_new_user_input_is_refused_and_adds_nobody() {
         )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
-    let r = ada
-        .json(
-            Method::PATCH,
-            "/api/v1/users/not-a-uuid",
-            Some(json!({ "role": "admin" })),
-        )
-        .await;
+    let r = ada.set_role("not-a-uuid", "admin").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(app.user_rows().await, 1);
 }

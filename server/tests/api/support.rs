@@ -260,6 +260,17 @@ impl Client {
         self.send(req).await
     }
 
+    /// `PATCH /api/v1/users/{id}` with a new role.
+    pub async fn set_role(&mut self, user_id: &str, role: &str) -> Response {
+        let path = format!("/api/v1/users/{user_id}");
+        self.json(
+            Method::PATCH,
+            &path,
+            Some(serde_json::json!({ "role": role })),
+        )
+        .await
+    }
+
     /// The sign-in form posted without JavaScript.
     pub async fn form_sign_in(&mut self, email: &str, password: &str, next: &str) -> Response {
         self.form(
