@@ -103,7 +103,10 @@ setup_runtime() {
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
   fi
+  # moto's CloudFormation support brings cfn-lint, which the template tests run.
+  [ -x "$venv/bin/cfn-lint" ] || "$venv/bin/pip" install --quiet --disable-pip-version-check cfn-lint
   export VPCMESH_MOTO_SERVER="$venv/bin/moto_server"
+  export VPCMESH_CFN_LINT="$venv/bin/cfn-lint"
 }
 
 setup_tests() {

@@ -3,7 +3,10 @@
 //! The server crate implements [`Console`] for one request (database, session,
 //! caller address) and provides it as context; server functions stay thin.
 
-use crate::api::{AuditEntry, ConsoleError, NewUser, OrgSummary, Role, UserSummary, Viewer};
+use crate::api::{
+    AccountSetup, AccountSummary, AuditEntry, ConsoleError, NewAccount, NewUser, OrgSummary, Role,
+    UserSummary, Viewer,
+};
 use leptos::prelude::use_context;
 use std::sync::Arc;
 
@@ -17,6 +20,11 @@ pub trait Console: Send + Sync {
     async fn create_user(&self, new: NewUser) -> Result<UserSummary, ConsoleError>;
     async fn set_user_role(&self, user_id: &str, role: Role) -> Result<UserSummary, ConsoleError>;
     async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, ConsoleError>;
+    async fn account_setup(&self) -> Result<AccountSetup, ConsoleError>;
+    async fn list_accounts(&self) -> Result<Vec<AccountSummary>, ConsoleError>;
+    async fn add_account(&self, new: NewAccount) -> Result<AccountSummary, ConsoleError>;
+    async fn verify_account(&self, id: &str) -> Result<AccountSummary, ConsoleError>;
+    async fn remove_account(&self, id: &str) -> Result<(), ConsoleError>;
 }
 
 pub type ConsoleHandle = Arc<dyn Console>;

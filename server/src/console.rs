@@ -2,7 +2,7 @@
 //! server functions call, also used by the JSON API.
 
 use crate::{
-    audit,
+    accounts, audit,
     auth::{
         password, rate_limit,
         session::{SessionIdentity, IDENTITY_KEY},
@@ -12,7 +12,10 @@ use crate::{
     state::AppState,
 };
 use app::{
-    api::{AuditEntry, ConsoleError, NewUser, OrgSummary, Role, UserSummary, Viewer},
+    api::{
+        AccountSetup, AccountSummary, AuditEntry, ConsoleError, NewAccount, NewUser, OrgSummary,
+        Role, UserSummary, Viewer,
+    },
     backend::Console,
 };
 use axum::{extract::FromRequestParts, http::request::Parts};
@@ -76,7 +79,7 @@ impl ConsoleSession {
     }
 
     /// The signed-in user's row, re-read so removals and role changes count now.
-    async fn current(&self) -> Result<users::UserRecord, ConsoleError> {
+    pub(crate) async fn current(&self) -> Result<users::UserRecord, ConsoleError> {
         let Some(id) = self.identity().await? else {
             return Err(ConsoleError::Unauthenticated);
         };
@@ -95,7 +98,7 @@ impl ConsoleSession {
         }
     }
 
-    async fn admin(&self) -> Result<users::UserRecord, ConsoleError> {
+    pub(crate) async fn admin(&self) -> Result<users::UserRecord, ConsoleError> {
         let user = self.current().await?;
         if user.role != Role::Admin {
             return Err(ConsoleError::Forbidden);
@@ -306,5 +309,30 @@ impl Console for ConsoleSession {
         audit::recent(&self.state.pool, admin.org_id, limit)
             .await
             .or_internal("read the audit log")
+    }
+
+    async fn account_setup(&self) -> Result<AccountSetup, ConsoleError> {
+        let user = self.current().await?;
+        accounts::ops::setup(&self.state, &user).await
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<AccountSummary>, ConsoleError> {
+        let user = self.current().await?;
+        accounts::ops::list(&self.state, &user).await
+    }
+
+    async fn add_account(&self, new: NewAccount) -> Result<AccountSummary, ConsoleError> {
+        let admin = self.admin().await?;
+        accounts::ops::add(&self.state, &admin, new).await
+    }
+
+    async fn verify_account(&self, id: &str) -> Result<AccountSummary, ConsoleError> {
+        let admin = self.admin().await?;
+        accounts::ops::verify(&self.state, &admin, id).await
+    }
+
+    async fn remove_account(&self, id: &str) -> Result<(), ConsoleError> {
+        let admin = self.admin().await?;
+        accounts::ops::remove(&self.state, &admin, id).await
     }
 }

@@ -1,6 +1,7 @@
 //! vpcmesh control plane: serves the console (SSR + hydration), its server
 //! functions and the JSON API, on top of Postgres.
 
+pub mod accounts;
 pub mod audit;
 pub mod auth;
 pub mod aws;

@@ -3,6 +3,7 @@
 
 use crate::{
     auth::{rate_limit, session},
+    aws::Aws,
     db::{self, Durability, PrivateCluster},
     demo, http, AppState, Config,
 };
@@ -47,7 +48,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .site_pkg_dir("pkg")
         .site_addr(config.listen)
         .build();
-    let state = AppState::new(pool.clone(), settings, leptos_options);
+    let aws = match &settings.aws_endpoint_url {
+        Some(endpoint) => Aws::local(endpoint.as_str()),
+        None => Aws::from_environment().await,
+    };
+    let state = AppState::new(pool.clone(), settings, leptos_options, aws);
     spawn_chores(&pool);
 
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -1,4 +1,4 @@
-use crate::config::Settings;
+use crate::{aws::Aws, config::Settings};
 use axum::extract::FromRef;
 use leptos::prelude::LeptosOptions;
 use leptos_axum::AxumRouteListing;
@@ -12,6 +12,7 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub leptos_options: LeptosOptions,
     pub routes: Arc<Vec<AxumRouteListing>>,
+    pub aws: Aws,
 }
 
 impl FromRef<AppState> for LeptosOptions {
@@ -21,13 +22,14 @@ impl FromRef<AppState> for LeptosOptions {
 }
 
 impl AppState {
-    pub fn new(pool: PgPool, settings: Settings, leptos_options: LeptosOptions) -> Self {
+    pub fn new(pool: PgPool, settings: Settings, leptos_options: LeptosOptions, aws: Aws) -> Self {
         let routes = leptos_axum::generate_route_list(app::App);
         AppState {
             pool,
             settings: Arc::new(settings),
             leptos_options,
             routes: Arc::new(routes),
+            aws,
         }
     }
 }

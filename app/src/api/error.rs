@@ -33,6 +33,12 @@ pub enum ConsoleError {
     TooLarge { limit_bytes: usize },
     #[error("The request could not be completed: {message}")]
     Request { message: String },
+    /// AWS refused a call vpcmesh made on the user's behalf (role, policy, resource).
+    #[error("{message}")]
+    AwsRefused { message: String },
+    /// AWS did not answer; trying again later may work.
+    #[error("{message} Try again in a minute.")]
+    AwsUnavailable { message: String },
 }
 
 impl ConsoleError {
@@ -62,6 +68,8 @@ impl ConsoleError {
             Self::Internal => "internal",
             Self::TooLarge { .. } => "too_large",
             Self::Request { .. } => "request",
+            Self::AwsRefused { .. } => "aws_refused",
+            Self::AwsUnavailable { .. } => "aws_unavailable",
         }
     }
 
@@ -76,6 +84,8 @@ impl ConsoleError {
             Self::Conflict { .. } => 409,
             Self::Internal => 500,
             Self::TooLarge { .. } => 413,
+            Self::AwsRefused { .. } => 422,
+            Self::AwsUnavailable { .. } => 503,
         }
     }
 }
@@ -116,6 +126,12 @@ mod tests {
             ConsoleError::Internal,
             ConsoleError::TooLarge { limit_bytes: 1 },
             ConsoleError::Request {
+                message: "x".into(),
+            },
+            ConsoleError::AwsRefused {
+                message: "x".into(),
+            },
+            ConsoleError::AwsUnavailable {
                 message: "x".into(),
             },
         ];

@@ -2,11 +2,13 @@
 //! server functions (bodies run on the server, stubs are compiled into the client).
 
 mod auth;
+mod cloud;
 mod error;
 mod types;
 mod users;
 
 pub use auth::*;
+pub use cloud::*;
 pub use error::ConsoleError;
 pub use types::*;
 pub use users::*;

@@ -1,6 +1,10 @@
-//! AWS: identifiers as customers type them, checked before any call is made.
-//! (Clients, the assume-role cache and the provisioning calls build on these.)
+//! AWS: identifiers as customers type them (checked before any call), the
+//! client layer with its assumed-role cache, and the calls vpcmesh makes.
 
+mod client;
+mod error;
 mod identifiers;
 
+pub use client::{http_client, AccountAccess, Aws};
+pub use error::AwsError;
 pub use identifiers::{AccountId, IdentifierError, RoleArn};

@@ -3,14 +3,14 @@
 
 use crate::{console::ConsoleSession, http::error::ApiError};
 use app::{
-    api::{ConsoleError, NewUser, Role},
+    api::{ConsoleError, NewAccount, NewUser, Role},
     backend::Console,
 };
 use axum::{
     extract::{rejection::JsonRejection, FromRequest, Path, Request},
     http::StatusCode,
     response::IntoResponse,
-    routing::{get, patch, post},
+    routing::{delete, get, patch, post},
     Json, Router,
 };
 use serde::{de::DeserializeOwned, Deserialize};
@@ -23,6 +23,11 @@ pub fn routes() -> Router<crate::state::AppState> {
         .route("/users", get(list_users).post(create_user))
         .route("/users/{id}", patch(update_user))
         .route("/audit", get(audit))
+        .route("/accounts", get(list_accounts).post(add_account))
+        .route("/accounts/setup", get(account_setup))
+        .route("/accounts/role-template.yaml", get(role_template))
+        .route("/accounts/{id}", delete(remove_account))
+        .route("/accounts/{id}/verify", post(verify_account))
 }
 
 /// `Json` whose rejections (malformed JSON, wrong content type, missing or
@@ -120,4 +125,49 @@ async fn update_user(
 
 async fn audit(console: ConsoleSession) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(console.audit_log(200).await?))
+}
+
+async fn account_setup(console: ConsoleSession) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(console.account_setup().await?))
+}
+
+/// The role template as a download, with this organization's values filled in.
+async fn role_template(console: ConsoleSession) -> Result<impl IntoResponse, ApiError> {
+    let setup = console.account_setup().await?;
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "application/yaml"),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                "attachment; filename=\"vpcmesh-access-role.yaml\"",
+            ),
+        ],
+        setup.template_yaml,
+    ))
+}
+
+async fn list_accounts(console: ConsoleSession) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(console.list_accounts().await?))
+}
+
+async fn add_account(
+    console: ConsoleSession,
+    ApiJson(body): ApiJson<NewAccount>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok((StatusCode::CREATED, Json(console.add_account(body).await?)))
+}
+
+async fn verify_account(
+    console: ConsoleSession,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(console.verify_account(&id).await?))
+}
+
+async fn remove_account(
+    console: ConsoleSession,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    console.remove_account(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -37,22 +37,33 @@ pub async fn find_by_name(
 
 /// The dashboard's counts for one organization.
 pub async fn summary(pool: &PgPool, org_id: Uuid) -> Result<OrgSummary, sqlx::Error> {
-    let (org_name, users, admins): (String, i64, i64) = sqlx::query_as(
-        "SELECT o.name,
+    let (org_name, users, admins, networks, accounts): (String, i64, i64, i64, i64) =
+        sqlx::query_as(
+            "SELECT o.name,
                 count(u.id),
-                count(u.id) FILTER (WHERE u.role = 'admin')
+                count(u.id) FILTER (WHERE u.role = 'admin'),
+                (SELECT count(*) FROM networks n WHERE n.org_id = o.id AND n.status <> 'deleted'),
+                (SELECT count(*) FROM aws_accounts a WHERE a.org_id = o.id)
            FROM organizations o LEFT JOIN users u ON u.org_id = o.id
           WHERE o.id = $1
-          GROUP BY o.name",
-    )
-    .bind(org_id)
-    .fetch_one(pool)
-    .await?;
+          GROUP BY o.id, o.name",
+        )
+        .bind(org_id)
+        .fetch_one(pool)
+        .await?;
     Ok(OrgSummary {
         org_name,
         users,
         admins,
-        networks: 0,
-        accounts: 0,
+        networks,
+        accounts,
     })
+}
+
+/// The organization's external ID for cross-account roles.
+pub async fn external_id(db: impl PgExecutor<'_>, org_id: Uuid) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT external_id FROM organizations WHERE id = $1")
+        .bind(org_id)
+        .fetch_one(db)
+        .await
 }

@@ -1,7 +1,10 @@
 //! Integration tests: the real router against a real Postgres (a private
 //! cluster the harness starts), driven request by request.
 
+mod moto;
 mod support;
+
+mod accounts;
 
 mod cluster;
 mod hardening;

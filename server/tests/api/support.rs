@@ -10,6 +10,7 @@ use http_body_util::BodyExt;
 use leptos::prelude::LeptosOptions;
 use serde_json::Value;
 use server::{
+    aws::Aws,
     db::{self, Durability, PrivateCluster},
     http::router,
     identity::{orgs, users},
@@ -67,6 +68,15 @@ impl TestApp {
     }
 
     pub async fn with_settings(change: impl FnOnce(&mut Settings)) -> Self {
+        Self::build(change, None).await
+    }
+
+    /// An app whose AWS access is `aws` (its own endpoint and credentials).
+    pub async fn with_aws(aws: Aws) -> Self {
+        Self::build(|_| {}, Some(aws)).await
+    }
+
+    async fn build(change: impl FnOnce(&mut Settings), aws: Option<Aws>) -> Self {
         let cluster = cluster().await;
         let name = format!("t_{}", Uuid::new_v4().simple());
         let url = cluster
@@ -81,8 +91,30 @@ impl TestApp {
             .output_name("vpcmesh")
             .site_root("target/site")
             .build();
-        let router = router(AppState::new(pool.clone(), settings, options));
+        // Without a moto endpoint AWS is a closed port: calls fail as "unavailable".
+        let aws = aws.unwrap_or_else(|| {
+            Aws::local(
+                settings
+                    .aws_endpoint_url
+                    .as_ref()
+                    .map_or("http://127.0.0.1:9", |u| u.as_str()),
+            )
+        });
+        let router = router(AppState::new(pool.clone(), settings, options, aws));
         TestApp { router, pool }
+    }
+
+    /// An app whose AWS is the shared moto server.
+    pub async fn with_moto() -> Self {
+        let url: url::Url = crate::moto::moto().await.url.parse().expect("moto url");
+        Self::with_settings(move |s| s.aws_endpoint_url = Some(url)).await
+    }
+
+    /// `with_moto` plus organization "Acme" whose admin is ada@acme.test.
+    pub async fn acme_on_moto() -> (Self, Uuid) {
+        let app = Self::with_moto().await;
+        let org = app.org_with_admin("Acme", "ada@acme.test").await;
+        (app, org)
     }
 
     /// The usual fixture: organization "Acme" whose admin is ada@acme.test.

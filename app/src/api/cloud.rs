@@ -1,0 +1,232 @@
+//! Types for AWS accounts, networks, plans and provisioning progress: what the
+//! console and the JSON API exchange with the server.
+
+use serde::{Deserialize, Serialize};
+
+/// Where an account's last Verify left it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountStatus {
+    Verified,
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountSummary {
+    pub id: String,
+    pub account_id: String,
+    pub role_arn: String,
+    pub label: String,
+    pub status: AccountStatus,
+    /// RFC 3339; the last successful Verify.
+    pub verified_at: Option<String>,
+    /// RFC 3339; the last Verify, successful or not.
+    pub last_checked: String,
+    /// Why the last Verify failed, in words a user can act on.
+    pub last_error: Option<String>,
+    /// Networks (not deleted) with a site in this account.
+    pub networks: i64,
+}
+
+/// What an admin needs to create the role vpcmesh assumes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountSetup {
+    /// Generated per organization; goes into the role's trust condition.
+    pub external_id: String,
+    /// The AWS account vpcmesh calls from; the role must trust it.
+    pub trusted_account_id: String,
+    pub role_name: String,
+    /// The CloudFormation template that creates the role, with the two
+    /// parameters above as defaults.
+    pub template_yaml: String,
+}
+
+/// What an admin types to register an account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewAccount {
+    pub account_id: String,
+    pub role_arn: String,
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TopologyKind {
+    FullMesh,
+    Transit,
+    MeshWithLeaves,
+}
+
+/// A site's part in its network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SiteRole {
+    /// Has its own appliances (every site of a full mesh, a transit spoke).
+    #[default]
+    Edge,
+    /// The transit hub.
+    Hub,
+    /// Mesh with leaves: no appliances, attached to an edge in its region.
+    Leaf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteRequest {
+    pub account_id: String,
+    pub region: String,
+    pub vpc_id: String,
+    #[serde(default)]
+    pub role: SiteRole,
+    /// Optional display name; defaults to region/VPC.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_instance_types() -> Vec<String> {
+    vec!["t3.small".to_string()]
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkOptions {
+    /// The first is used on demand; several with `spot` make a mixed spot pool.
+    #[serde(default = "default_instance_types")]
+    pub instance_types: Vec<String>,
+    /// Two appliances per site in two AZs.
+    #[serde(default = "default_true")]
+    pub ha: bool,
+    #[serde(default)]
+    pub spot: bool,
+    /// ESP in UDP 4500 (needed through AWS Elastic IP NAT).
+    #[serde(default = "default_true")]
+    pub nat_t: bool,
+    /// The customer's KMS key (ARN) that wraps the network's data keys.
+    pub kms_key_arn: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRequest {
+    pub name: String,
+    pub topology: TopologyKind,
+    pub sites: Vec<SiteRequest>,
+    pub options: NetworkOptions,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkStatus {
+    Planned,
+    Provisioning,
+    Ready,
+    Failed,
+    Deleting,
+    Deleted,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteSummary {
+    pub id: String,
+    pub name: String,
+    pub account_id: String,
+    pub region: String,
+    pub vpc_id: String,
+    pub cidrs: Vec<String>,
+    pub role: SiteRole,
+    /// For a leaf: the edge site it attaches to.
+    pub edge_site_id: Option<String>,
+    pub availability_zones: Vec<String>,
+    /// Stack outputs once provisioned (Elastic IP, groups, ...).
+    pub outputs: serde_json::Value,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyEpochSummary {
+    pub epoch: i32,
+    pub kms_key_arn: String,
+    pub state: String,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSummary {
+    pub id: String,
+    pub name: String,
+    pub topology: TopologyKind,
+    pub status: NetworkStatus,
+    pub status_note: Option<String>,
+    pub options: NetworkOptions,
+    pub sites: Vec<SiteSummary>,
+    pub key_epochs: Vec<KeyEpochSummary>,
+    pub created_at: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeAction {
+    Create,
+    Update,
+    Delete,
+    Unchanged,
+}
+
+/// One thing an apply would do in one account and region.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedChange {
+    pub account_id: String,
+    pub region: String,
+    pub site_id: String,
+    pub site: String,
+    pub action: ChangeAction,
+    /// "address stack", "appliance stack" or "VPC routes".
+    pub resource: String,
+    pub name: String,
+    /// What it consists of, e.g. "2 Auto Scaling groups in us-east-1a, us-east-1b".
+    pub details: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub network_id: String,
+    /// Apply or teardown.
+    pub kind: String,
+    pub changes: Vec<PlannedChange>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepView {
+    pub id: String,
+    pub site_id: String,
+    pub phase: i32,
+    pub action: String,
+    pub state: String,
+    pub stack_name: String,
+    pub attempts: i32,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressEvent {
+    pub id: i64,
+    pub at: String,
+    pub site_id: Option<String>,
+    pub source: String,
+    pub resource: Option<String>,
+    pub status: String,
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: String,
+    pub network_id: String,
+    pub kind: String,
+    pub state: String,
+    pub error: Option<String>,
+    pub steps: Vec<StepView>,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+}

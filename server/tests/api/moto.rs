@@ -1,0 +1,347 @@
+//! A real moto server per test binary (from `VPCMESH_MOTO_SERVER`, which
+//! setup.sh exports), and "customer" accounts inside it. Each test uses fresh
+//! random account IDs, which moto keeps apart, so tests share one server.
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::{provider::SharedCredentialsProvider, Credentials};
+use rand::Rng;
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+use tokio::sync::OnceCell;
+
+/// Kills moto when the test process (holding the pipe) goes away.
+const WATCHDOG: &str = r#""$@" & m=$!
+while read -r _; do :; done
+kill $m 2>/dev/null; wait $m"#;
+
+pub struct Moto {
+    pub url: String,
+    _watchdog: Child,
+}
+
+static MOTO: OnceCell<Moto> = OnceCell::const_new();
+
+pub async fn moto() -> &'static Moto {
+    MOTO.get_or_init(|| async { Moto::start() }).await
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let bin = std::env::var("VPCMESH_MOTO_SERVER").unwrap_or_else(|_| {
+            panic!("VPCMESH_MOTO_SERVER is not set: run the tests through ./test.sh, which installs moto")
+        });
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let log =
+            std::fs::File::create(std::env::temp_dir().join(format!("vpcmesh-moto-{port}.log")))
+                .expect("moto log file");
+        let watchdog = Command::new("bash")
+            .args([
+                "-c",
+                WATCHDOG,
+                "moto-watchdog",
+                &bin,
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {bin}: {e}"));
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto {
+            url,
+            _watchdog: watchdog,
+        }
+    }
+
+    /// A new customer account with the usual role name.
+    pub async fn customer(&self) -> Customer {
+        let account: String = format!(
+            "{:012}",
+            rand::rng().random_range(100_000_000_000u64..999_999_999_999)
+        );
+        let role_arn = format!("arn:aws:iam::{account}:role/vpcmesh-access");
+        // moto maps an assumed role's keys to the role's account.
+        let sts = aws_sdk_sts::Client::new(&self.config(
+            Credentials::new("AKIATESTSETUP0000000", "setup", None, None, "test"),
+            "us-east-1",
+        ));
+        let out = sts
+            .assume_role()
+            .role_arn(&role_arn)
+            .role_session_name("test-setup")
+            .send()
+            .await
+            .expect("moto AssumeRole for setup");
+        let c = out.credentials().expect("credentials");
+        Customer {
+            account,
+            role_arn,
+            creds: Credentials::new(
+                c.access_key_id(),
+                c.secret_access_key(),
+                Some(c.session_token().to_string()),
+                None,
+                "test-customer",
+            ),
+            endpoint: self.url.clone(),
+        }
+    }
+
+    fn config(&self, creds: Credentials, region: &str) -> SdkConfig {
+        config(&self.url, creds, region)
+    }
+}
+
+fn config(endpoint: &str, creds: Credentials, region: &str) -> SdkConfig {
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .http_client(server::aws::http_client())
+        .endpoint_url(endpoint)
+        .region(Region::new(region.to_string()))
+        .credentials_provider(SharedCredentialsProvider::new(creds))
+        .build()
+}
+
+/// A customer AWS account in moto, driven directly (as the customer would in
+/// their own console) to set up VPCs and check what vpcmesh built.
+pub struct Customer {
+    pub account: String,
+    pub role_arn: String,
+    creds: Credentials,
+    endpoint: String,
+}
+
+pub struct TestVpc {
+    pub id: String,
+    pub cidr: String,
+    pub route_tables: Vec<String>,
+}
+
+impl Customer {
+    pub fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
+        aws_sdk_ec2::Client::new(&config(&self.endpoint, self.creds.clone(), region))
+    }
+
+    pub fn cloudformation(&self, region: &str) -> aws_sdk_cloudformation::Client {
+        aws_sdk_cloudformation::Client::new(&config(&self.endpoint, self.creds.clone(), region))
+    }
+
+    pub fn kms(&self, region: &str) -> aws_sdk_kms::Client {
+        aws_sdk_kms::Client::new(&config(&self.endpoint, self.creds.clone(), region))
+    }
+
+    /// A VPC with one subnet in each of the region's first two AZs and a
+    /// route table associated with them.
+    pub async fn vpc(&self, region: &str, cidr: &str) -> TestVpc {
+        let ec2 = self.ec2(region);
+        let vpc = ec2
+            .create_vpc()
+            .cidr_block(cidr)
+            .send()
+            .await
+            .expect("CreateVpc");
+        let vpc_id = vpc
+            .vpc()
+            .and_then(|v| v.vpc_id())
+            .expect("vpc id")
+            .to_string();
+        let azs = ec2
+            .describe_availability_zones()
+            .send()
+            .await
+            .expect("DescribeAvailabilityZones");
+        let net: ipnet::Ipv4Net = cidr.parse().expect("cidr");
+        let subnets: Vec<ipnet::Ipv4Net> = net
+            .subnets(net.prefix_len() + 2)
+            .expect("subnets")
+            .collect();
+        let rt = ec2
+            .create_route_table()
+            .vpc_id(&vpc_id)
+            .send()
+            .await
+            .expect("CreateRouteTable");
+        let rt_id = rt
+            .route_table()
+            .and_then(|r| r.route_table_id())
+            .expect("rt")
+            .to_string();
+        for (i, az) in azs.availability_zones().iter().take(2).enumerate() {
+            let subnet = ec2
+                .create_subnet()
+                .vpc_id(&vpc_id)
+                .cidr_block(subnets[i].to_string())
+                .availability_zone(az.zone_name().expect("zone"))
+                .send()
+                .await
+                .expect("CreateSubnet");
+            let subnet_id = subnet.subnet().and_then(|s| s.subnet_id()).expect("subnet");
+            ec2.associate_route_table()
+                .route_table_id(&rt_id)
+                .subnet_id(subnet_id)
+                .send()
+                .await
+                .expect("AssociateRouteTable");
+        }
+        TestVpc {
+            id: vpc_id,
+            cidr: cidr.to_string(),
+            route_tables: vec![rt_id],
+        }
+    }
+
+    /// A symmetric KMS key in `region`; returns its ARN.
+    pub async fn kms_key(&self, region: &str) -> String {
+        let out = self
+            .kms(region)
+            .create_key()
+            .description("vpcmesh test key")
+            .send()
+            .await
+            .expect("CreateKey");
+        out.key_metadata()
+            .and_then(|m| m.arn())
+            .expect("key arn")
+            .to_string()
+    }
+}
+
+impl Moto {
+    /// Posts a Query-API form as an unsigned caller (moto checks no signature
+    /// while auth is off); returns the response body.
+    pub async fn query(&self, service: &str, form: &[(&str, &str)]) -> String {
+        let body: String = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", urlencode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let auth = format!(
+            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"
+        );
+        post(
+            &self.url,
+            "/",
+            "application/x-www-form-urlencoded",
+            &auth,
+            &body,
+        )
+        .await
+    }
+
+    /// Turns moto's IAM enforcement on (`true`) or off.
+    pub async fn enforce_iam(&self, on: bool) {
+        let count = if on { "0" } else { "inf" };
+        post(&self.url, "/moto-api/reset-auth", "text/plain", "", count).await;
+    }
+
+    /// An IAM user in moto's default account (the control plane's own) with
+    /// `policy` inline; returns its access key and secret.
+    pub async fn iam_user(&self, name: &str, policy: &serde_json::Value) -> Credentials {
+        let v = "2010-05-08";
+        self.query(
+            "iam",
+            &[("Action", "CreateUser"), ("UserName", name), ("Version", v)],
+        )
+        .await;
+        self.set_user_policy(name, policy).await;
+        let out = self
+            .query(
+                "iam",
+                &[
+                    ("Action", "CreateAccessKey"),
+                    ("UserName", name),
+                    ("Version", v),
+                ],
+            )
+            .await;
+        let field = |tag: &str| {
+            let open = format!("<{tag}>");
+            let start = out.find(&open).map(|i| i + open.len()).expect("key field");
+            let end = out[start..].find('<').expect("key field end") + start;
+            out[start..end].to_string()
+        };
+        Credentials::new(
+            field("AccessKeyId"),
+            field("SecretAccessKey"),
+            None,
+            None,
+            "test",
+        )
+    }
+
+    pub async fn set_user_policy(&self, name: &str, policy: &serde_json::Value) {
+        let doc = policy.to_string();
+        self.query(
+            "iam",
+            &[
+                ("Action", "PutUserPolicy"),
+                ("UserName", name),
+                ("PolicyName", "vpcmesh-control-plane"),
+                ("PolicyDocument", &doc),
+                ("Version", "2010-05-08"),
+            ],
+        )
+        .await;
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A minimal HTTP/1.1 POST over loopback (the harness needs no HTTP client crate).
+async fn post(base: &str, path: &str, content_type: &str, auth: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to moto");
+    let auth = if auth.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: {auth}\r\n")
+    };
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .expect("write to moto");
+    let mut out = String::new();
+    stream
+        .read_to_string(&mut out)
+        .await
+        .expect("read from moto");
+    assert!(
+        out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200"),
+        "moto said: {out}"
+    );
+    out
+}
