@@ -47,6 +47,8 @@ CREATE TABLE sites (
     -- What discovery found: CIDRs, subnets per AZ, route tables.
     cidrs           cidr[] NOT NULL,
     discovered      jsonb NOT NULL,
+    -- Stack outputs merged as steps complete (Elastic IP, groups, gateway).
+    outputs         jsonb NOT NULL DEFAULT '{}',
     UNIQUE (network_id, vpc_id)
 );
 
@@ -91,7 +93,7 @@ CREATE TABLE job_steps (
     site_id         uuid NOT NULL REFERENCES sites (id) ON DELETE CASCADE,
     -- Steps of a phase start once every step of the earlier phases succeeded.
     phase           integer NOT NULL,
-    action          text NOT NULL CHECK (action IN ('create_stack', 'update_stack', 'delete_stack', 'program_routes', 'remove_routes')),
+    action          text NOT NULL CHECK (action IN ('address_stack', 'appliance_stack', 'routes', 'delete_stack', 'remove_routes')),
     state           text NOT NULL CHECK (state IN ('pending', 'waiting', 'succeeded', 'failed')),
     stack_name      text NOT NULL,
     -- Stable across retries and restarts, so CloudFormation never runs a step twice.

@@ -4,8 +4,9 @@
 //! caller address) and provides it as context; server functions stay thin.
 
 use crate::api::{
-    AccountSetup, AccountSummary, AuditEntry, ConsoleError, NewAccount, NewUser, OrgSummary, Role,
-    UserSummary, Viewer,
+    AccountSetup, AccountSummary, AuditEntry, ConsoleError, JobView, NetworkRequest,
+    NetworkSummary, NewAccount, NewUser, OrgSummary, Plan, ProgressEvent, Role, UserSummary,
+    Viewer,
 };
 use leptos::prelude::use_context;
 use std::sync::Arc;
@@ -25,6 +26,24 @@ pub trait Console: Send + Sync {
     async fn add_account(&self, new: NewAccount) -> Result<AccountSummary, ConsoleError>;
     async fn verify_account(&self, id: &str) -> Result<AccountSummary, ConsoleError>;
     async fn remove_account(&self, id: &str) -> Result<(), ConsoleError>;
+    async fn list_networks(&self) -> Result<Vec<NetworkSummary>, ConsoleError>;
+    async fn create_network(&self, req: NetworkRequest) -> Result<NetworkSummary, ConsoleError>;
+    async fn network(&self, id: &str) -> Result<NetworkSummary, ConsoleError>;
+    /// `teardown` false: what Provision would do; true: what Delete would do.
+    async fn network_plan(&self, id: &str, teardown: bool) -> Result<Plan, ConsoleError>;
+    /// Runs exactly the plan whose fingerprint the user confirmed.
+    async fn start_job(
+        &self,
+        id: &str,
+        teardown: bool,
+        fingerprint: &str,
+    ) -> Result<JobView, ConsoleError>;
+    async fn network_job(&self, id: &str) -> Result<Option<JobView>, ConsoleError>;
+    async fn network_events(
+        &self,
+        id: &str,
+        after: i64,
+    ) -> Result<Vec<ProgressEvent>, ConsoleError>;
 }
 
 pub type ConsoleHandle = Arc<dyn Console>;

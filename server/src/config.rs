@@ -51,6 +51,12 @@ pub struct Config {
     /// AWS endpoint override (the local emulator); unset means real AWS.
     #[arg(long, env = "VPCMESH_AWS_ENDPOINT_URL")]
     pub aws_endpoint_url: Option<Url>,
+    /// A provisioning step leased by a crashed replica is picked up by another after this long.
+    #[arg(long, env = "VPCMESH_STEP_LEASE_SECS", default_value_t = 60)]
+    pub step_lease_secs: u64,
+    /// Provisioning workers in this process (steps run in parallel across regions).
+    #[arg(long, env = "VPCMESH_ENGINE_WORKERS", default_value_t = 4)]
+    pub engine_workers: usize,
     /// Ensure a demo organization whose admin has this email; prints a fresh password.
     #[arg(long, env = "VPCMESH_DEMO_ADMIN")]
     pub demo_admin: Option<String>,
@@ -68,6 +74,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub trust_forwarded_for: bool,
     pub aws_endpoint_url: Option<Url>,
+    pub step_lease: Duration,
+    pub engine_workers: usize,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -118,6 +126,8 @@ impl Config {
             max_body_bytes: self.max_body_bytes,
             trust_forwarded_for: self.trust_forwarded_for,
             aws_endpoint_url: self.aws_endpoint_url.clone(),
+            step_lease: Duration::from_secs(self.step_lease_secs.max(1)),
+            engine_workers: self.engine_workers.clamp(1, 64),
         })
     }
 }
@@ -141,6 +151,8 @@ impl Settings {
             max_body_bytes: 64 * 1024,
             trust_forwarded_for: false,
             aws_endpoint_url: None,
+            step_lease: Duration::from_secs(60),
+            engine_workers: 4,
         }
     }
 }

@@ -9,12 +9,15 @@ use crate::{
     },
     identity::{orgs, users, validate},
     internal::OrInternal,
+    networks,
+    provisioning::jobs::{self, JobKind},
     state::AppState,
 };
 use app::{
     api::{
-        AccountSetup, AccountSummary, AuditEntry, ConsoleError, NewAccount, NewUser, OrgSummary,
-        Role, UserSummary, Viewer,
+        AccountSetup, AccountSummary, AuditEntry, ConsoleError, JobView, NetworkRequest,
+        NetworkSummary, NewAccount, NewUser, OrgSummary, Plan, ProgressEvent, Role, UserSummary,
+        Viewer,
     },
     backend::Console,
 };
@@ -334,5 +337,66 @@ impl Console for ConsoleSession {
     async fn remove_account(&self, id: &str) -> Result<(), ConsoleError> {
         let admin = self.admin().await?;
         accounts::ops::remove(&self.state, &admin, id).await
+    }
+
+    async fn list_networks(&self) -> Result<Vec<NetworkSummary>, ConsoleError> {
+        let user = self.current().await?;
+        networks::view::list(&self.state.pool, user.org_id).await
+    }
+
+    async fn create_network(&self, req: NetworkRequest) -> Result<NetworkSummary, ConsoleError> {
+        let user = self.current().await?;
+        networks::create::create(&self.state, &user, req).await
+    }
+
+    async fn network(&self, id: &str) -> Result<NetworkSummary, ConsoleError> {
+        let user = self.current().await?;
+        let id = networks::view::parse_id(id)?;
+        networks::view::summary(&self.state.pool, user.org_id, id).await
+    }
+
+    async fn network_plan(&self, id: &str, teardown: bool) -> Result<Plan, ConsoleError> {
+        let user = self.current().await?;
+        networks::plan::preview(&self.state, &user, id, job_kind(teardown)).await
+    }
+
+    async fn start_job(
+        &self,
+        id: &str,
+        teardown: bool,
+        fingerprint: &str,
+    ) -> Result<JobView, ConsoleError> {
+        let user = self.current().await?;
+        networks::plan::start(&self.state, &user, id, job_kind(teardown), fingerprint).await
+    }
+
+    async fn network_job(&self, id: &str) -> Result<Option<JobView>, ConsoleError> {
+        let user = self.current().await?;
+        let network = self.network(id).await?;
+        let id = networks::view::parse_id(&network.id)?;
+        let _ = user;
+        jobs::latest(&self.state.pool, id)
+            .await
+            .or_internal("load a job")
+    }
+
+    async fn network_events(
+        &self,
+        id: &str,
+        after: i64,
+    ) -> Result<Vec<ProgressEvent>, ConsoleError> {
+        let network = self.network(id).await?;
+        let id = networks::view::parse_id(&network.id)?;
+        jobs::events_after(&self.state.pool, id, after.max(0))
+            .await
+            .or_internal("load progress events")
+    }
+}
+
+fn job_kind(teardown: bool) -> JobKind {
+    if teardown {
+        JobKind::Teardown
+    } else {
+        JobKind::Apply
     }
 }

@@ -12,6 +12,8 @@ pub mod demo;
 pub mod http;
 pub mod identity;
 pub mod internal;
+pub mod networks;
+pub mod provisioning;
 pub mod run;
 pub mod state;
 pub mod topology;

@@ -5,7 +5,7 @@ use crate::{
     auth::{rate_limit, session},
     aws::Aws,
     db::{self, Durability, PrivateCluster},
-    demo, http, AppState, Config,
+    demo, http, provisioning, AppState, Config,
 };
 use anyhow::Context;
 use leptos::prelude::LeptosOptions;
@@ -52,7 +52,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(endpoint) => Aws::local(endpoint.as_str()),
         None => Aws::from_environment().await,
     };
+    let workers = settings.engine_workers;
     let state = AppState::new(pool.clone(), settings, leptos_options, aws);
+    let owner = provisioning::engine::spawn(state.clone(), workers);
+    tracing::info!(%owner, workers, "provisioning engine started");
     spawn_chores(&pool);
 
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -13,6 +13,8 @@ pub struct AppState {
     pub leptos_options: LeptosOptions,
     pub routes: Arc<Vec<AxumRouteListing>>,
     pub aws: Aws,
+    /// Wakes idle provisioning workers when a job starts or a phase ends.
+    pub engine_wake: Arc<tokio::sync::Notify>,
 }
 
 impl FromRef<AppState> for LeptosOptions {
@@ -30,6 +32,7 @@ impl AppState {
             leptos_options,
             routes: Arc::new(routes),
             aws,
+            engine_wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 }

@@ -194,6 +194,8 @@ pub struct Plan {
     /// Apply or teardown.
     pub kind: String,
     pub changes: Vec<PlannedChange>,
+    /// Hash of `changes`: an apply names it, so it runs exactly what was shown.
+    pub fingerprint: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

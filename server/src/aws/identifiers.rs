@@ -195,3 +195,80 @@ mod tests {
         assert!(RoleArn::for_account("arn:aws:iam::111111111111:role/x", &acct).is_ok());
     }
 }
+
+/// The ARN of a customer's KMS key: `arn:aws:kms:REGION:ACCOUNT:key/ID`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KmsKeyArn {
+    pub partition: String,
+    pub region: String,
+    pub account: AccountId,
+    pub key_id: String,
+}
+
+impl FromStr for KmsKeyArn {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let shape = || {
+            format!("a KMS key ARN looks like arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab; got '{raw}'")
+        };
+        let parts: Vec<&str> = raw.trim().splitn(6, ':').collect();
+        let [arn, partition, service, region, account, resource] = parts[..] else {
+            return Err(shape());
+        };
+        if arn != "arn" || service != "kms" || !matches!(partition, "aws" | "aws-us-gov" | "aws-cn")
+        {
+            return Err(shape());
+        }
+        let key_id = resource.strip_prefix("key/").ok_or_else(|| {
+            format!("'{raw}' names an alias or other resource; use the key's own ARN (key/…)")
+        })?;
+        if key_id.is_empty()
+            || key_id.len() > 64
+            || !key_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(shape());
+        }
+        let account: AccountId = account.parse().map_err(|_| shape())?;
+        Ok(KmsKeyArn {
+            partition: partition.to_string(),
+            region: region.to_string(),
+            account,
+            key_id: key_id.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for KmsKeyArn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "arn:{}:kms:{}:{}:key/{}",
+            self.partition, self.region, self.account, self.key_id
+        )
+    }
+}
+
+#[cfg(test)]
+mod kms_arn_tests {
+    use super::*;
+
+    #[test]
+    fn kms_key_arns_parse_and_print_back() {
+        let raw = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        let arn: KmsKeyArn = raw.parse().expect("valid");
+        assert_eq!(arn.region, "eu-west-1");
+        assert_eq!(arn.to_string(), raw);
+        for bad in [
+            "",
+            "arn:aws:kms:eu-west-1:123456789012:alias/mine",
+            "arn:aws:s3:eu-west-1:123456789012:key/x",
+            "arn:aws:kms:eu-west-1:12345:key/x",
+            "arn:aws:kms:eu-west-1:123456789012:key/",
+            "arn:aws:kms:eu-west-1:123456789012:key/a b",
+        ] {
+            assert!(bad.parse::<KmsKeyArn>().is_err(), "{bad}");
+        }
+    }
+}

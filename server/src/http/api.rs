@@ -3,11 +3,11 @@
 
 use crate::{console::ConsoleSession, http::error::ApiError};
 use app::{
-    api::{ConsoleError, NewAccount, NewUser, Role},
+    api::{ConsoleError, NetworkRequest, NewAccount, NewUser, Role},
     backend::Console,
 };
 use axum::{
-    extract::{rejection::JsonRejection, FromRequest, Path, Request},
+    extract::{rejection::JsonRejection, FromRequest, Path, Query, Request},
     http::StatusCode,
     response::IntoResponse,
     routing::{delete, get, patch, post},
@@ -28,6 +28,13 @@ pub fn routes() -> Router<crate::state::AppState> {
         .route("/accounts/role-template.yaml", get(role_template))
         .route("/accounts/{id}", delete(remove_account))
         .route("/accounts/{id}/verify", post(verify_account))
+        .route("/networks", get(list_networks).post(create_network))
+        .route("/networks/{id}", get(network))
+        .route("/networks/{id}/plan", get(network_plan))
+        .route("/networks/{id}/apply", post(apply_network))
+        .route("/networks/{id}/teardown", post(teardown_network))
+        .route("/networks/{id}/job", get(network_job))
+        .route("/networks/{id}/events", get(network_events))
 }
 
 /// `Json` whose rejections (malformed JSON, wrong content type, missing or
@@ -170,4 +177,99 @@ async fn remove_account(
 ) -> Result<impl IntoResponse, ApiError> {
     console.remove_account(&id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_networks(console: ConsoleSession) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(console.list_networks().await?))
+}
+
+async fn create_network(
+    console: ConsoleSession,
+    ApiJson(body): ApiJson<NetworkRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(console.create_network(body).await?),
+    ))
+}
+
+async fn network(
+    console: ConsoleSession,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(console.network(&id).await?))
+}
+
+#[derive(Deserialize)]
+struct PlanQuery {
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+fn teardown_kind(kind: Option<&str>) -> Result<bool, ConsoleError> {
+    match kind.unwrap_or("apply") {
+        "apply" => Ok(false),
+        "teardown" => Ok(true),
+        other => Err(ConsoleError::invalid(
+            "kind",
+            format!("'{other}' is not a plan kind: use apply or teardown"),
+        )),
+    }
+}
+
+async fn network_plan(
+    console: ConsoleSession,
+    Path(id): Path<String>,
+    Query(q): Query<PlanQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let teardown = teardown_kind(q.kind.as_deref())?;
+    Ok(Json(console.network_plan(&id, teardown).await?))
+}
+
+#[derive(Deserialize)]
+struct StartBody {
+    fingerprint: String,
+}
+
+async fn apply_network(
+    console: ConsoleSession,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<StartBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(console.start_job(&id, false, &body.fingerprint).await?),
+    ))
+}
+
+async fn teardown_network(
+    console: ConsoleSession,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<StartBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(console.start_job(&id, true, &body.fingerprint).await?),
+    ))
+}
+
+async fn network_job(
+    console: ConsoleSession,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(console.network_job(&id).await?))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    after: i64,
+}
+
+async fn network_events(
+    console: ConsoleSession,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(console.network_events(&id, q.after).await?))
 }

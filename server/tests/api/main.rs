@@ -9,6 +9,7 @@ mod accounts;
 mod cluster;
 mod hardening;
 mod isolation;
+mod networks;
 mod pages;
 mod roles;
 mod sessions;

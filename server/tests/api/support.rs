@@ -100,7 +100,10 @@ impl TestApp {
                     .map_or("http://127.0.0.1:9", |u| u.as_str()),
             )
         });
-        let router = router(AppState::new(pool.clone(), settings, options, aws));
+        let state = AppState::new(pool.clone(), settings, options, aws);
+        // The provisioning engine runs as in the server (its tasks end with the test).
+        server::provisioning::engine::spawn(state.clone(), 4);
+        let router = router(state);
         TestApp { router, pool }
     }
 

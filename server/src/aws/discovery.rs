@@ -1,0 +1,105 @@
+//! What a customer VPC is, read live through the assumed role: its CIDRs,
+//! subnets per AZ and route tables. Nothing about a VPC is typed by users.
+
+use super::AwsError;
+use aws_sdk_ec2::types::Filter;
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubnetFact {
+    pub id: String,
+    pub az: String,
+    pub cidr: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VpcFacts {
+    pub cidrs: Vec<Ipv4Net>,
+    pub subnets: Vec<SubnetFact>,
+    pub route_tables: Vec<String>,
+}
+
+impl VpcFacts {
+    /// One subnet in each of the first two AZs (sorted), for the HA pair.
+    pub fn subnets_in_two_azs(&self) -> Option<(&SubnetFact, &SubnetFact)> {
+        let mut subnets: Vec<&SubnetFact> = self.subnets.iter().collect();
+        subnets.sort_by(|a, b| (&a.az, &a.id).cmp(&(&b.az, &b.id)));
+        let first = *subnets.first()?;
+        let second = subnets.iter().find(|s| s.az != first.az)?;
+        Some((first, second))
+    }
+
+    pub fn azs(&self) -> Vec<String> {
+        let mut azs: Vec<String> = self.subnets.iter().map(|s| s.az.clone()).collect();
+        azs.sort();
+        azs.dedup();
+        azs
+    }
+}
+
+pub async fn describe_vpc(ec2: &aws_sdk_ec2::Client, vpc_id: &str) -> Result<VpcFacts, AwsError> {
+    let vpcs = ec2
+        .describe_vpcs()
+        .vpc_ids(vpc_id)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:DescribeVpcs", e))?;
+    let vpc = vpcs.vpcs().first().ok_or_else(|| AwsError::NotFound {
+        action: "ec2:DescribeVpcs",
+        message: format!("VPC {vpc_id} does not exist"),
+    })?;
+    let mut cidrs: Vec<Ipv4Net> = vpc
+        .cidr_block_association_set()
+        .iter()
+        .filter(|a| {
+            a.cidr_block_state()
+                .and_then(|s| s.state())
+                .is_none_or(|s| s.as_str() == "associated")
+        })
+        .filter_map(|a| a.cidr_block()?.parse().ok())
+        .collect();
+    if cidrs.is_empty() {
+        cidrs.extend(vpc.cidr_block().and_then(|c| c.parse::<Ipv4Net>().ok()));
+    }
+    cidrs.sort();
+    cidrs.dedup();
+
+    let by_vpc = Filter::builder().name("vpc-id").values(vpc_id).build();
+    let subnets = ec2
+        .describe_subnets()
+        .filters(by_vpc.clone())
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:DescribeSubnets", e))?;
+    let mut subnets: Vec<SubnetFact> = subnets
+        .subnets()
+        .iter()
+        .filter_map(|s| {
+            Some(SubnetFact {
+                id: s.subnet_id()?.to_string(),
+                az: s.availability_zone()?.to_string(),
+                cidr: s.cidr_block().unwrap_or_default().to_string(),
+            })
+        })
+        .collect();
+    subnets.sort_by(|a, b| (&a.az, &a.id).cmp(&(&b.az, &b.id)));
+
+    let tables = ec2
+        .describe_route_tables()
+        .filters(by_vpc)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:DescribeRouteTables", e))?;
+    let mut route_tables: Vec<String> = tables
+        .route_tables()
+        .iter()
+        .filter_map(|t| t.route_table_id().map(str::to_string))
+        .collect();
+    route_tables.sort();
+    Ok(VpcFacts {
+        cidrs,
+        subnets,
+        route_tables,
+    })
+}

@@ -1,0 +1,9 @@
+//! Networks: requests checked and discovered live, stored with their sites
+//! and key epochs, planned and applied by the provisioning engine.
+
+pub mod create;
+pub mod model;
+pub mod plan;
+pub mod request;
+pub mod store;
+pub mod view;

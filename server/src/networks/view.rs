@@ -1,0 +1,64 @@
+//! Networks as the console and API show them.
+
+use super::store::{self, rfc3339, SiteRow};
+use crate::internal::OrInternal;
+use app::api::{ConsoleError, NetworkSummary, SiteSummary};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub fn parse_id(raw: &str) -> Result<Uuid, ConsoleError> {
+    raw.parse()
+        .map_err(|_| ConsoleError::invalid("network", "is not a network id"))
+}
+
+fn site_summary(s: &SiteRow) -> SiteSummary {
+    SiteSummary {
+        id: s.id.to_string(),
+        name: s.name.clone(),
+        account_id: s.account_id.clone().unwrap_or_default(),
+        region: s.region.clone(),
+        vpc_id: s.vpc_id.clone(),
+        cidrs: s.cidrs.clone(),
+        role: s.role(),
+        edge_site_id: s.edge_site_id.map(|id| id.to_string()),
+        availability_zones: s.discovered.0.azs(),
+        outputs: serde_json::Value::Object(s.outputs.0.clone()),
+    }
+}
+
+pub async fn summary(
+    pool: &PgPool,
+    org_id: Uuid,
+    id: Uuid,
+) -> Result<NetworkSummary, ConsoleError> {
+    let row = store::find(pool, org_id, id)
+        .await
+        .or_internal("load a network")?
+        .ok_or_else(|| ConsoleError::not_found("Network"))?;
+    let sites = store::sites(pool, id).await.or_internal("load sites")?;
+    let key_epochs = store::key_epochs(pool, id)
+        .await
+        .or_internal("load key epochs")?;
+    Ok(NetworkSummary {
+        id: row.id.to_string(),
+        name: row.name,
+        topology: row.topology,
+        status: row.status,
+        status_note: row.status_note,
+        options: row.options,
+        sites: sites.iter().map(site_summary).collect(),
+        key_epochs,
+        created_at: rfc3339(row.created_at),
+    })
+}
+
+pub async fn list(pool: &PgPool, org_id: Uuid) -> Result<Vec<NetworkSummary>, ConsoleError> {
+    let rows = store::list(pool, org_id)
+        .await
+        .or_internal("list networks")?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        out.push(summary(pool, org_id, row.id).await?);
+    }
+    Ok(out)
+}

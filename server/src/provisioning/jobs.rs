@@ -1,0 +1,374 @@
+//! Jobs and steps in Postgres: creation from a plan, leasing with
+//! `FOR UPDATE SKIP LOCKED`, outcomes fenced by the lease, progress events.
+
+use crate::networks::store::rfc3339;
+use app::api::{JobView, ProgressEvent, StepView};
+use sqlx::{PgExecutor, PgPool};
+use std::time::Duration;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Apply,
+    Teardown,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Apply => "apply",
+            JobKind::Teardown => "teardown",
+        }
+    }
+}
+
+/// Inserts a running job; `None` when the network already has one.
+pub async fn insert_job(
+    db: impl PgExecutor<'_>,
+    network_id: Uuid,
+    kind: JobKind,
+    plan: &serde_json::Value,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    let id = Uuid::new_v4();
+    let res = sqlx::query(
+        "INSERT INTO jobs (id, network_id, kind, plan, state) VALUES ($1, $2, $3, $4, 'running')",
+    )
+    .bind(id)
+    .bind(network_id)
+    .bind(kind.as_str())
+    .bind(plan)
+    .execute(db)
+    .await;
+    match res {
+        Ok(_) => Ok(Some(id)),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub struct NewStep<'a> {
+    pub job_id: Uuid,
+    pub site_id: Uuid,
+    pub phase: i32,
+    pub action: &'a str,
+    pub stack_name: &'a str,
+}
+
+pub async fn insert_step(db: impl PgExecutor<'_>, s: NewStep<'_>) -> Result<(), sqlx::Error> {
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO job_steps (id, job_id, site_id, phase, action, state, stack_name, client_token)
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7)",
+    )
+    .bind(id)
+    .bind(s.job_id)
+    .bind(s.site_id)
+    .bind(s.phase)
+    .bind(s.action)
+    .bind(s.stack_name)
+    // CloudFormation tokens: letters, digits and '-', at most 128.
+    .bind(format!("vpcmesh-{}", id.simple()))
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+/// A step leased to one worker until `lease_until`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedStep {
+    pub id: Uuid,
+    pub job_id: Uuid,
+    pub network_id: Uuid,
+    pub kind: String,
+    pub site_id: Uuid,
+    pub phase: i32,
+    pub action: String,
+    pub state: String,
+    pub stack_name: String,
+    pub client_token: String,
+    pub attempts: i32,
+}
+
+/// Leases the next runnable step: its job runs, every earlier phase of the
+/// job succeeded, it is due, and nobody holds a live lease on it.
+pub async fn claim(
+    pool: &PgPool,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<ClaimedStep>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH next AS (
+            SELECT s.id FROM job_steps s JOIN jobs j ON j.id = s.job_id
+             WHERE j.state = 'running'
+               AND s.state IN ('pending', 'waiting')
+               AND s.next_attempt_at <= now()
+               AND (s.lease_until IS NULL OR s.lease_until < now())
+               AND NOT EXISTS (SELECT 1 FROM job_steps p
+                                WHERE p.job_id = s.job_id AND p.phase < s.phase AND p.state <> 'succeeded')
+             ORDER BY s.next_attempt_at
+             LIMIT 1
+             FOR UPDATE OF s SKIP LOCKED)
+         UPDATE job_steps s
+            SET lease_owner = $1, lease_until = now() + make_interval(secs => $2),
+                attempts = s.attempts + 1, started_at = coalesce(s.started_at, now())
+           FROM next, jobs j
+          WHERE s.id = next.id AND j.id = s.job_id
+         RETURNING s.id, s.job_id, j.network_id, j.kind, s.site_id, s.phase, s.action, s.state,
+                   s.stack_name, s.client_token, s.attempts",
+    )
+    .bind(owner)
+    .bind(lease.as_secs_f64())
+    .fetch_optional(pool)
+    .await
+}
+
+/// Notes a side-effecting call (CreateStack, DeleteStack, routes) under the lease.
+pub async fn record_execution(
+    pool: &PgPool,
+    step: &ClaimedStep,
+    owner: &str,
+) -> Result<bool, sqlx::Error> {
+    let res = sqlx::query(
+        "UPDATE job_steps SET executions = executions + 1, state = 'waiting'
+          WHERE id = $1 AND lease_owner = $2",
+    )
+    .bind(step.id)
+    .bind(owner)
+    .execute(pool)
+    .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// How a step's turn ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Succeeded(serde_json::Value),
+    /// Not done yet (a stack in progress): look again after the delay.
+    Waiting(Duration),
+    /// A transient failure: try again after the delay.
+    Retry {
+        delay: Duration,
+        error: String,
+    },
+    Failed(String),
+}
+
+/// Records an outcome if the lease is still ours; returns whether it was.
+pub async fn finish(
+    pool: &PgPool,
+    step: &ClaimedStep,
+    owner: &str,
+    outcome: &Outcome,
+) -> Result<bool, sqlx::Error> {
+    let (state, delay, error, outputs): (&str, f64, Option<&str>, Option<&serde_json::Value>) =
+        match outcome {
+            Outcome::Succeeded(out) => ("succeeded", 0.0, None, Some(out)),
+            Outcome::Waiting(d) => ("waiting", d.as_secs_f64(), None, None),
+            Outcome::Retry { delay, error } => (
+                if step.state == "pending" {
+                    "pending"
+                } else {
+                    "waiting"
+                },
+                delay.as_secs_f64(),
+                Some(error),
+                None,
+            ),
+            Outcome::Failed(e) => ("failed", 0.0, Some(e), None),
+        };
+    let res = sqlx::query(
+        "UPDATE job_steps SET state = CASE WHEN state = 'waiting' AND $2 = 'pending' THEN 'waiting' ELSE $2 END,
+                next_attempt_at = now() + make_interval(secs => $3),
+                error = $4, outputs = coalesce($5, outputs),
+                lease_owner = NULL, lease_until = NULL,
+                finished_at = CASE WHEN $2 IN ('succeeded', 'failed') THEN now() END
+          WHERE id = $1 AND lease_owner = $6",
+    )
+    .bind(step.id)
+    .bind(state)
+    .bind(delay)
+    .bind(error)
+    .bind(outputs)
+    .bind(owner)
+    .execute(pool)
+    .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// The job's state after a step finished: `Some(true)` when every step
+/// succeeded, `Some(false)` when one failed, `None` while work remains.
+/// Marks the job finished exactly once.
+pub async fn settle(
+    pool: &PgPool,
+    job_id: Uuid,
+) -> Result<Option<(bool, Option<String>)>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let state: String = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(job_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if state != "running" {
+        return Ok(None);
+    }
+    let (open, failed, first_error): (i64, i64, Option<String>) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state IN ('pending', 'waiting')),
+                count(*) FILTER (WHERE state = 'failed'),
+                (array_agg(error ORDER BY finished_at) FILTER (WHERE state = 'failed'))[1]
+           FROM job_steps WHERE job_id = $1",
+    )
+    .bind(job_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let outcome = if failed > 0 {
+        (false, first_error)
+    } else if open == 0 {
+        (true, None)
+    } else {
+        return Ok(None);
+    };
+    sqlx::query("UPDATE jobs SET state = $2, error = $3, finished_at = now() WHERE id = $1")
+        .bind(job_id)
+        .bind(if outcome.0 { "succeeded" } else { "failed" })
+        .bind(&outcome.1)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Some(outcome))
+}
+
+pub struct Event<'a> {
+    pub network_id: Uuid,
+    pub job_id: Option<Uuid>,
+    pub site_id: Option<Uuid>,
+    pub source: &'a str,
+    pub source_id: Option<&'a str>,
+    pub resource: Option<&'a str>,
+    pub status: &'a str,
+    pub message: Option<&'a str>,
+    pub at: Option<OffsetDateTime>,
+}
+
+/// Stores a progress event; a stack event already stored is skipped.
+pub async fn event(db: impl PgExecutor<'_>, e: Event<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO progress_events (network_id, job_id, site_id, source, source_id, resource, status, message, at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, coalesce($9, now()))
+         ON CONFLICT (network_id, source_id) DO NOTHING",
+    )
+    .bind(e.network_id)
+    .bind(e.job_id)
+    .bind(e.site_id)
+    .bind(e.source)
+    .bind(e.source_id)
+    .bind(e.resource)
+    .bind(e.status)
+    .bind(e.message)
+    .bind(e.at)
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    id: i64,
+    at: OffsetDateTime,
+    site_id: Option<Uuid>,
+    source: String,
+    resource: Option<String>,
+    status: String,
+    message: Option<String>,
+}
+
+pub async fn events_after(
+    pool: &PgPool,
+    network_id: Uuid,
+    after: i64,
+) -> Result<Vec<ProgressEvent>, sqlx::Error> {
+    let rows: Vec<EventRow> = sqlx::query_as(
+        "SELECT id, at, site_id, source, resource, status, message FROM progress_events
+          WHERE network_id = $1 AND id > $2 ORDER BY id LIMIT 500",
+    )
+    .bind(network_id)
+    .bind(after)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ProgressEvent {
+            id: r.id,
+            at: rfc3339(r.at),
+            site_id: r.site_id.map(|s| s.to_string()),
+            source: r.source,
+            resource: r.resource,
+            status: r.status,
+            message: r.message,
+        })
+        .collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: Uuid,
+    kind: String,
+    state: String,
+    error: Option<String>,
+    created_at: OffsetDateTime,
+    finished_at: Option<OffsetDateTime>,
+}
+
+#[derive(sqlx::FromRow)]
+struct StepRow {
+    id: Uuid,
+    site_id: Uuid,
+    phase: i32,
+    action: String,
+    state: String,
+    stack_name: String,
+    attempts: i32,
+    error: Option<String>,
+}
+
+/// The network's latest job with its steps.
+pub async fn latest(pool: &PgPool, network_id: Uuid) -> Result<Option<JobView>, sqlx::Error> {
+    let job: Option<JobRow> = sqlx::query_as(
+        "SELECT id, kind, state, error, created_at, finished_at FROM jobs
+          WHERE network_id = $1 ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(network_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(job) = job else {
+        return Ok(None);
+    };
+    let steps: Vec<StepRow> = sqlx::query_as(
+        "SELECT id, site_id, phase, action, state, stack_name, attempts, error FROM job_steps
+          WHERE job_id = $1 ORDER BY phase, stack_name, action",
+    )
+    .bind(job.id)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some(JobView {
+        id: job.id.to_string(),
+        network_id: network_id.to_string(),
+        kind: job.kind,
+        state: job.state,
+        error: job.error,
+        steps: steps
+            .into_iter()
+            .map(|s| StepView {
+                id: s.id.to_string(),
+                site_id: s.site_id.to_string(),
+                phase: s.phase,
+                action: s.action,
+                state: s.state,
+                stack_name: s.stack_name,
+                attempts: s.attempts,
+                error: s.error,
+            })
+            .collect(),
+        created_at: rfc3339(job.created_at),
+        finished_at: job.finished_at.map(rfc3339),
+    }))
+}

@@ -1,0 +1,580 @@
+//! One turn of one step against AWS. Every turn first looks at what exists
+//! (by deterministic stack name), so a turn repeated after a crash or by
+//! another replica continues instead of duplicating.
+
+use super::{
+    jobs::{self, ClaimedStep, Outcome},
+    templates::{self, ApplianceSpec, LeafAttachment},
+};
+use crate::{
+    accounts,
+    aws::{AccountAccess, AwsError},
+    identity::orgs,
+    networks::{model, plan, store},
+    state::AppState,
+    topology::RouteTarget,
+};
+use aws_sdk_cloudformation::types::{Capability, Parameter, Stack};
+use aws_sdk_ec2::types::Filter;
+use rand::RngCore;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+const POLL: Duration = Duration::from_secs(2);
+const MAX_RETRIES: i32 = 10;
+const TOKEN_LIFETIME_HOURS: i64 = 24;
+
+/// Why a turn stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("{0}")]
+    Broken(String),
+}
+
+pub struct Ctx<'a> {
+    pub state: &'a AppState,
+    pub step: &'a ClaimedStep,
+    pub owner: &'a str,
+}
+
+pub async fn run(ctx: &Ctx<'_>) -> Outcome {
+    match turn(ctx).await {
+        Ok(outcome) => outcome,
+        Err(StepError::Aws(e)) if e.is_retryable() && ctx.step.attempts < MAX_RETRIES => {
+            let backoff = 2u64.saturating_pow(ctx.step.attempts.clamp(0, 6) as u32);
+            let jitter = rand::rng().next_u32() % 1000;
+            Outcome::Retry {
+                delay: Duration::from_secs(backoff) + Duration::from_millis(jitter as u64),
+                error: e.to_string(),
+            }
+        }
+        Err(StepError::Db(e)) => Outcome::Retry {
+            delay: Duration::from_secs(2),
+            error: format!("database: {e}"),
+        },
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+async fn turn(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
+    let state = ctx.state;
+    let step = ctx.step;
+    let net = store::find_any(&state.pool, step.network_id)
+        .await?
+        .ok_or_else(|| StepError::Broken("the network is gone".into()))?;
+    let sites = store::sites(&state.pool, net.id).await?;
+    let site = sites
+        .iter()
+        .find(|s| s.id == step.site_id)
+        .ok_or_else(|| StepError::Broken("the site is gone".into()))?;
+    let external_id = orgs::external_id(&state.pool, net.org_id).await?;
+    let role_arn = site.role_arn.as_deref().ok_or_else(|| {
+        StepError::Broken(format!("site {}: its AWS account was removed", site.name))
+    })?;
+    let access =
+        accounts::access(role_arn, &external_id).map_err(|e| StepError::Broken(e.to_string()))?;
+    match step.action.as_str() {
+        plan::ADDRESS_STACK | plan::APPLIANCE_STACK => {
+            ensure_stack(ctx, &access, &net, &sites, site).await
+        }
+        plan::DELETE_STACK => delete_stack(ctx, &access, site).await,
+        plan::ROUTES => routes(ctx, &access, &net, &sites, site, true).await,
+        plan::REMOVE_ROUTES => routes(ctx, &access, &net, &sites, site, false).await,
+        other => Err(StepError::Broken(format!("unknown step action {other}"))),
+    }
+}
+
+async fn describe(
+    cfn: &aws_sdk_cloudformation::Client,
+    name: &str,
+) -> Result<Option<Stack>, AwsError> {
+    match cfn.describe_stacks().stack_name(name).send().await {
+        Ok(out) => Ok(out.stacks().first().cloned()),
+        Err(e) => match AwsError::from_sdk("cloudformation:DescribeStacks", e) {
+            AwsError::Rejected { message, .. } if message.contains("does not exist") => Ok(None),
+            e => Err(e),
+        },
+    }
+}
+
+/// Copies new stack events into the progress log (each once).
+async fn record_stack_events(
+    ctx: &Ctx<'_>,
+    cfn: &aws_sdk_cloudformation::Client,
+    stack: &str,
+) -> Result<Option<String>, StepError> {
+    let out = cfn
+        .describe_stack_events()
+        .stack_name(stack)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("cloudformation:DescribeStackEvents", e))?;
+    let mut first_failure = None;
+    for e in out.stack_events().iter().rev() {
+        let status = e
+            .resource_status()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default();
+        let reason = e.resource_status_reason();
+        if status.ends_with("_FAILED") && first_failure.is_none() {
+            first_failure = Some(format!(
+                "{}: {}",
+                e.logical_resource_id().unwrap_or("stack"),
+                reason.unwrap_or("failed")
+            ));
+        }
+        let at = e
+            .timestamp()
+            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.secs()).ok());
+        jobs::event(
+            &ctx.state.pool,
+            jobs::Event {
+                network_id: ctx.step.network_id,
+                job_id: Some(ctx.step.job_id),
+                site_id: Some(ctx.step.site_id),
+                source: "stack",
+                source_id: e.event_id(),
+                resource: e.logical_resource_id(),
+                status: &status,
+                message: reason,
+                at,
+            },
+        )
+        .await?;
+    }
+    Ok(first_failure)
+}
+
+fn outputs_of(stack: &Stack) -> Map<String, Value> {
+    stack
+        .outputs()
+        .iter()
+        .filter_map(|o| Some((o.output_key()?.to_string(), json!(o.output_value()?))))
+        .collect()
+}
+
+async fn ensure_stack(
+    ctx: &Ctx<'_>,
+    access: &AccountAccess,
+    net: &store::NetworkRow,
+    sites: &[store::SiteRow],
+    site: &store::SiteRow,
+) -> Result<Outcome, StepError> {
+    let step = ctx.step;
+    let cfn = ctx.state.aws.cloudformation(access, &site.region).await?;
+    let Some(stack) = describe(&cfn, &step.stack_name).await? else {
+        let (body, params) = if step.action == plan::ADDRESS_STACK {
+            (
+                templates::address_stack().map_err(|e| StepError::Broken(e.to_string()))?,
+                vec![
+                    ("NetworkId", net.id.to_string()),
+                    ("SiteId", site.id.to_string()),
+                ],
+            )
+        } else {
+            appliance_template(ctx, access, net, sites, site).await?
+        };
+        if !jobs::record_execution(&ctx.state.pool, step, ctx.owner).await? {
+            return Err(StepError::Broken("lost the lease".into()));
+        }
+        let created = cfn
+            .create_stack()
+            .stack_name(&step.stack_name)
+            .template_body(body)
+            .set_parameters(Some(
+                params
+                    .into_iter()
+                    .map(|(k, v)| {
+                        Parameter::builder()
+                            .parameter_key(k)
+                            .parameter_value(v)
+                            .build()
+                    })
+                    .collect(),
+            ))
+            .capabilities(Capability::CapabilityNamedIam)
+            .client_request_token(&step.client_token)
+            .tags(
+                aws_sdk_cloudformation::types::Tag::builder()
+                    .key("vpcmesh:network")
+                    .value(net.id.to_string())
+                    .build(),
+            )
+            .send()
+            .await;
+        match created.map_err(|e| AwsError::from_sdk("cloudformation:CreateStack", e)) {
+            Ok(_) => {}
+            // The stack name is ours alone: an SDK retry of our own call (or a
+            // replica that got there first) created it. The next turn looks.
+            Err(AwsError::Rejected { code, .. }) if code == "AlreadyExistsException" => {
+                tracing::info!(stack = %step.stack_name, "stack already exists; following it");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(stack = %step.stack_name, region = %site.region, "stack create requested");
+        return Ok(Outcome::Waiting(Duration::from_millis(500)));
+    };
+    let failure = record_stack_events(ctx, &cfn, &step.stack_name).await?;
+    let status = stack.stack_status().map(|s| s.as_str()).unwrap_or("");
+    match status {
+        "CREATE_COMPLETE" | "UPDATE_COMPLETE" => {
+            let outputs = outputs_of(&stack);
+            store::merge_outputs(&ctx.state.pool, site.id, &outputs).await?;
+            Ok(Outcome::Succeeded(Value::Object(outputs)))
+        }
+        s if s.ends_with("_IN_PROGRESS")
+            && !s.starts_with("ROLLBACK")
+            && !s.starts_with("DELETE") =>
+        {
+            Ok(Outcome::Waiting(POLL))
+        }
+        s => Ok(Outcome::Failed(format!(
+            "stack {} is {s}{}",
+            step.stack_name,
+            failure.map(|f| format!(" ({f})")).unwrap_or_default()
+        ))),
+    }
+}
+
+async fn appliance_template(
+    ctx: &Ctx<'_>,
+    access: &AccountAccess,
+    net: &store::NetworkRow,
+    sites: &[store::SiteRow],
+    site: &store::SiteRow,
+) -> Result<(String, Vec<(&'static str, String)>), StepError> {
+    let plans = model::compile(net, sites).map_err(|e| StepError::Broken(e.to_string()))?;
+    let mine = plans
+        .get(&site.id)
+        .ok_or_else(|| StepError::Broken("the site has no compiled plan".into()))?;
+    let mut peer_addresses = Vec::new();
+    for t in &mine.tunnels {
+        let peer = sites.iter().find(|s| s.id == t.peer);
+        let ip = peer
+            .and_then(|p| p.output("PublicIp"))
+            .ok_or_else(|| StepError::Broken(format!("peer site {} has no address yet", t.peer)))?;
+        peer_addresses.push(ip.to_string());
+    }
+    let facts = &site.discovered.0;
+    let (a, b) = facts
+        .subnets_in_two_azs()
+        .or_else(|| facts.subnets.first().map(|s| (s, s)))
+        .ok_or_else(|| StepError::Broken(format!("VPC {} has no subnets", site.vpc_id)))?;
+    let leaves: Vec<LeafAttachment> = sites
+        .iter()
+        .filter(|l| !l.is_edge() && l.edge_site_id == Some(site.id))
+        .map(|l| {
+            let mut per_az: Vec<&crate::aws::discovery::SubnetFact> = Vec::new();
+            for s in &l.discovered.0.subnets {
+                if !per_az.iter().any(|p| p.az == s.az) {
+                    per_az.push(s);
+                }
+            }
+            LeafAttachment {
+                vpc_id: l.vpc_id.clone(),
+                subnet_ids: per_az.iter().map(|s| s.id.clone()).collect(),
+                cidrs: l.cidrs.clone(),
+            }
+        })
+        .collect();
+    let remote_cidrs: Vec<String> = mine
+        .tunnels
+        .iter()
+        .flat_map(|t| t.remote_cidrs.iter().map(ToString::to_string))
+        .collect();
+    let o = &net.options;
+    let spec = ApplianceSpec {
+        peer_addresses,
+        ha: o.ha,
+        nat_t: o.nat_t,
+        spot_types: o.spot.then(|| o.instance_types.clone()),
+        leaves,
+        remote_cidrs,
+    };
+    let body = templates::appliance_stack(&spec).map_err(|e| StepError::Broken(e.to_string()))?;
+    let token = new_bootstrap_token(ctx, site.id).await?;
+    let account = access.account().to_string();
+    let route_table_arns: Vec<String> = facts
+        .route_tables
+        .iter()
+        .map(|rt| format!("arn:aws:ec2:{}:{account}:route-table/{rt}", site.region))
+        .collect();
+    let params = vec![
+        ("NetworkId", net.id.to_string()),
+        ("SiteId", site.id.to_string()),
+        ("VpcId", site.vpc_id.clone()),
+        ("VpcCidr", site.cidrs.first().cloned().unwrap_or_default()),
+        ("SubnetA", a.id.clone()),
+        ("SubnetB", b.id.clone()),
+        ("InstanceType", o.instance_types[0].clone()),
+        ("ServerUrl", ctx.state.settings.public_origin.clone()),
+        ("BootstrapToken", token),
+        (
+            "AllocationId",
+            site.output("AllocationId").unwrap_or_default().to_string(),
+        ),
+        ("KmsKeyArn", net.kms_key_arn.clone()),
+        ("RouteTableArns", route_table_arns.join(",")),
+    ];
+    Ok((body, params))
+}
+
+/// A fresh single-use registration token for the site's appliances; only its
+/// hash is stored.
+async fn new_bootstrap_token(ctx: &Ctx<'_>, site_id: uuid::Uuid) -> Result<String, StepError> {
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    let token = format!("vmb_{}", hex::encode(raw));
+    sqlx::query(
+        "INSERT INTO site_bootstrap_tokens (token_hash, site_id, expires_at)
+         VALUES ($1, $2, now() + make_interval(hours => $3))",
+    )
+    .bind(Sha256::digest(token.as_bytes()).to_vec())
+    .bind(site_id)
+    .bind(TOKEN_LIFETIME_HOURS as i32)
+    .execute(&ctx.state.pool)
+    .await?;
+    Ok(token)
+}
+
+async fn delete_stack(
+    ctx: &Ctx<'_>,
+    access: &AccountAccess,
+    site: &store::SiteRow,
+) -> Result<Outcome, StepError> {
+    let step = ctx.step;
+    let cfn = ctx.state.aws.cloudformation(access, &site.region).await?;
+    let Some(stack) = describe(&cfn, &step.stack_name).await? else {
+        return Ok(Outcome::Succeeded(json!({})));
+    };
+    let status = stack.stack_status().map(|s| s.as_str()).unwrap_or("");
+    match status {
+        "DELETE_COMPLETE" => Ok(Outcome::Succeeded(json!({}))),
+        "DELETE_IN_PROGRESS" => {
+            record_stack_events(ctx, &cfn, &step.stack_name).await?;
+            Ok(Outcome::Waiting(POLL))
+        }
+        _ => {
+            if !jobs::record_execution(&ctx.state.pool, step, ctx.owner).await? {
+                return Err(StepError::Broken("lost the lease".into()));
+            }
+            cfn.delete_stack()
+                .stack_name(&step.stack_name)
+                .client_request_token(&step.client_token)
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("cloudformation:DeleteStack", e))?;
+            tracing::info!(stack = %step.stack_name, region = %site.region, "stack delete requested");
+            Ok(Outcome::Waiting(Duration::from_millis(500)))
+        }
+    }
+}
+
+/// The running instance of the site's HA member A: where routes point until
+/// appliances report which member is active.
+async fn active_instance(
+    ec2: &aws_sdk_ec2::Client,
+    site_id: &str,
+) -> Result<Option<String>, AwsError> {
+    let out = ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("tag:vpcmesh:site")
+                .values(site_id)
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("tag:vpcmesh:member")
+                .values("a")
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .values("pending")
+                .values("running")
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:DescribeInstances", e))?;
+    let mut ids: Vec<String> = out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter_map(|i| i.instance_id().map(str::to_string))
+        .collect();
+    ids.sort();
+    Ok(ids.into_iter().next())
+}
+
+/// Programs (or removes) the site's VPC routes for every remote CIDR.
+async fn routes(
+    ctx: &Ctx<'_>,
+    access: &AccountAccess,
+    net: &store::NetworkRow,
+    sites: &[store::SiteRow],
+    site: &store::SiteRow,
+    install: bool,
+) -> Result<Outcome, StepError> {
+    let plans = model::compile(net, sites).map_err(|e| StepError::Broken(e.to_string()))?;
+    let Some(mine) = plans.get(&site.id) else {
+        return Ok(Outcome::Succeeded(json!({})));
+    };
+    let ec2 = ctx.state.aws.ec2(access, &site.region).await?;
+    let tables = &site.discovered.0.route_tables;
+    if !install {
+        let mut removed = 0;
+        let out = ec2
+            .describe_route_tables()
+            .set_route_table_ids(Some(tables.clone()))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ec2:DescribeRouteTables", e))?;
+        let ours: Vec<String> = mine.vpc_routes.iter().map(|(c, _)| c.to_string()).collect();
+        for table in out.route_tables() {
+            let id = table.route_table_id().unwrap_or_default();
+            for r in table.routes() {
+                let Some(dest) = r.destination_cidr_block() else {
+                    continue;
+                };
+                if !ours.iter().any(|o| o == dest) {
+                    continue;
+                }
+                match ec2
+                    .delete_route()
+                    .route_table_id(id)
+                    .destination_cidr_block(dest)
+                    .send()
+                    .await
+                {
+                    Ok(_) => removed += 1,
+                    Err(e) => match AwsError::from_sdk("ec2:DeleteRoute", e) {
+                        AwsError::NotFound { .. } => {}
+                        e => return Err(e.into()),
+                    },
+                }
+            }
+        }
+        step_event(
+            ctx,
+            "routes removed",
+            &format!("{removed} route(s) removed"),
+        )
+        .await?;
+        return Ok(Outcome::Succeeded(json!({ "removed": removed })));
+    }
+
+    let instance = if mine
+        .vpc_routes
+        .iter()
+        .any(|(_, t)| *t == RouteTarget::Appliance)
+    {
+        let edge_id = site
+            .edge_site_id
+            .filter(|_| !site.is_edge())
+            .unwrap_or(site.id);
+        match active_instance(&ec2, &edge_id.to_string()).await? {
+            Some(i) => Some(i),
+            None if ctx.step.attempts < 30 => return Ok(Outcome::Waiting(POLL)),
+            None => {
+                return Ok(Outcome::Failed(
+                    "no running appliance instance appeared".into(),
+                ))
+            }
+        }
+    } else {
+        None
+    };
+    let tgw = if mine
+        .vpc_routes
+        .iter()
+        .any(|(_, t)| *t == RouteTarget::TransitGateway)
+    {
+        let edge = site
+            .edge_site_id
+            .and_then(|e| sites.iter().find(|s| s.id == e))
+            .unwrap_or(site);
+        Some(
+            edge.output("TransitGatewayId")
+                .ok_or_else(|| StepError::Broken("the edge has no Transit Gateway".into()))?
+                .to_string(),
+        )
+    } else {
+        None
+    };
+    if !jobs::record_execution(&ctx.state.pool, ctx.step, ctx.owner).await? {
+        return Err(StepError::Broken("lost the lease".into()));
+    }
+    let mut programmed = 0;
+    for table in tables {
+        for (cidr, target) in &mine.vpc_routes {
+            let dest = cidr.to_string();
+            let create = ec2
+                .create_route()
+                .route_table_id(table)
+                .destination_cidr_block(&dest);
+            let create = match target {
+                RouteTarget::Appliance => create.set_instance_id(instance.clone()),
+                RouteTarget::TransitGateway => create.set_transit_gateway_id(tgw.clone()),
+            };
+            match create.send().await {
+                Ok(_) => {}
+                Err(e) => match AwsError::from_sdk("ec2:CreateRoute", e) {
+                    AwsError::Rejected { code, .. } if code == "RouteAlreadyExists" => {
+                        let replace = ec2
+                            .replace_route()
+                            .route_table_id(table)
+                            .destination_cidr_block(&dest);
+                        let replace = match target {
+                            RouteTarget::Appliance => replace.set_instance_id(instance.clone()),
+                            RouteTarget::TransitGateway => {
+                                replace.set_transit_gateway_id(tgw.clone())
+                            }
+                        };
+                        replace
+                            .send()
+                            .await
+                            .map_err(|e| AwsError::from_sdk("ec2:ReplaceRoute", e))?;
+                    }
+                    e => return Err(e.into()),
+                },
+            }
+            programmed += 1;
+        }
+    }
+    step_event(
+        ctx,
+        "routes programmed",
+        &format!("{programmed} route(s) in {} table(s)", tables.len()),
+    )
+    .await?;
+    Ok(Outcome::Succeeded(
+        json!({ "routes": programmed, "instance": instance, "transit_gateway": tgw }),
+    ))
+}
+
+async fn step_event(ctx: &Ctx<'_>, status: &str, message: &str) -> Result<(), sqlx::Error> {
+    jobs::event(
+        &ctx.state.pool,
+        jobs::Event {
+            network_id: ctx.step.network_id,
+            job_id: Some(ctx.step.job_id),
+            site_id: Some(ctx.step.site_id),
+            source: "step",
+            source_id: None,
+            resource: Some(&ctx.step.stack_name),
+            status,
+            message: Some(message),
+            at: None,
+        },
+    )
+    .await
+}

@@ -1,0 +1,326 @@
+//! Networks from request to running stacks in moto and back to nothing:
+//! discovery, validation, key epoch 1, plan, apply, routes, teardown.
+
+use crate::{
+    moto::{moto, Customer, TestVpc},
+    support::*,
+};
+use axum::http::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// An Acme admin with one verified customer account.
+pub struct World {
+    pub app: TestApp,
+    pub admin: Client,
+    pub customer: Customer,
+}
+
+impl World {
+    pub async fn new() -> World {
+        let (app, _) = TestApp::acme_on_moto().await;
+        let customer = moto().await.customer().await;
+        let mut admin = app.signed_in("ada@acme.test").await;
+        let r = admin
+            .json(
+                Method::POST,
+                "/api/v1/accounts",
+                Some(json!({"account_id": customer.account, "role_arn": customer.role_arn})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        World {
+            app,
+            admin,
+            customer,
+        }
+    }
+
+    pub fn site(&self, region: &str, vpc: &TestVpc, role: &str) -> Value {
+        json!({"account_id": self.customer.account, "region": region, "vpc_id": vpc.id, "role": role})
+    }
+
+    pub async fn create(&mut self, body: Value) -> Value {
+        let r = self
+            .admin
+            .json(Method::POST, "/api/v1/networks", Some(body))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        r.json()
+    }
+
+    /// Shows the plan, confirms it, and waits for the network to reach `want`.
+    pub async fn run(&mut self, id: &str, kind: &str, want: &str) -> Duration {
+        let plan = self
+            .admin
+            .get(&format!("/api/v1/networks/{id}/plan?kind={kind}"))
+            .await;
+        assert_eq!(plan.status, StatusCode::OK, "{}", plan.text());
+        let fingerprint = plan.json()["fingerprint"]
+            .as_str()
+            .expect("fingerprint")
+            .to_string();
+        let started = Instant::now();
+        let r = self
+            .admin
+            .json(
+                Method::POST,
+                &format!("/api/v1/networks/{id}/{kind}"),
+                Some(json!({"fingerprint": fingerprint})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+        self.wait_for(id, want).await;
+        started.elapsed()
+    }
+
+    pub async fn wait_for(&mut self, id: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let n = self
+                .admin
+                .get(&format!("/api/v1/networks/{id}"))
+                .await
+                .json();
+            let status = n["status"].as_str().unwrap_or_default().to_string();
+            if status == want {
+                return;
+            }
+            if status == "failed" || Instant::now() > deadline {
+                let job = self
+                    .admin
+                    .get(&format!("/api/v1/networks/{id}/job"))
+                    .await
+                    .text();
+                panic!(
+                    "network {id} is {status}, wanted {want}: {}\njob: {job}",
+                    n["status_note"]
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Live stacks of the network in a region (anything not DELETE_COMPLETE).
+pub async fn live_stacks(customer: &Customer, region: &str) -> Vec<(String, String)> {
+    let out = customer
+        .cloudformation(region)
+        .describe_stacks()
+        .send()
+        .await
+        .expect("DescribeStacks");
+    out.stacks()
+        .iter()
+        .filter(|s| s.stack_name().unwrap_or_default().starts_with("vpcmesh-"))
+        .map(|s| {
+            (
+                s.stack_name().unwrap_or_default().to_string(),
+                s.stack_status()
+                    .map(|x| x.as_str().to_string())
+                    .unwrap_or_default(),
+            )
+        })
+        .filter(|(_, st)| st != "DELETE_COMPLETE")
+        .collect()
+}
+
+/// Running appliance instances of a site: (instance id, AZ).
+pub async fn appliances(customer: &Customer, region: &str, site_id: &str) -> Vec<(String, String)> {
+    use aws_sdk_ec2::types::Filter;
+    let out = customer
+        .ec2(region)
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("tag:vpcmesh:site")
+                .values(site_id)
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .values("running")
+                .values("pending")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeInstances");
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| {
+            (
+                i.instance_id().unwrap_or_default().to_string(),
+                i.placement()
+                    .and_then(|p| p.availability_zone())
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Destination CIDR -> target of a route table's routes.
+pub async fn routes(customer: &Customer, region: &str, table: &str) -> Vec<(String, String)> {
+    let out = customer
+        .ec2(region)
+        .describe_route_tables()
+        .route_table_ids(table)
+        .send()
+        .await
+        .expect("DescribeRouteTables");
+    out.route_tables()
+        .iter()
+        .flat_map(|t| t.routes())
+        .filter_map(|r| {
+            let target = r
+                .instance_id()
+                .or(r.transit_gateway_id())
+                .or(r.gateway_id())
+                .unwrap_or_default();
+            Some((r.destination_cidr_block()?.to_string(), target.to_string()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_three_region_full_mesh_goes_from_plan_to_running_stacks_and_back() {
+    let mut w = World::new().await;
+    let regions = ["us-east-1", "eu-west-1", "ap-southeast-2"];
+    let mut vpcs = Vec::new();
+    for (i, region) in regions.iter().enumerate() {
+        vpcs.push(
+            w.customer
+                .vpc(region, &format!("10.{}.0.0/16", i + 1))
+                .await,
+        );
+    }
+    let key = w.customer.kms_key("us-east-1").await;
+    let sites: Vec<Value> = regions
+        .iter()
+        .zip(&vpcs)
+        .map(|(r, v)| w.site(r, v, "edge"))
+        .collect();
+    let net = w
+        .create(json!({"name": "global", "topology": "full_mesh", "sites": sites, "options": {"kms_key_arn": key}}))
+        .await;
+    let id = net["id"].as_str().expect("id").to_string();
+    assert_eq!(net["status"], "planned");
+    assert_eq!(net["sites"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        net["sites"][0]["cidrs"].as_array().map(Vec::len),
+        Some(1),
+        "CIDRs are discovered: {net}"
+    );
+    assert_eq!(net["key_epochs"][0]["epoch"], 1);
+    let blob: Vec<u8> = sqlx::query_scalar("SELECT ciphertext FROM key_epochs WHERE epoch = 1")
+        .fetch_one(&w.app.pool)
+        .await
+        .expect("epoch 1 stored");
+    assert!(blob.len() > 32, "only a KMS ciphertext blob is stored");
+
+    // The plan names every stack per account and region.
+    let plan = w
+        .admin
+        .get(&format!("/api/v1/networks/{id}/plan"))
+        .await
+        .json();
+    let changes = plan["changes"].as_array().expect("changes");
+    assert_eq!(changes.len(), 9, "{plan}");
+    for region in regions {
+        let here: Vec<&Value> = changes.iter().filter(|c| c["region"] == region).collect();
+        assert_eq!(
+            here.len(),
+            3,
+            "address stack, appliance stack, routes in {region}"
+        );
+        assert!(here
+            .iter()
+            .all(|c| c["action"] == "create" && c["account_id"] == w.customer.account.as_str()));
+    }
+    // A stale fingerprint is refused.
+    let r = w
+        .admin
+        .json(
+            Method::POST,
+            &format!("/api/v1/networks/{id}/apply"),
+            Some(json!({"fingerprint": "stale"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+
+    let took = w.run(&id, "apply", "ready").await;
+    eprintln!("full mesh of 3 regions provisioned in {took:?}");
+    let net = w.admin.get(&format!("/api/v1/networks/{id}")).await.json();
+    for (i, region) in regions.iter().enumerate() {
+        let stacks = live_stacks(&w.customer, region).await;
+        assert_eq!(stacks.len(), 2, "{region}: {stacks:?}");
+        assert!(
+            stacks.iter().all(|(_, s)| s == "CREATE_COMPLETE"),
+            "{stacks:?}"
+        );
+        let site = &net["sites"]
+            .as_array()
+            .expect("sites")
+            .iter()
+            .find(|s| s["region"] == *region)
+            .expect("site")
+            .clone();
+        let instances = appliances(&w.customer, region, site["id"].as_str().expect("id")).await;
+        assert_eq!(instances.len(), 2, "{region}: {instances:?}");
+        assert_ne!(
+            instances[0].1, instances[1].1,
+            "HA pair in two AZs: {instances:?}"
+        );
+        let table = routes(&w.customer, region, &vpcs[i].route_tables[0]).await;
+        for (j, other) in vpcs.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let to = table.iter().find(|(d, _)| d == &other.cidr);
+            assert!(
+                to.is_some_and(|(_, t)| instances.iter().any(|(id, _)| id == t)),
+                "{region}: route to {} via an appliance: {table:?}",
+                other.cidr
+            );
+        }
+        assert!(site["outputs"]["PublicIp"].is_string(), "{site}");
+    }
+    let events: i64 = w
+        .app
+        .count("SELECT count(*) FROM progress_events WHERE source = 'stack'")
+        .await;
+    assert!(events > 0, "stack events are recorded for the live view");
+    assert_eq!(
+        w.app
+            .count("SELECT count(*) FROM job_steps WHERE executions <> 1")
+            .await,
+        0,
+        "every step made its change exactly once"
+    );
+
+    let took = w.run(&id, "teardown", "deleted").await;
+    eprintln!("full mesh of 3 regions torn down in {took:?}");
+    for (i, region) in regions.iter().enumerate() {
+        assert_eq!(live_stacks(&w.customer, region).await, vec![], "{region}");
+        let site_ids: Vec<String> = net["sites"]
+            .as_array()
+            .expect("sites")
+            .iter()
+            .map(|s| s["id"].as_str().unwrap_or_default().to_string())
+            .collect();
+        for s in &site_ids {
+            assert_eq!(appliances(&w.customer, region, s).await, vec![], "{region}");
+        }
+        let table = routes(&w.customer, region, &vpcs[i].route_tables[0]).await;
+        assert!(
+            table
+                .iter()
+                .all(|(d, _)| !vpcs.iter().any(|v| &v.cidr == d) || d == &vpcs[i].cidr),
+            "{region}: routes left: {table:?}"
+        );
+    }
+    assert_eq!(w.admin.get("/api/v1/networks").await.json(), json!([]));
+}
