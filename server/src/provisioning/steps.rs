@@ -320,6 +320,7 @@ async fn appliance_template(
         ),
         ("KmsKeyArn", net.kms_key_arn.clone()),
         ("RouteTableArns", route_table_arns.join(",")),
+        ("HighAvailability", o.ha.to_string()),
     ];
     Ok((body, params))
 }

@@ -49,7 +49,7 @@ pub struct ApplianceSpec {
 pub fn appliance_stack(spec: &ApplianceSpec) -> Result<String, TemplateError> {
     let mut t = parse("appliance-stack.yaml", APPLIANCE)?;
     if !spec.ha {
-        t["Conditions"]["HasPairMember"] = json!({"Fn::Equals": ["true", "false"]});
+        t["Parameters"]["HighAvailability"]["Default"] = json!("false");
     }
     let ingress = t["Resources"]["ApplianceSecurityGroup"]["Properties"]["SecurityGroupIngress"]
         .as_array_mut()
@@ -227,7 +227,7 @@ mod tests {
         let mut s = spec();
         s.ha = false;
         let t = rendered(&s);
-        assert_eq!(t["Conditions"]["HasPairMember"]["Fn::Equals"][1], "false");
+        assert_eq!(t["Parameters"]["HighAvailability"]["Default"], "false");
     }
 
     #[test]

@@ -324,3 +324,207 @@ async fn a_three_region_full_mesh_goes_from_plan_to_running_stacks_and_back() {
     }
     assert_eq!(w.admin.get("/api/v1/networks").await.json(), json!([]));
 }
+
+#[test]
+fn every_rendered_stack_variant_passes_cfn_lint() {
+    use server::provisioning::templates::{
+        address_stack, appliance_stack, ApplianceSpec, LeafAttachment,
+    };
+    crate::accounts::cfn_lint(&address_stack().expect("address stack"), "address-stack");
+    let base = ApplianceSpec {
+        peer_addresses: vec!["198.51.100.7".into(), "203.0.113.9".into()],
+        ha: true,
+        nat_t: true,
+        spot_types: None,
+        leaves: vec![],
+        remote_cidrs: vec![],
+    };
+    let mut variants = vec![("ha", base.clone())];
+    let mut single = base.clone();
+    single.ha = false;
+    single.nat_t = false;
+    variants.push(("single-no-nat-t", single));
+    let mut spot = base.clone();
+    spot.spot_types = Some(vec![
+        "c6in.large".into(),
+        "c5n.large".into(),
+        "m6i.large".into(),
+    ]);
+    variants.push(("spot", spot));
+    let mut leaves = base.clone();
+    leaves.leaves = vec![
+        LeafAttachment {
+            vpc_id: "vpc-0123456789abcdef0".into(),
+            subnet_ids: vec![
+                "subnet-0123456789abcdef0".into(),
+                "subnet-0123456789abcdef1".into(),
+            ],
+            cidrs: vec!["10.9.0.0/16".into()],
+        },
+        LeafAttachment {
+            vpc_id: "vpc-0123456789abcdef1".into(),
+            subnet_ids: vec!["subnet-0123456789abcdef2".into()],
+            cidrs: vec!["10.8.0.0/16".into()],
+        },
+    ];
+    leaves.remote_cidrs = vec!["10.1.0.0/16".into(), "10.2.0.0/16".into()];
+    variants.push(("mesh-with-leaves", leaves));
+    for (name, spec) in variants {
+        crate::accounts::cfn_lint(
+            &appliance_stack(&spec).expect("renders"),
+            &format!("appliance-{name}"),
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_network_input_gets_a_precise_error_and_creates_nothing() {
+    let mut w = World::new().await;
+    let a = w.customer.vpc("us-east-1", "10.1.0.0/16").await;
+    let b = w.customer.vpc("eu-west-1", "10.1.128.0/17").await; // overlaps a
+    let c = w.customer.vpc("eu-west-1", "10.2.0.0/16").await;
+    let key = w.customer.kms_key("us-east-1").await;
+    let base = |sites: Vec<Value>| json!({"name": "n1", "topology": "full_mesh", "sites": sites, "options": {"kms_key_arn": key}});
+    let (sa, sb, sc) = (
+        w.site("us-east-1", &a, "edge"),
+        w.site("eu-west-1", &b, "edge"),
+        w.site("eu-west-1", &c, "edge"),
+    );
+    let mut unknown_region = sc.clone();
+    unknown_region["region"] = json!("mars-north-1");
+    let mut missing_vpc = sc.clone();
+    missing_vpc["vpc_id"] = json!("vpc-0000000000000000f");
+    let mut bad_vpc = sc.clone();
+    bad_vpc["vpc_id"] = json!("vpc-xyz");
+    let mut foreign = sc.clone();
+    foreign["account_id"] = json!("999999999999");
+    let mut bad_key = base(vec![sa.clone(), sc.clone()]);
+    bad_key["options"]["kms_key_arn"] = json!("arn:aws:kms:us-east-1:123:alias/x");
+    let mut missing_key = base(vec![sa.clone(), sc.clone()]);
+    missing_key["options"]["kms_key_arn"] = json!(format!(
+        "arn:aws:kms:us-east-1:{}:key/00000000-0000-4000-8000-000000000000",
+        w.customer.account
+    ));
+    let mut transit_no_hub = base(vec![sa.clone(), sc.clone()]);
+    transit_no_hub["topology"] = json!("transit");
+    let mut spot_types = base(vec![sa.clone(), sc.clone()]);
+    spot_types["options"]["instance_types"] = json!(["c6in.large", "c5n.large"]);
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (base(vec![sa.clone(), sb.clone()]), "sites", "overlap"),
+        (
+            base(vec![sa.clone(), unknown_region]),
+            "sites[1].region",
+            "mars-north-1",
+        ),
+        (
+            base(vec![sa.clone(), missing_vpc]),
+            "sites[1].vpc_id",
+            "not found",
+        ),
+        (base(vec![sa.clone(), bad_vpc]), "sites[1].vpc_id", "vpc-"),
+        (
+            base(vec![sa.clone(), foreign]),
+            "sites[1].account_id",
+            "not registered",
+        ),
+        (
+            base(vec![sa.clone(), sa.clone()]),
+            "sites[1].vpc_id",
+            "once",
+        ),
+        (base(vec![sa.clone()]), "sites", "two"),
+        (bad_key, "options.kms_key_arn", "key"),
+        (missing_key, "options.kms_key_arn", "not found"),
+        (transit_no_hub, "sites", "hub"),
+        (spot_types, "options.instance_types", "spot"),
+        (
+            base(vec![
+                sa.clone(),
+                json!({"account_id": w.customer.account, "region": "eu-west-1", "vpc_id": c.id, "role": "leaf"}),
+            ]),
+            "sites[1].role",
+            "leaf",
+        ),
+        (
+            json!({"name": "", "topology": "full_mesh", "sites": [sa, sc], "options": {"kms_key_arn": key}}),
+            "name",
+            "",
+        ),
+    ];
+    for (body, field, words) in cases {
+        let r = w
+            .admin
+            .json(Method::POST, "/api/v1/networks", Some(body.clone()))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text());
+        let e = r.json();
+        assert_eq!(e["error"]["field"], field, "{body}: {e}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(words),
+            "{e}"
+        );
+    }
+    let r = w
+        .admin
+        .json(
+            Method::POST,
+            "/api/v1/networks",
+            Some(json!({"name": "x", "topology": "ring"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(w.app.count("SELECT count(*) FROM networks").await, 0);
+    assert_eq!(w.app.count("SELECT count(*) FROM key_epochs").await, 0);
+}
+
+#[tokio::test]
+async fn a_transit_network_with_three_spokes_routes_everything_via_the_hub() {
+    let mut w = World::new().await;
+    let regions = ["us-east-1", "us-west-2", "eu-central-1", "ap-northeast-1"];
+    let mut vpcs = Vec::new();
+    for (i, region) in regions.iter().enumerate() {
+        vpcs.push(
+            w.customer
+                .vpc(region, &format!("10.{}.0.0/16", 10 + i))
+                .await,
+        );
+    }
+    let key = w.customer.kms_key("us-east-1").await;
+    let sites: Vec<Value> = regions
+        .iter()
+        .zip(&vpcs)
+        .enumerate()
+        .map(|(i, (r, v))| w.site(r, v, if i == 0 { "hub" } else { "edge" }))
+        .collect();
+    let net = w
+        .create(json!({"name": "hub and spokes", "topology": "transit", "sites": sites,
+                       "options": {"kms_key_arn": key, "spot": true, "instance_types": ["c6in.large", "c5n.large"]}}))
+        .await;
+    let id = net["id"].as_str().expect("id").to_string();
+    let took = w.run(&id, "apply", "ready").await;
+    eprintln!("transit with 3 spokes provisioned in {took:?}");
+    for (i, region) in regions.iter().enumerate() {
+        let stacks = live_stacks(&w.customer, region).await;
+        assert_eq!(stacks.len(), 2, "{region}: {stacks:?}");
+        let table = routes(&w.customer, region, &vpcs[i].route_tables[0]).await;
+        for (j, other) in vpcs.iter().enumerate() {
+            if i != j {
+                assert!(
+                    table
+                        .iter()
+                        .any(|(d, t)| d == &other.cidr && t.starts_with("i-")),
+                    "{region} -> {}: {table:?}",
+                    other.cidr
+                );
+            }
+        }
+    }
+    let took = w.run(&id, "teardown", "deleted").await;
+    eprintln!("transit with 3 spokes torn down in {took:?}");
+    for region in regions {
+        assert_eq!(live_stacks(&w.customer, region).await, vec![], "{region}");
+    }
+}
