@@ -528,3 +528,47 @@ async fn a_transit_network_with_three_spokes_routes_everything_via_the_hub() {
         assert_eq!(live_stacks(&w.customer, region).await, vec![], "{region}");
     }
 }
+
+#[tokio::test]
+async fn a_mesh_with_leaves_routes_leaves_through_their_edge() {
+    let mut w = World::new().await;
+    let e1 = w.customer.vpc("us-east-1", "10.20.0.0/16").await;
+    let l1 = w.customer.vpc("us-east-1", "10.21.0.0/16").await;
+    let e2 = w.customer.vpc("eu-west-1", "10.30.0.0/16").await;
+    let l2 = w.customer.vpc("eu-west-1", "10.31.0.0/16").await;
+    let key = w.customer.kms_key("eu-west-1").await;
+    let sites = vec![
+        w.site("us-east-1", &e1, "edge"),
+        w.site("us-east-1", &l1, "leaf"),
+        w.site("eu-west-1", &e2, "edge"),
+        w.site("eu-west-1", &l2, "leaf"),
+    ];
+    let net = w
+        .create(json!({"name": "core and leaves", "topology": "mesh_with_leaves", "sites": sites, "options": {"kms_key_arn": key}}))
+        .await;
+    let id = net["id"].as_str().expect("id").to_string();
+    let took = w.run(&id, "apply", "ready").await;
+    eprintln!("mesh with 2 edges and 2 leaves provisioned in {took:?}");
+    // Leaves reach the other region through their edge's Transit Gateway.
+    let leaf_routes = routes(&w.customer, "us-east-1", &l1.route_tables[0]).await;
+    for remote in [&e2.cidr, &l2.cidr] {
+        assert!(
+            leaf_routes
+                .iter()
+                .any(|(d, t)| d == remote && t.starts_with("tgw-")),
+            "{leaf_routes:?}"
+        );
+    }
+    // The edge sends the far leaf to its appliance.
+    let edge_routes = routes(&w.customer, "us-east-1", &e1.route_tables[0]).await;
+    assert!(
+        edge_routes
+            .iter()
+            .any(|(d, t)| d == &l2.cidr && t.starts_with("i-")),
+        "{edge_routes:?}"
+    );
+    w.run(&id, "teardown", "deleted").await;
+    for region in ["us-east-1", "eu-west-1"] {
+        assert_eq!(live_stacks(&w.customer, region).await, vec![], "{region}");
+    }
+}
