@@ -11,6 +11,7 @@ mod hardening;
 mod isolation;
 mod networks;
 mod pages;
+mod replicas;
 mod roles;
 mod sessions;
 mod sign_in;

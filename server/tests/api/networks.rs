@@ -18,7 +18,13 @@ pub struct World {
 
 impl World {
     pub async fn new() -> World {
-        let (app, _) = TestApp::acme_on_moto().await;
+        Self::with_workers(4).await
+    }
+
+    /// `workers` 0: jobs run only in server processes the test starts.
+    pub async fn with_workers(workers: usize) -> World {
+        let app = TestApp::on_moto(workers).await;
+        app.org_with_admin("Acme", "ada@acme.test").await;
         let customer = moto().await.customer().await;
         let mut admin = app.signed_in("ada@acme.test").await;
         let r = admin
@@ -51,6 +57,14 @@ impl World {
 
     /// Shows the plan, confirms it, and waits for the network to reach `want`.
     pub async fn run(&mut self, id: &str, kind: &str, want: &str) -> Duration {
+        let started = Instant::now();
+        self.start(id, kind).await;
+        self.wait_for(id, want).await;
+        started.elapsed()
+    }
+
+    /// Shows the plan and confirms it; the job starts.
+    pub async fn start(&mut self, id: &str, kind: &str) {
         let plan = self
             .admin
             .get(&format!("/api/v1/networks/{id}/plan?kind={kind}"))
@@ -70,8 +84,17 @@ impl World {
             )
             .await;
         assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
-        self.wait_for(id, want).await;
-        started.elapsed()
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Value {
+        let mut c = self.admin_clone();
+        c.get(path).await.json()
+    }
+
+    fn admin_clone(&self) -> Client {
+        let mut c = self.app.client();
+        c.cookie = self.admin.cookie.clone();
+        c
     }
 
     pub async fn wait_for(&mut self, id: &str, want: &str) {

@@ -60,6 +60,8 @@ fn remove_clusters_of_dead_runs(root: &std::path::Path) {
 pub struct TestApp {
     pub router: Router,
     pub pool: PgPool,
+    /// The test database, for server processes a test starts itself.
+    pub db_url: String,
 }
 
 impl TestApp {
@@ -102,15 +104,30 @@ impl TestApp {
         });
         let state = AppState::new(pool.clone(), settings, options, aws);
         // The provisioning engine runs as in the server (its tasks end with the test).
-        server::provisioning::engine::spawn(state.clone(), 4);
+        let workers = state.settings.engine_workers;
+        server::provisioning::engine::spawn(state.clone(), workers);
         let router = router(state);
-        TestApp { router, pool }
+        TestApp {
+            router,
+            pool,
+            db_url: url,
+        }
     }
 
     /// An app whose AWS is the shared moto server.
     pub async fn with_moto() -> Self {
+        Self::on_moto(4).await
+    }
+
+    /// On moto with `workers` provisioning workers in this process (0: jobs
+    /// wait for server processes the test starts).
+    pub async fn on_moto(workers: usize) -> Self {
         let url: url::Url = crate::moto::moto().await.url.parse().expect("moto url");
-        Self::with_settings(move |s| s.aws_endpoint_url = Some(url)).await
+        Self::with_settings(move |s| {
+            s.aws_endpoint_url = Some(url);
+            s.engine_workers = workers;
+        })
+        .await
     }
 
     /// `with_moto` plus organization "Acme" whose admin is ada@acme.test.
