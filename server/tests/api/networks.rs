@@ -74,7 +74,6 @@ impl World {
             .as_str()
             .expect("fingerprint")
             .to_string();
-        let started = Instant::now();
         let r = self
             .admin
             .json(
