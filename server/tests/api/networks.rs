@@ -210,20 +210,19 @@ pub async fn routes(customer: &Customer, region: &str, table: &str) -> Vec<(Stri
 #[tokio::test]
 async fn a_three_region_full_mesh_goes_from_plan_to_running_stacks_and_back() {
     let mut w = World::new().await;
-    let regions = ["us-east-1", "eu-west-1", "ap-southeast-2"];
-    let mut vpcs = Vec::new();
-    for (i, region) in regions.iter().enumerate() {
-        vpcs.push(
-            w.customer
-                .vpc(region, &format!("10.{}.0.0/16", i + 1))
-                .await,
-        );
-    }
+    let placed = place(
+        &w,
+        &[
+            ("us-east-1", "10.1.0.0/16", true),
+            ("eu-west-1", "10.2.0.0/16", true),
+            ("ap-southeast-2", "10.3.0.0/16", true),
+        ],
+    )
+    .await;
     let key = w.customer.kms_key("us-east-1").await;
-    let sites: Vec<Value> = regions
+    let sites: Vec<Value> = placed
         .iter()
-        .zip(&vpcs)
-        .map(|(r, v)| w.site(r, v, "edge"))
+        .map(|p| w.site(p.region, &p.vpc, "edge"))
         .collect();
     let net = w
         .create(json!({"name": "global", "topology": "full_mesh", "sites": sites, "options": {"kms_key_arn": key}}))
@@ -231,38 +230,39 @@ async fn a_three_region_full_mesh_goes_from_plan_to_running_stacks_and_back() {
     let id = net["id"].as_str().expect("id").to_string();
     assert_eq!(net["status"], "planned");
     assert_eq!(net["sites"].as_array().map(Vec::len), Some(3));
-    assert_eq!(
-        net["sites"][0]["cidrs"].as_array().map(Vec::len),
-        Some(1),
-        "CIDRs are discovered: {net}"
-    );
+    for p in &placed {
+        let site = site_of(&net, &p.vpc);
+        assert_eq!(
+            site["cidrs"],
+            json!([p.vpc.cidr]),
+            "CIDRs are discovered: {site}"
+        );
+        assert_eq!(
+            site["availability_zones"].as_array().map(Vec::len),
+            Some(2),
+            "{site}"
+        );
+    }
     assert_eq!(net["key_epochs"][0]["epoch"], 1);
-    let blob: Vec<u8> = sqlx::query_scalar("SELECT ciphertext FROM key_epochs WHERE epoch = 1")
-        .fetch_one(&w.app.pool)
-        .await
-        .expect("epoch 1 stored");
-    assert!(blob.len() > 32, "only a KMS ciphertext blob is stored");
+    assert_eq!(w.admin_get("/api/v1/overview").await["networks"], 1);
 
     // The plan names every stack per account and region.
-    let plan = w
-        .admin
-        .get(&format!("/api/v1/networks/{id}/plan"))
-        .await
-        .json();
+    let plan = w.admin_get(&format!("/api/v1/networks/{id}/plan")).await;
     let changes = plan["changes"].as_array().expect("changes");
     assert_eq!(changes.len(), 9, "{plan}");
-    for region in regions {
-        let here: Vec<&Value> = changes.iter().filter(|c| c["region"] == region).collect();
+    for p in &placed {
+        let here: Vec<&Value> = changes.iter().filter(|c| c["region"] == p.region).collect();
         assert_eq!(
             here.len(),
             3,
-            "address stack, appliance stack, routes in {region}"
+            "address stack, appliance stack, routes in {}",
+            p.region
         );
         assert!(here
             .iter()
             .all(|c| c["action"] == "create" && c["account_id"] == w.customer.account.as_str()));
     }
-    // A stale fingerprint is refused.
+    // A stale fingerprint is refused and starts nothing.
     let r = w
         .admin
         .json(
@@ -272,49 +272,20 @@ async fn a_three_region_full_mesh_goes_from_plan_to_running_stacks_and_back() {
         )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert_eq!(w.app.count("SELECT count(*) FROM jobs").await, 0);
 
     let took = w.run(&id, "apply", "ready").await;
     eprintln!("full mesh of 3 regions provisioned in {took:?}");
-    let net = w.admin.get(&format!("/api/v1/networks/{id}")).await.json();
-    for (i, region) in regions.iter().enumerate() {
-        let stacks = live_stacks(&w.customer, region).await;
-        assert_eq!(stacks.len(), 2, "{region}: {stacks:?}");
-        assert!(
-            stacks.iter().all(|(_, s)| s == "CREATE_COMPLETE"),
-            "{stacks:?}"
-        );
-        let site = &net["sites"]
-            .as_array()
-            .expect("sites")
-            .iter()
-            .find(|s| s["region"] == *region)
-            .expect("site")
-            .clone();
-        let instances = appliances(&w.customer, region, site["id"].as_str().expect("id")).await;
-        assert_eq!(instances.len(), 2, "{region}: {instances:?}");
-        assert_ne!(
-            instances[0].1, instances[1].1,
-            "HA pair in two AZs: {instances:?}"
-        );
-        let table = routes(&w.customer, region, &vpcs[i].route_tables[0]).await;
-        for (j, other) in vpcs.iter().enumerate() {
-            if i == j {
-                continue;
-            }
-            let to = table.iter().find(|(d, _)| d == &other.cidr);
-            assert!(
-                to.is_some_and(|(_, t)| instances.iter().any(|(id, _)| id == t)),
-                "{region}: route to {} via an appliance: {table:?}",
-                other.cidr
-            );
-        }
-        assert!(site["outputs"]["PublicIp"].is_string(), "{site}");
-    }
-    let events: i64 = w
-        .app
-        .count("SELECT count(*) FROM progress_events WHERE source = 'stack'")
+    assert_running(&w, &id, &placed).await;
+    let events = w
+        .admin_get(&format!("/api/v1/networks/{id}/events?after=0"))
         .await;
-    assert!(events > 0, "stack events are recorded for the live view");
+    assert!(
+        events
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["source"] == "stack")),
+        "stack events are recorded for the live view: {events}"
+    );
     assert_eq!(
         w.app
             .count("SELECT count(*) FROM job_steps WHERE executions <> 1")
@@ -322,29 +293,17 @@ async fn a_three_region_full_mesh_goes_from_plan_to_running_stacks_and_back() {
         0,
         "every step made its change exactly once"
     );
+    // Provisioned again? It is ready: a second apply is refused.
+    let r = w
+        .admin
+        .get(&format!("/api/v1/networks/{id}/plan?kind=apply"))
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
 
     let took = w.run(&id, "teardown", "deleted").await;
     eprintln!("full mesh of 3 regions torn down in {took:?}");
-    for (i, region) in regions.iter().enumerate() {
-        assert_eq!(live_stacks(&w.customer, region).await, vec![], "{region}");
-        let site_ids: Vec<String> = net["sites"]
-            .as_array()
-            .expect("sites")
-            .iter()
-            .map(|s| s["id"].as_str().unwrap_or_default().to_string())
-            .collect();
-        for s in &site_ids {
-            assert_eq!(appliances(&w.customer, region, s).await, vec![], "{region}");
-        }
-        let table = routes(&w.customer, region, &vpcs[i].route_tables[0]).await;
-        assert!(
-            table
-                .iter()
-                .all(|(d, _)| !vpcs.iter().any(|v| &v.cidr == d) || d == &vpcs[i].cidr),
-            "{region}: routes left: {table:?}"
-        );
-    }
-    assert_eq!(w.admin.get("/api/v1/networks").await.json(), json!([]));
+    assert_gone(&w, &id, &placed, &net).await;
+    assert_eq!(w.admin_get("/api/v1/networks").await, json!([]));
 }
 
 #[test]
@@ -405,6 +364,8 @@ async fn bad_network_input_gets_a_precise_error_and_creates_nothing() {
     let a = w.customer.vpc("us-east-1", "10.1.0.0/16").await;
     let b = w.customer.vpc("eu-west-1", "10.1.128.0/17").await; // overlaps a
     let c = w.customer.vpc("eu-west-1", "10.2.0.0/16").await;
+    let d = w.customer.vpc("eu-west-1", "10.3.0.0/16").await;
+    let far_leaf = w.customer.vpc("ap-south-1", "10.4.0.0/16").await;
     let key = w.customer.kms_key("us-east-1").await;
     let base = |sites: Vec<Value>| json!({"name": "n1", "topology": "full_mesh", "sites": sites, "options": {"kms_key_arn": key}});
     let (sa, sb, sc) = (
@@ -429,6 +390,12 @@ async fn bad_network_input_gets_a_precise_error_and_creates_nothing() {
     ));
     let mut transit_no_hub = base(vec![sa.clone(), sc.clone()]);
     transit_no_hub["topology"] = json!("transit");
+    let mut mesh_leaf_far = base(vec![
+        sa.clone(),
+        sc.clone(),
+        w.site("ap-south-1", &far_leaf, "leaf"),
+    ]);
+    mesh_leaf_far["topology"] = json!("mesh_with_leaves");
     let mut spot_types = base(vec![sa.clone(), sc.clone()]);
     spot_types["options"]["instance_types"] = json!(["c6in.large", "c5n.large"]);
     let cases: Vec<(Value, &str, &str)> = vec![
@@ -502,24 +469,140 @@ async fn bad_network_input_gets_a_precise_error_and_creates_nothing() {
     assert_eq!(w.app.count("SELECT count(*) FROM key_epochs").await, 0);
 }
 
+/// A VPC of a test network: its region, and whether it has appliances.
+pub struct Placed {
+    pub region: &'static str,
+    pub vpc: TestVpc,
+    pub edge: bool,
+}
+
+fn site_of<'a>(net: &'a Value, vpc: &TestVpc) -> &'a Value {
+    net["sites"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["vpc_id"] == vpc.id.as_str()))
+        .expect("site of the VPC")
+}
+
+/// What "provisioned" means for every site: the edges' stacks complete, two
+/// appliances in two AZs, every other site's CIDR routed (to the appliance
+/// from an edge, to the Transit Gateway from a leaf), key epoch 1 stored.
+pub async fn assert_running(w: &World, id: &str, placed: &[Placed]) {
+    let net = w.admin_get(&format!("/api/v1/networks/{id}")).await;
+    assert_eq!(net["status"], "ready", "{net}");
+    for p in placed {
+        let edges_here = placed
+            .iter()
+            .filter(|q| q.edge && q.region == p.region)
+            .count();
+        let stacks = live_stacks(&w.customer, p.region).await;
+        assert_eq!(stacks.len(), 2 * edges_here, "{}: {stacks:?}", p.region);
+        assert!(
+            stacks.iter().all(|(_, s)| s == "CREATE_COMPLETE"),
+            "{stacks:?}"
+        );
+        let site = site_of(&net, &p.vpc);
+        let table = routes(&w.customer, p.region, &p.vpc.route_tables[0]).await;
+        if p.edge {
+            let instances = appliances(
+                &w.customer,
+                p.region,
+                site["id"].as_str().unwrap_or_default(),
+            )
+            .await;
+            assert_eq!(instances.len(), 2, "{}: {instances:?}", p.region);
+            assert_ne!(
+                instances[0].1, instances[1].1,
+                "HA pair in two AZs: {instances:?}"
+            );
+            assert!(site["outputs"]["PublicIp"].is_string(), "{site}");
+        }
+        for other in placed.iter().filter(|o| o.vpc.id != p.vpc.id) {
+            let to = table.iter().find(|(d, _)| d == &other.vpc.cidr);
+            // An edge reaches its own leaves through the Transit Gateway and
+            // the rest through its appliance; a leaf reaches all via the gateway.
+            let own_leaf = p.edge && !other.edge && other.region == p.region;
+            let want = if p.edge && !own_leaf { "i-" } else { "tgw-" };
+            assert!(
+                to.is_some_and(|(_, t)| t.starts_with(want)),
+                "{} {}: route to {} via {want}: {table:?}",
+                p.region,
+                p.vpc.id,
+                other.vpc.cidr
+            );
+        }
+    }
+    let blob: Vec<u8> = sqlx::query_scalar(
+        "SELECT ciphertext FROM key_epochs WHERE network_id = $1::uuid AND epoch = 1",
+    )
+    .bind(id)
+    .fetch_one(&w.app.pool)
+    .await
+    .expect("epoch 1 stored");
+    assert!(blob.len() > 32, "only a KMS ciphertext blob is stored");
+}
+
+/// After teardown: no stack, no appliance, no route to another site.
+pub async fn assert_gone(w: &World, id: &str, placed: &[Placed], net_before: &Value) {
+    let net = w.admin_get(&format!("/api/v1/networks/{id}")).await;
+    assert_eq!(net["status"], "deleted", "{net}");
+    for p in placed {
+        assert_eq!(
+            live_stacks(&w.customer, p.region).await,
+            vec![],
+            "{}",
+            p.region
+        );
+        let site = site_of(net_before, &p.vpc);
+        assert_eq!(
+            appliances(
+                &w.customer,
+                p.region,
+                site["id"].as_str().unwrap_or_default()
+            )
+            .await,
+            vec![]
+        );
+        let table = routes(&w.customer, p.region, &p.vpc.route_tables[0]).await;
+        for other in placed.iter().filter(|o| o.vpc.id != p.vpc.id) {
+            assert!(
+                !table.iter().any(|(d, _)| d == &other.vpc.cidr),
+                "{}: left {table:?}",
+                p.region
+            );
+        }
+    }
+}
+
+async fn place(w: &World, layout: &[(&'static str, &str, bool)]) -> Vec<Placed> {
+    let mut placed = Vec::new();
+    for (region, cidr, edge) in layout {
+        placed.push(Placed {
+            region,
+            vpc: w.customer.vpc(region, cidr).await,
+            edge: *edge,
+        });
+    }
+    placed
+}
+
 #[tokio::test]
 async fn a_transit_network_with_three_spokes_routes_everything_via_the_hub() {
     let mut w = World::new().await;
-    let regions = ["us-east-1", "us-west-2", "eu-central-1", "ap-northeast-1"];
-    let mut vpcs = Vec::new();
-    for (i, region) in regions.iter().enumerate() {
-        vpcs.push(
-            w.customer
-                .vpc(region, &format!("10.{}.0.0/16", 10 + i))
-                .await,
-        );
-    }
+    let placed = place(
+        &w,
+        &[
+            ("us-east-1", "10.10.0.0/16", true),
+            ("us-west-2", "10.11.0.0/16", true),
+            ("eu-central-1", "10.12.0.0/16", true),
+            ("ap-northeast-1", "10.13.0.0/16", true),
+        ],
+    )
+    .await;
     let key = w.customer.kms_key("us-east-1").await;
-    let sites: Vec<Value> = regions
+    let sites: Vec<Value> = placed
         .iter()
-        .zip(&vpcs)
         .enumerate()
-        .map(|(i, (r, v))| w.site(r, v, if i == 0 { "hub" } else { "edge" }))
+        .map(|(i, p)| w.site(p.region, &p.vpc, if i == 0 { "hub" } else { "edge" }))
         .collect();
     let net = w
         .create(json!({"name": "hub and spokes", "topology": "transit", "sites": sites,
@@ -528,69 +611,38 @@ async fn a_transit_network_with_three_spokes_routes_everything_via_the_hub() {
     let id = net["id"].as_str().expect("id").to_string();
     let took = w.run(&id, "apply", "ready").await;
     eprintln!("transit with 3 spokes provisioned in {took:?}");
-    for (i, region) in regions.iter().enumerate() {
-        let stacks = live_stacks(&w.customer, region).await;
-        assert_eq!(stacks.len(), 2, "{region}: {stacks:?}");
-        let table = routes(&w.customer, region, &vpcs[i].route_tables[0]).await;
-        for (j, other) in vpcs.iter().enumerate() {
-            if i != j {
-                assert!(
-                    table
-                        .iter()
-                        .any(|(d, t)| d == &other.cidr && t.starts_with("i-")),
-                    "{region} -> {}: {table:?}",
-                    other.cidr
-                );
-            }
-        }
-    }
+    assert_running(&w, &id, &placed).await;
     let took = w.run(&id, "teardown", "deleted").await;
     eprintln!("transit with 3 spokes torn down in {took:?}");
-    for region in regions {
-        assert_eq!(live_stacks(&w.customer, region).await, vec![], "{region}");
-    }
+    assert_gone(&w, &id, &placed, &net).await;
 }
 
 #[tokio::test]
 async fn a_mesh_with_leaves_routes_leaves_through_their_edge() {
     let mut w = World::new().await;
-    let e1 = w.customer.vpc("us-east-1", "10.20.0.0/16").await;
-    let l1 = w.customer.vpc("us-east-1", "10.21.0.0/16").await;
-    let e2 = w.customer.vpc("eu-west-1", "10.30.0.0/16").await;
-    let l2 = w.customer.vpc("eu-west-1", "10.31.0.0/16").await;
+    let placed = place(
+        &w,
+        &[
+            ("us-east-1", "10.20.0.0/16", true),
+            ("us-east-1", "10.21.0.0/16", false),
+            ("eu-west-1", "10.30.0.0/16", true),
+            ("eu-west-1", "10.31.0.0/16", false),
+        ],
+    )
+    .await;
     let key = w.customer.kms_key("eu-west-1").await;
-    let sites = vec![
-        w.site("us-east-1", &e1, "edge"),
-        w.site("us-east-1", &l1, "leaf"),
-        w.site("eu-west-1", &e2, "edge"),
-        w.site("eu-west-1", &l2, "leaf"),
-    ];
+    let sites: Vec<Value> = placed
+        .iter()
+        .map(|p| w.site(p.region, &p.vpc, if p.edge { "edge" } else { "leaf" }))
+        .collect();
     let net = w
         .create(json!({"name": "core and leaves", "topology": "mesh_with_leaves", "sites": sites, "options": {"kms_key_arn": key}}))
         .await;
     let id = net["id"].as_str().expect("id").to_string();
     let took = w.run(&id, "apply", "ready").await;
     eprintln!("mesh with 2 edges and 2 leaves provisioned in {took:?}");
-    // Leaves reach the other region through their edge's Transit Gateway.
-    let leaf_routes = routes(&w.customer, "us-east-1", &l1.route_tables[0]).await;
-    for remote in [&e2.cidr, &l2.cidr] {
-        assert!(
-            leaf_routes
-                .iter()
-                .any(|(d, t)| d == remote && t.starts_with("tgw-")),
-            "{leaf_routes:?}"
-        );
-    }
-    // The edge sends the far leaf to its appliance.
-    let edge_routes = routes(&w.customer, "us-east-1", &e1.route_tables[0]).await;
-    assert!(
-        edge_routes
-            .iter()
-            .any(|(d, t)| d == &l2.cidr && t.starts_with("i-")),
-        "{edge_routes:?}"
-    );
-    w.run(&id, "teardown", "deleted").await;
-    for region in ["us-east-1", "eu-west-1"] {
-        assert_eq!(live_stacks(&w.customer, region).await, vec![], "{region}");
-    }
+    assert_running(&w, &id, &placed).await;
+    let took = w.run(&id, "teardown", "deleted").await;
+    eprintln!("mesh with 2 edges and 2 leaves torn down in {took:?}");
+    assert_gone(&w, &id, &placed, &net).await;
 }
