@@ -435,6 +435,16 @@ async fn bad_network_input_gets_a_precise_error_and_creates_nothing() {
             "leaf",
         ),
         (
+            base(vec![
+                sa.clone(),
+                sc.clone(),
+                w.site("eu-west-1", &d, "edge"),
+            ]),
+            "sites",
+            "two edge sites",
+        ),
+        (mesh_leaf_far, "sites[2].role", "same account and region"),
+        (
             json!({"name": "", "topology": "full_mesh", "sites": [sa, sc], "options": {"kms_key_arn": key}}),
             "name",
             "",
