@@ -173,10 +173,7 @@ impl Aws {
         {
             let sessions = self.inner.sessions.lock().await;
             if let Some(creds) = sessions.get(access) {
-                let fresh = creds
-                    .expiry()
-                    .is_none_or(|exp| exp > SystemTime::now() + RENEW_BEFORE);
-                if fresh {
+                if !needs_renewal(creds.expiry(), SystemTime::now()) {
                     return Ok(creds.clone());
                 }
             }
@@ -235,6 +232,11 @@ impl Aws {
     }
 }
 
+/// A cached session is renewed once it has less than [`RENEW_BEFORE`] left.
+fn needs_renewal(expiry: Option<SystemTime>, now: SystemTime) -> bool {
+    expiry.is_some_and(|exp| exp <= now + RENEW_BEFORE)
+}
+
 /// The HTTPS client every AWS SDK client uses: rustls on ring.
 pub fn http_client() -> aws_sdk_sts::config::SharedHttpClient {
     Builder::new()
@@ -242,4 +244,19 @@ pub fn http_client() -> aws_sdk_sts::config::SharedHttpClient {
             tls::rustls_provider::CryptoMode::Ring,
         ))
         .build_https()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_are_renewed_five_minutes_before_they_expire() {
+        let now = SystemTime::now();
+        assert!(!needs_renewal(Some(now + Duration::from_secs(3600)), now));
+        assert!(!needs_renewal(Some(now + Duration::from_secs(301)), now));
+        assert!(needs_renewal(Some(now + Duration::from_secs(300)), now));
+        assert!(needs_renewal(Some(now - Duration::from_secs(1)), now));
+        assert!(!needs_renewal(None, now), "static credentials never expire");
+    }
 }

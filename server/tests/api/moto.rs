@@ -345,3 +345,127 @@ async fn post(base: &str, path: &str, content_type: &str, auth: &str, body: &str
     );
     out
 }
+
+/// A loopback proxy in front of moto that answers the first `failures`
+/// requests whose body contains `matching` with AWS throttling, and forwards
+/// everything else (one request per connection).
+pub struct ThrottlingProxy {
+    pub url: String,
+    pub throttled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub forwarded_matching: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ThrottlingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ThrottlingProxy {
+    pub async fn start(target: &str, matching: &'static str, failures: usize) -> ThrottlingProxy {
+        use std::sync::atomic::AtomicUsize;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let target = target.trim_start_matches("http://").to_string();
+        let throttled = std::sync::Arc::new(AtomicUsize::new(0));
+        let forwarded_matching = std::sync::Arc::new(AtomicUsize::new(0));
+        let (t, f) = (throttled.clone(), forwarded_matching.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let (target, t, f) = (target.clone(), t.clone(), f.clone());
+                tokio::spawn(async move {
+                    let _ = proxy_one(client, &target, matching, failures, &t, &f).await;
+                });
+            }
+        });
+        ThrottlingProxy {
+            url,
+            throttled,
+            forwarded_matching,
+            task,
+        }
+    }
+}
+
+async fn proxy_one(
+    mut client: tokio::net::TcpStream,
+    target: &str,
+    matching: &str,
+    failures: usize,
+    throttled: &std::sync::atomic::AtomicUsize,
+    forwarded: &std::sync::atomic::AtomicUsize,
+) -> std::io::Result<()> {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        // Read one request: headers, then Content-Length bytes of body.
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        let header_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = client.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while buf.len() < header_end + length {
+            let n = client.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = String::from_utf8_lossy(&buf[header_end..]).to_string();
+        if body.contains(matching) {
+            if throttled.fetch_add(1, Ordering::SeqCst) < failures {
+                let xml = "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>1</RequestId></ErrorResponse>";
+                let res = format!(
+                    "HTTP/1.1 400 Bad Request\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{xml}",
+                    xml.len()
+                );
+                client.write_all(res.as_bytes()).await?;
+                continue;
+            }
+            throttled.fetch_sub(1, Ordering::SeqCst);
+            forwarded.fetch_add(1, Ordering::SeqCst);
+        }
+        // Forward with the connection closed after the answer, then relay it.
+        let head = head.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
+        let head: String = head
+            .split("\r\n")
+            .filter(|l| !l.to_ascii_lowercase().starts_with("connection: keep-alive"))
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        let mut upstream = tokio::net::TcpStream::connect(target).await?;
+        upstream.write_all(head.as_bytes()).await?;
+        upstream
+            .write_all(&buf[header_end..header_end + length])
+            .await?;
+        let mut answer = Vec::new();
+        upstream.read_to_end(&mut answer).await?;
+        // Tell the client this connection ends here.
+        if let Some(i) = answer.windows(2).position(|w| w == b"\r\n") {
+            answer.splice(i + 2..i + 2, b"Connection: close\r\n".iter().copied());
+        }
+        client.write_all(&answer).await?;
+        return Ok(());
+    }
+}

@@ -2,7 +2,7 @@
 //! discovery, validation, key epoch 1, plan, apply, routes, teardown.
 
 use crate::{
-    moto::{moto, Customer, TestVpc},
+    moto::{moto, Customer, TestVpc, ThrottlingProxy},
     support::*,
 };
 use axum::http::{Method, StatusCode};
@@ -23,7 +23,10 @@ impl World {
 
     /// `workers` 0: jobs run only in server processes the test starts.
     pub async fn with_workers(workers: usize) -> World {
-        let app = TestApp::on_moto(workers).await;
+        Self::with_app(TestApp::on_moto(workers).await).await
+    }
+
+    pub async fn with_app(app: TestApp) -> World {
         app.org_with_admin("Acme", "ada@acme.test").await;
         let customer = moto().await.customer().await;
         let mut admin = app.signed_in("ada@acme.test").await;
@@ -655,4 +658,44 @@ async fn a_mesh_with_leaves_routes_leaves_through_their_edge() {
     let took = w.run(&id, "teardown", "deleted").await;
     eprintln!("mesh with 2 edges and 2 leaves torn down in {took:?}");
     assert_gone(&w, &id, &placed, &net).await;
+}
+
+#[tokio::test]
+async fn throttled_stack_calls_are_retried_with_backoff_until_they_succeed() {
+    // Every CreateStack is throttled until 8 have been: more than the SDK's
+    // own 3 attempts per call, so the engine's backoff has to take over.
+    let proxy = ThrottlingProxy::start(&moto().await.url, "Action=CreateStack", 8).await;
+    let mut w = World::with_app(TestApp::with_aws(server::aws::Aws::local(&proxy.url)).await).await;
+    let placed = place(
+        &w,
+        &[
+            ("us-east-1", "10.60.0.0/16", true),
+            ("us-west-2", "10.61.0.0/16", true),
+        ],
+    )
+    .await;
+    let key = w.customer.kms_key("us-east-1").await;
+    let sites: Vec<Value> = placed
+        .iter()
+        .map(|p| w.site(p.region, &p.vpc, "edge"))
+        .collect();
+    let net = w
+        .create(json!({"name": "throttled", "topology": "full_mesh", "sites": sites, "options": {"kms_key_arn": key}}))
+        .await;
+    let id = net["id"].as_str().expect("id").to_string();
+    let took = w.run(&id, "apply", "ready").await;
+    eprintln!("provisioned through 8 throttled CreateStack calls in {took:?}");
+    assert_running(&w, &id, &placed).await;
+    use std::sync::atomic::Ordering;
+    assert!(proxy.throttled.load(Ordering::SeqCst) >= 8);
+    assert_eq!(
+        proxy.forwarded_matching.load(Ordering::SeqCst),
+        4,
+        "each of the 4 stacks was created once"
+    );
+    let retried = w
+        .app
+        .count("SELECT count(*) FROM job_steps WHERE action = 'address_stack' AND attempts > 2")
+        .await;
+    assert!(retried >= 1, "the engine retried a throttled step");
 }
