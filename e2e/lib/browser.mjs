@@ -41,3 +41,17 @@ export async function clickUntil(page, selector, done, timeoutMs = 20_000) {
   }
   throw new Error(`clicking ${selector} had no effect within ${timeoutMs}ms: the page did not hydrate`);
 }
+
+/** Signs in through the page as the server's demo admin; waits for the dashboard. */
+export async function signIn(page, server) {
+  await page.goto(`${server.url}/sign-in`);
+  await page.fill('#email', server.email);
+  await page.fill('#password', server.password);
+  await Promise.all([page.waitForURL(`${server.url}/`), page.click('button[type=submit]')]);
+  await page.waitForSelector('h1:text("Dashboard")');
+}
+
+/** Waits until the WebAssembly bundle has taken over the page. */
+export async function hydrated(page) {
+  await page.waitForSelector('html[data-hydrated="true"]', { state: 'attached', timeout: 30_000 });
+}

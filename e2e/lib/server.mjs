@@ -5,7 +5,7 @@ import { mkdtempSync, chmodSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { once } from 'node:events';
 
-const freePort = () =>
+export const freePort = () =>
   new Promise((resolve, reject) => {
     const s = createServer();
     s.on('error', reject);
@@ -17,7 +17,8 @@ const freePort = () =>
 
 export const ADMIN_EMAIL = 'e2e-admin@demo.vpcmesh.dev';
 
-export async function startServer() {
+/** `aws`: an AWS endpoint (moto) the server calls instead of real AWS. */
+export async function startServer({ aws } = {}) {
   const bin = process.env.VPCMESH_SERVER_BIN;
   const siteRoot = process.env.VPCMESH_SITE_ROOT;
   if (!bin || !siteRoot) {
@@ -31,7 +32,7 @@ export async function startServer() {
   const child = spawn(
     bin,
     ['--embedded-postgres', `${dir}/pg`, '--listen', `127.0.0.1:${port}`, '--site-root', siteRoot,
-     '--demo-admin', ADMIN_EMAIL],
+     '--demo-admin', ADMIN_EMAIL, ...(aws ? ['--aws-endpoint-url', aws] : [])],
     { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' } },
   );
   let output = '';

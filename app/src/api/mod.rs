@@ -1,12 +1,14 @@
 //! What the console asks of the server: shared types, the error type, and the
 //! server functions (bodies run on the server, stubs are compiled into the client).
 
+mod accounts;
 mod auth;
 mod cloud;
 mod error;
 mod types;
 mod users;
 
+pub use accounts::*;
 pub use auth::*;
 pub use cloud::*;
 pub use error::ConsoleError;

@@ -34,17 +34,6 @@ pub fn NetworksPage() -> impl IntoView {
 }
 
 #[component]
-pub fn AccountsPage() -> impl IntoView {
-    view! {
-        <EmptySection
-            title="Accounts"
-            headline="No AWS accounts yet"
-            detail="vpcmesh works in your AWS accounts through a role you create with our CloudFormation template. The role trusts vpcmesh only with your organization's external ID."
-        />
-    }
-}
-
-#[component]
 pub fn KeysPage() -> impl IntoView {
     view! {
         <EmptySection

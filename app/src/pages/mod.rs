@@ -1,13 +1,15 @@
 //! One module per console page.
 
+mod accounts;
 mod admin;
 mod dashboard;
 mod empty_sections;
 mod not_found;
 mod sign_in;
 
+pub use accounts::AccountsPage;
 pub use admin::AdminPage;
 pub use dashboard::DashboardPage;
-pub use empty_sections::{AccountsPage, KeysPage, NetworksPage};
+pub use empty_sections::{KeysPage, NetworksPage};
 pub use not_found::NotFoundPage;
 pub use sign_in::SignInPage;
