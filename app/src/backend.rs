@@ -6,7 +6,7 @@
 use crate::api::{
     AccountSetup, AccountSummary, AuditEntry, ConsoleError, JobView, NetworkRequest,
     NetworkSummary, NewAccount, NewUser, OrgSummary, Plan, ProgressEvent, Role, UserSummary,
-    Viewer,
+    Viewer, VpcChoice,
 };
 use leptos::prelude::use_context;
 use std::sync::Arc;
@@ -44,6 +44,12 @@ pub trait Console: Send + Sync {
         id: &str,
         after: i64,
     ) -> Result<Vec<ProgressEvent>, ConsoleError>;
+    /// VPCs in a registered account (vpcmesh's id for it) and region.
+    async fn discover_vpcs(
+        &self,
+        account: &str,
+        region: &str,
+    ) -> Result<Vec<VpcChoice>, ConsoleError>;
 }
 
 pub type ConsoleHandle = Arc<dyn Console>;

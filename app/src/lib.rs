@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! The vpcmesh console: pages, components and the server functions they call.
 //!
 //! Compiled twice: with `ssr` into the server binary, with `hydrate` into the

@@ -1,6 +1,7 @@
 use crate::components::ConsoleLayout;
 use crate::pages::{
-    AccountsPage, AdminPage, DashboardPage, KeysPage, NetworksPage, NotFoundPage, SignInPage,
+    AccountsPage, AdminPage, DashboardPage, KeysPage, NetworkPage, NetworksPage, NewNetworkPage,
+    NotFoundPage, SignInPage,
 };
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
@@ -48,6 +49,8 @@ pub fn App() -> impl IntoView {
                 <ParentRoute path=path!("") view=ConsoleLayout ssr=SsrMode::Async>
                     <Route path=path!("") view=DashboardPage ssr=SsrMode::Async />
                     <Route path=path!("networks") view=NetworksPage ssr=SsrMode::Async />
+                    <Route path=path!("networks/new") view=NewNetworkPage ssr=SsrMode::Async />
+                    <Route path=path!("networks/:id") view=NetworkPage ssr=SsrMode::Async />
                     <Route path=path!("accounts") view=AccountsPage ssr=SsrMode::Async />
                     <Route path=path!("keys") view=KeysPage ssr=SsrMode::Async />
                     <Route path=path!("admin") view=AdminPage ssr=SsrMode::Async />

@@ -33,3 +33,78 @@ export async function startMoto() {
 export function randomAccount() {
   return String(100000000000 + Math.floor(Math.random() * 899999999999));
 }
+
+// The customer's side, driven straight against moto's APIs (as the customer
+// would in their own console): moto checks no signatures, and it tells
+// accounts apart by the access key an assumed role hands out.
+const auth = (key, region, service) =>
+  `AWS4-HMAC-SHA256 Credential=${key}/20260101/${region}/${service}/aws4_request, SignedHeaders=host, Signature=0`;
+
+async function query(moto, key, region, service, params) {
+  const res = await fetch(`${moto.url}/`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: auth(key, region, service) },
+    body: new URLSearchParams(params).toString(),
+  });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`${service} ${params.Action}: ${res.status} ${text}`);
+  return text;
+}
+
+const tag = (xml, name) => xml.match(new RegExp(`<${name}>([^<]*)</${name}>`))?.[1];
+
+export class Customer {
+  constructor(moto, account) {
+    this.moto = moto;
+    this.account = account;
+    this.roleArn = `arn:aws:iam::${account}:role/vpcmesh-access`;
+  }
+
+  static async create(moto) {
+    const c = new Customer(moto, randomAccount());
+    const out = await query(moto, 'AKIAIOSFODNN7EXAMPLE', 'us-east-1', 'sts', {
+      Action: 'AssumeRole', Version: '2011-06-15', RoleArn: c.roleArn, RoleSessionName: 'e2e-setup',
+    });
+    c.key = tag(out, 'AccessKeyId');
+    return c;
+  }
+
+  ec2(region, params) {
+    return query(this.moto, this.key, region, 'ec2', { Version: '2016-11-15', ...params });
+  }
+
+  /** A VPC with subnets in two AZs and a route table; returns its id. */
+  async vpc(region, cidr, name) {
+    const vpcId = tag(await this.ec2(region, { Action: 'CreateVpc', CidrBlock: cidr }), 'vpcId');
+    if (name) await this.ec2(region, { Action: 'CreateTags', 'ResourceId.1': vpcId, 'Tag.1.Key': 'Name', 'Tag.1.Value': name });
+    const zones = [...(await this.ec2(region, { Action: 'DescribeAvailabilityZones' })).matchAll(/<zoneName>([^<]*)<\/zoneName>/g)].map((m) => m[1]);
+    const rt = tag(await this.ec2(region, { Action: 'CreateRouteTable', VpcId: vpcId }), 'routeTableId');
+    // Quarter-size subnets at the start of the block, one per AZ.
+    const [addr, len] = cidr.split('/');
+    const base = addr.split('.').reduce((acc, o) => acc * 256 + Number(o), 0);
+    const step = 2 ** (32 - (Number(len) + 2));
+    const ip = (n) => [24, 16, 8, 0].map((s) => Math.floor(n / 2 ** s) % 256).join('.');
+    for (const [i, zone] of zones.slice(0, 2).entries()) {
+      const subnet = tag(await this.ec2(region, {
+        Action: 'CreateSubnet', VpcId: vpcId, AvailabilityZone: zone, CidrBlock: `${ip(base + i * step)}/${Number(len) + 2}`,
+      }), 'subnetId');
+      await this.ec2(region, { Action: 'AssociateRouteTable', RouteTableId: rt, SubnetId: subnet });
+    }
+    return vpcId;
+  }
+
+  /** A KMS key in `region`; returns its ARN. */
+  async kmsKey(region) {
+    const res = await fetch(`${this.moto.url}/`, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/x-amz-json-1.1',
+        'x-amz-target': 'TrentService.CreateKey',
+        authorization: auth(this.key, region, 'kms'),
+      },
+      body: JSON.stringify({ Description: 'e2e network key' }),
+    });
+    if (!res.ok) throw new Error(`kms CreateKey: ${res.status} ${await res.text()}`);
+    return (await res.json()).KeyMetadata.Arn;
+  }
+}

@@ -17,7 +17,7 @@ use app::{
     api::{
         AccountSetup, AccountSummary, AuditEntry, ConsoleError, JobView, NetworkRequest,
         NetworkSummary, NewAccount, NewUser, OrgSummary, Plan, ProgressEvent, Role, UserSummary,
-        Viewer,
+        Viewer, VpcChoice,
     },
     backend::Console,
 };
@@ -390,6 +390,15 @@ impl Console for ConsoleSession {
         jobs::events_after(&self.state.pool, id, after.max(0))
             .await
             .or_internal("load progress events")
+    }
+
+    async fn discover_vpcs(
+        &self,
+        account: &str,
+        region: &str,
+    ) -> Result<Vec<VpcChoice>, ConsoleError> {
+        let user = self.current().await?;
+        accounts::ops::vpcs(&self.state, &user, account, region).await
     }
 }
 

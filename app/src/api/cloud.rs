@@ -232,3 +232,14 @@ pub struct JobView {
     pub created_at: String,
     pub finished_at: Option<String>,
 }
+
+/// A VPC found live in an account and region, for the network wizard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VpcChoice {
+    pub vpc_id: String,
+    /// The VPC's Name tag, if any.
+    pub name: Option<String>,
+    pub cidrs: Vec<String>,
+    pub availability_zones: Vec<String>,
+    pub subnets: usize,
+}

@@ -5,6 +5,8 @@ mod accounts;
 mod auth;
 mod cloud;
 mod error;
+mod networks;
+mod regions;
 mod types;
 mod users;
 
@@ -12,5 +14,7 @@ pub use accounts::*;
 pub use auth::*;
 pub use cloud::*;
 pub use error::ConsoleError;
+pub use networks::*;
+pub use regions::{is_known_region, REGIONS};
 pub use types::*;
 pub use users::*;

@@ -23,17 +23,6 @@ fn EmptySection(
 }
 
 #[component]
-pub fn NetworksPage() -> impl IntoView {
-    view! {
-        <EmptySection
-            title="Networks"
-            headline="No networks yet"
-            detail="A network connects VPCs in several regions and accounts as a full mesh, a transit hub with spokes, or a mesh core with leaf VPCs. Add an AWS account first; then create a network here."
-        />
-    }
-}
-
-#[component]
 pub fn KeysPage() -> impl IntoView {
     view! {
         <EmptySection

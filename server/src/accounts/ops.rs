@@ -224,3 +224,35 @@ pub async fn remove(state: &AppState, admin: &UserRecord, id: &str) -> Result<()
     .or_internal("audit an account removal")?;
     Ok(())
 }
+
+/// The VPCs of a registered account in `region`, found live for the wizard.
+pub async fn vpcs(
+    state: &AppState,
+    user: &UserRecord,
+    id: &str,
+    region: &str,
+) -> Result<Vec<app::api::VpcChoice>, ConsoleError> {
+    let id = parse_id(id)?;
+    if !app::api::is_known_region(region) {
+        return Err(ConsoleError::invalid(
+            "region",
+            format!("'{region}' is not an AWS region vpcmesh knows"),
+        ));
+    }
+    let row = store::find(&state.pool, user.org_id, id)
+        .await
+        .or_internal("load an account")?
+        .ok_or_else(|| ConsoleError::not_found("Account"))?;
+    let external_id = orgs::external_id(&state.pool, user.org_id)
+        .await
+        .or_internal("read the external ID")?;
+    let access = access(&row.role_arn, &external_id)?;
+    let ec2 = state
+        .aws
+        .ec2(&access, region)
+        .await
+        .map_err(|e| aws_error_for_user(e, &access, None))?;
+    crate::aws::discovery::list_vpcs(&ec2)
+        .await
+        .map_err(|e| aws_error_for_user(e, &access, None))
+}

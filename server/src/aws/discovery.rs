@@ -103,3 +103,57 @@ pub async fn describe_vpc(ec2: &aws_sdk_ec2::Client, vpc_id: &str) -> Result<Vpc
         route_tables,
     })
 }
+
+/// Every VPC of the account in the client's region, with its Name tag, CIDRs,
+/// AZs and subnet count; sorted by id.
+pub async fn list_vpcs(ec2: &aws_sdk_ec2::Client) -> Result<Vec<app::api::VpcChoice>, AwsError> {
+    let vpcs = ec2
+        .describe_vpcs()
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:DescribeVpcs", e))?;
+    let subnets = ec2
+        .describe_subnets()
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:DescribeSubnets", e))?;
+    let mut out: Vec<app::api::VpcChoice> = vpcs
+        .vpcs()
+        .iter()
+        .filter_map(|v| {
+            let id = v.vpc_id()?.to_string();
+            let mut cidrs: Vec<String> = v
+                .cidr_block_association_set()
+                .iter()
+                .filter_map(|a| a.cidr_block().map(str::to_string))
+                .collect();
+            if cidrs.is_empty() {
+                cidrs.extend(v.cidr_block().map(str::to_string));
+            }
+            let mine: Vec<_> = subnets
+                .subnets()
+                .iter()
+                .filter(|s| s.vpc_id() == Some(id.as_str()))
+                .collect();
+            let mut azs: Vec<String> = mine
+                .iter()
+                .filter_map(|s| s.availability_zone().map(str::to_string))
+                .collect();
+            azs.sort();
+            azs.dedup();
+            Some(app::api::VpcChoice {
+                name: v
+                    .tags()
+                    .iter()
+                    .find(|t| t.key() == Some("Name"))
+                    .and_then(|t| t.value().map(str::to_string)),
+                vpc_id: id,
+                cidrs,
+                availability_zones: azs,
+                subnets: mine.len(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.vpc_id.cmp(&b.vpc_id));
+    Ok(out)
+}

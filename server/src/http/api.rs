@@ -28,6 +28,7 @@ pub fn routes() -> Router<crate::state::AppState> {
         .route("/accounts/role-template.yaml", get(role_template))
         .route("/accounts/{id}", delete(remove_account))
         .route("/accounts/{id}/verify", post(verify_account))
+        .route("/accounts/{id}/vpcs", get(account_vpcs))
         .route("/networks", get(list_networks).post(create_network))
         .route("/networks/{id}", get(network))
         .route("/networks/{id}/plan", get(network_plan))
@@ -272,4 +273,17 @@ async fn network_events(
     Query(q): Query<EventsQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(console.network_events(&id, q.after).await?))
+}
+
+#[derive(Deserialize)]
+struct RegionQuery {
+    region: String,
+}
+
+async fn account_vpcs(
+    console: ConsoleSession,
+    Path(id): Path<String>,
+    Query(q): Query<RegionQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(console.discover_vpcs(&id, &q.region).await?))
 }

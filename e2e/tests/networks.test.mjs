@@ -1,0 +1,104 @@
+// The whole flow a new user takes, in a real browser against the real server,
+// Postgres and moto: add an account, build a 3-region full mesh in the wizard,
+// read the plan, Provision, watch it reach "ready" on the graph, delete it.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startServer } from '../lib/server.mjs';
+import { startMoto, Customer } from '../lib/moto.mjs';
+import { launch, watchErrors, signIn, hydrated, ARTIFACTS } from '../lib/browser.mjs';
+
+let moto;
+let server;
+let browser;
+
+before(async () => {
+  moto = await startMoto();
+  server = await startServer({ aws: moto.url });
+  browser = await launch();
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+  await moto?.stop();
+});
+
+const REGIONS = [['us-east-1', '10.1.0.0/16'], ['eu-west-1', '10.2.0.0/16'], ['ap-southeast-2', '10.3.0.0/16']];
+
+test('a 3-region full mesh from the wizard to ready, then deleted', async () => {
+  const customer = await Customer.create(moto);
+  for (const [region, cidr] of REGIONS) await customer.vpc(region, cidr, `app-${region}`);
+  await customer.vpc('us-east-1', '10.2.128.0/17', 'overlapping'); // clashes with eu-west-1's
+  const key = await customer.kmsKey('us-east-1');
+
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const errors = watchErrors(page);
+  await signIn(page, server);
+  await page.goto(`${server.url}/accounts`);
+  await hydrated(page);
+  await page.fill('#account-id', customer.account);
+  await page.fill('#role-arn', customer.roleArn);
+  await page.click('#add-account-form button[type=submit]');
+  await page.waitForSelector(`#accounts-table tr[data-account="${customer.account}"]`);
+
+  await page.click('nav >> text=Networks');
+  await page.waitForSelector('h2:text("No networks yet")');
+  await page.click('#new-network');
+  await page.waitForSelector('h1:text("New network")');
+  await hydrated(page);
+  await page.fill('#network-name', 'global mesh');
+
+  for (const [region] of REGIONS) {
+    await page.selectOption('#pick-region', region);
+    await page.click('#find-vpcs');
+    await page.waitForSelector(`#vpc-list caption:text("VPCs in ${region}")`);
+    await page.click(`#vpc-list tr:has-text("app-${region}") button.add-vpc`);
+  }
+  assert.equal(await page.locator('#picked-sites tbody tr').count(), 3);
+  // The overlapping VPC is flagged as you pick and cannot be added.
+  await page.selectOption('#pick-region', 'us-east-1');
+  await page.click('#find-vpcs');
+  await page.waitForSelector('#vpc-list caption:text("VPCs in us-east-1")');
+  const clash = page.locator('#vpc-list tr:has-text("overlapping")');
+  assert.match(await clash.textContent(), /overlaps eu-west-1 app-eu-west-1/);
+  assert.equal(await clash.locator('button.add-vpc').isDisabled(), true);
+
+  // Transit without a hub is explained inline and creates nothing.
+  await page.check('#topology-transit');
+  await page.waitForSelector('#site-warnings li:text("A transit network needs a hub")');
+  await page.fill('#kms-key', key);
+  await page.click('#create-network');
+  await page.waitForSelector('#create-error');
+  assert.match(await page.textContent('#create-error'), /hub/);
+  assert.deepEqual(await page.evaluate(async () => (await fetch('/api/v1/networks')).json()), []);
+  await page.screenshot({ path: `${ARTIFACTS}/20-wizard-transit-without-hub.png`, fullPage: true });
+
+  await page.check('#topology-full_mesh');
+  await page.screenshot({ path: `${ARTIFACTS}/21-wizard-full-mesh.png`, fullPage: true });
+  await page.click('#create-network');
+  await page.waitForURL(/\/networks\/[0-9a-f-]{36}$/);
+  await page.waitForSelector('#plan-table');
+  assert.equal(await page.locator('#plan-table tbody tr').count(), 9, 'address stack, appliance stack and routes per region');
+  assert.equal((await page.textContent('#network-status')).trim(), 'planned');
+  await page.screenshot({ path: `${ARTIFACTS}/22-plan.png`, fullPage: true });
+
+  await hydrated(page);
+  const clicked = Date.now();
+  await page.click('#provision');
+  await page.waitForSelector('#network-status:text("ready")', { timeout: 120_000 });
+  const provisionMs = Date.now() - clicked;
+  console.log(`Provision to ready: ${provisionMs} ms`);
+  assert.equal(await page.locator('#topology-graph g.node').count(), 3);
+  assert.equal(await page.locator('#topology-graph line[data-tunnel]').count(), 3);
+  assert.match(await page.textContent('#progress-text'), /9 of 9 steps/);
+  await page.screenshot({ path: `${ARTIFACTS}/23-ready.png`, fullPage: true });
+
+  await page.fill('#confirm-name', 'global mesh');
+  await page.click('#delete-network');
+  await page.waitForSelector('#network-status:text("deleted")', { timeout: 120_000 });
+  await page.screenshot({ path: `${ARTIFACTS}/24-deleted.png`, fullPage: true });
+  assert.deepEqual(await page.evaluate(async () => (await fetch('/api/v1/networks')).json()), []);
+
+  // The refused transit attempt is a 400 the browser logs; nothing else may fail.
+  assert.deepEqual(errors.filter((e) => !e.includes('status of 400')), [], 'no script errors or CSP violations');
+});
