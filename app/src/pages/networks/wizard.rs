@@ -353,7 +353,8 @@ fn SitesTable(sites: RwSignal<Vec<Draft>>, topology: RwSignal<TopologyKind>) -> 
 #[component]
 fn TopologyIcon(kind: TopologyKind) -> impl IntoView {
     let nodes = [(20.0, 8.0), (36.0, 34.0), (4.0, 34.0)];
-    let lines: Vec<((f64, f64), (f64, f64), bool)> = match kind {
+    type Point = (f64, f64);
+    let lines: Vec<(Point, Point, bool)> = match kind {
         TopologyKind::FullMesh => vec![
             (nodes[0], nodes[1], false),
             (nodes[1], nodes[2], false),
