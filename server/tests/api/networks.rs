@@ -699,3 +699,99 @@ async fn throttled_stack_calls_are_retried_with_backoff_until_they_succeed() {
         .await;
     assert!(retried >= 1, "the engine retried a throttled step");
 }
+
+#[tokio::test]
+async fn another_organization_cannot_see_or_touch_a_network_or_its_account() {
+    let mut w = World::new().await;
+    let placed = place(
+        &w,
+        &[
+            ("us-east-1", "10.70.0.0/16", true),
+            ("us-west-2", "10.71.0.0/16", true),
+        ],
+    )
+    .await;
+    let key = w.customer.kms_key("us-east-1").await;
+    let sites: Vec<Value> = placed
+        .iter()
+        .map(|p| w.site(p.region, &p.vpc, "edge"))
+        .collect();
+    let net = w
+        .create(json!({"name": "private", "topology": "full_mesh", "sites": sites, "options": {"kms_key_arn": key}}))
+        .await;
+    let id = net["id"].as_str().expect("id").to_string();
+    let account = w.admin.get("/api/v1/accounts").await.json()[0]["id"]
+        .as_str()
+        .expect("account id")
+        .to_string();
+
+    w.app.org_with_admin("Globex", "hank@globex.test").await;
+    let mut hank = w.app.signed_in("hank@globex.test").await;
+    assert_eq!(hank.get("/api/v1/networks").await.json(), json!([]));
+    assert_eq!(hank.get("/api/v1/accounts").await.json(), json!([]));
+    for path in [
+        format!("/api/v1/networks/{id}"),
+        format!("/api/v1/networks/{id}/plan"),
+        format!("/api/v1/networks/{id}/job"),
+        format!("/api/v1/networks/{id}/events"),
+        format!("/api/v1/accounts/{account}/vpcs?region=us-east-1"),
+    ] {
+        let r = hank.get(&path).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}: {}", r.text());
+    }
+    let r = hank
+        .json(
+            Method::POST,
+            &format!("/api/v1/networks/{id}/apply"),
+            Some(json!({"fingerprint": "x"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    let r = hank
+        .json(
+            Method::POST,
+            &format!("/api/v1/accounts/{account}/verify"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    // Globex cannot build a network on Acme's account either.
+    let r = hank
+        .json(Method::POST, "/api/v1/networks", Some(json!({"name": "steal", "topology": "full_mesh",
+            "sites": [w.site("us-east-1", &placed[0].vpc, "edge"), w.site("us-west-2", &placed[1].vpc, "edge")],
+            "options": {"kms_key_arn": key}})))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("not registered"), "{}", r.text());
+    assert_eq!(w.app.count("SELECT count(*) FROM jobs").await, 0);
+
+    // Acme's members read the network (and find VPCs) but do not manage accounts.
+    let acme: uuid::Uuid = sqlx::query_scalar("SELECT id FROM organizations WHERE name = 'Acme'")
+        .fetch_one(&w.app.pool)
+        .await
+        .expect("acme");
+    w.app
+        .add_user(acme, "max@acme.test", app::api::Role::Member)
+        .await;
+    let mut max = w.app.signed_in("max@acme.test").await;
+    assert_eq!(
+        max.get(&format!("/api/v1/networks/{id}")).await.status,
+        StatusCode::OK
+    );
+    let vpcs = max
+        .get(&format!("/api/v1/accounts/{account}/vpcs?region=us-east-1"))
+        .await;
+    assert_eq!(vpcs.status, StatusCode::OK, "{}", vpcs.text());
+    assert!(vpcs
+        .json()
+        .as_array()
+        .is_some_and(|v| v.iter().any(|v| v["vpc_id"] == placed[0].vpc.id.as_str())));
+    let r = max
+        .json(
+            Method::POST,
+            &format!("/api/v1/accounts/{account}/verify"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
