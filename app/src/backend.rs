@@ -44,6 +44,10 @@ pub trait Console: Send + Sync {
         id: &str,
         after: i64,
     ) -> Result<Vec<ProgressEvent>, ConsoleError>;
+    /// A new key epoch from the customer's KMS key; the previous one retires.
+    async fn rotate_key(&self, id: &str) -> Result<NetworkSummary, ConsoleError>;
+    /// Revokes a (non-active) key epoch at once.
+    async fn invalidate_key(&self, id: &str, epoch: i32) -> Result<NetworkSummary, ConsoleError>;
     /// VPCs in a registered account (vpcmesh's id for it) and region.
     async fn discover_vpcs(
         &self,

@@ -93,6 +93,13 @@ test('a 3-region full mesh from the wizard to ready, then deleted', async () => 
   assert.match(await page.textContent('#progress-text'), /9 of 9 steps/);
   await page.screenshot({ path: `${ARTIFACTS}/23-ready.png`, fullPage: true });
 
+  // Rotate the key: confirmed first, then epoch 2 is active and 1 retired.
+  await page.check('#confirm-rotate');
+  await page.click('#rotate-key');
+  await page.waitForSelector('#keys-table tr[data-epoch="2"]:has-text("active")');
+  assert.match(await page.textContent('#keys-table tr[data-epoch="1"]'), /retired/);
+  await page.screenshot({ path: `${ARTIFACTS}/23b-rotated.png`, fullPage: true });
+
   await page.fill('#confirm-name', 'global mesh');
   await page.click('#delete-network');
   await page.waitForSelector('#network-status:text("deleted")', { timeout: 120_000 });

@@ -392,6 +392,16 @@ impl Console for ConsoleSession {
             .or_internal("load progress events")
     }
 
+    async fn rotate_key(&self, id: &str) -> Result<NetworkSummary, ConsoleError> {
+        let admin = self.admin().await?;
+        networks::keys::rotate(&self.state, &admin, id).await
+    }
+
+    async fn invalidate_key(&self, id: &str, epoch: i32) -> Result<NetworkSummary, ConsoleError> {
+        let admin = self.admin().await?;
+        networks::keys::invalidate(&self.state, &admin, id, epoch).await
+    }
+
     async fn discover_vpcs(
         &self,
         account: &str,

@@ -56,3 +56,13 @@ pub async fn network_job(id: String) -> Result<Option<JobView>, ConsoleError> {
 pub async fn network_events(id: String, after: i64) -> Result<Vec<ProgressEvent>, ConsoleError> {
     crate::backend::console()?.network_events(&id, after).await
 }
+
+#[server(endpoint = "rotate_key")]
+pub async fn rotate_key(id: String) -> Result<NetworkSummary, ConsoleError> {
+    crate::backend::console()?.rotate_key(&id).await
+}
+
+#[server(endpoint = "invalidate_key")]
+pub async fn invalidate_key(id: String, epoch: i32) -> Result<NetworkSummary, ConsoleError> {
+    crate::backend::console()?.invalidate_key(&id, epoch).await
+}

@@ -36,6 +36,11 @@ pub fn routes() -> Router<crate::state::AppState> {
         .route("/networks/{id}/teardown", post(teardown_network))
         .route("/networks/{id}/job", get(network_job))
         .route("/networks/{id}/events", get(network_events))
+        .route("/networks/{id}/keys/rotate", post(rotate_key))
+        .route(
+            "/networks/{id}/keys/{epoch}/invalidate",
+            post(invalidate_key),
+        )
 }
 
 /// `Json` whose rejections (malformed JSON, wrong content type, missing or
@@ -286,4 +291,21 @@ async fn account_vpcs(
     Query(q): Query<RegionQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(console.discover_vpcs(&id, &q.region).await?))
+}
+
+async fn rotate_key(
+    console: ConsoleSession,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(console.rotate_key(&id).await?))
+}
+
+async fn invalidate_key(
+    console: ConsoleSession,
+    Path((id, epoch)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let epoch: i32 = epoch
+        .parse()
+        .map_err(|_| ConsoleError::invalid("epoch", "is not an epoch number"))?;
+    Ok(Json(console.invalidate_key(&id, epoch).await?))
 }

@@ -2,6 +2,7 @@
 //! and key epochs, planned and applied by the provisioning engine.
 
 pub mod create;
+pub mod keys;
 pub mod model;
 pub mod plan;
 pub mod request;

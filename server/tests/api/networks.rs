@@ -795,3 +795,111 @@ async fn another_organization_cannot_see_or_touch_a_network_or_its_account() {
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn keys_rotate_to_a_new_kms_epoch_and_retired_epochs_can_be_invalidated() {
+    let mut w = World::new().await;
+    let placed = place(
+        &w,
+        &[
+            ("us-east-1", "10.80.0.0/16", true),
+            ("eu-west-1", "10.81.0.0/16", true),
+        ],
+    )
+    .await;
+    let key = w.customer.kms_key("eu-west-1").await;
+    let sites: Vec<Value> = placed
+        .iter()
+        .map(|p| w.site(p.region, &p.vpc, "edge"))
+        .collect();
+    let net = w
+        .create(json!({"name": "keyed", "topology": "full_mesh", "sites": sites, "options": {"kms_key_arn": key}}))
+        .await;
+    let id = net["id"].as_str().expect("id").to_string();
+
+    let r = w
+        .admin
+        .json(
+            Method::POST,
+            &format!("/api/v1/networks/{id}/keys/rotate"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let epochs = r.json()["key_epochs"].clone();
+    assert_eq!(epochs[0]["epoch"], 1);
+    assert_eq!(epochs[0]["state"], "retired");
+    assert_eq!(epochs[1]["epoch"], 2);
+    assert_eq!(epochs[1]["state"], "active");
+    let distinct: i64 = w
+        .app
+        .count("SELECT count(DISTINCT ciphertext) FROM key_epochs")
+        .await;
+    assert_eq!(distinct, 2, "each epoch is its own KMS data key");
+
+    // The active epoch cannot be revoked; a retired one can, once.
+    let r = w
+        .admin
+        .json(
+            Method::POST,
+            &format!("/api/v1/networks/{id}/keys/2/invalidate"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(r.text().contains("rotate first"), "{}", r.text());
+    let r = w
+        .admin
+        .json(
+            Method::POST,
+            &format!("/api/v1/networks/{id}/keys/1/invalidate"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["key_epochs"][0]["state"], "invalidated");
+    let r = w
+        .admin
+        .json(
+            Method::POST,
+            &format!("/api/v1/networks/{id}/keys/1/invalidate"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    for (path, status) in [
+        ("keys/9/invalidate", StatusCode::NOT_FOUND),
+        ("keys/x/invalidate", StatusCode::BAD_REQUEST),
+    ] {
+        let r = w
+            .admin
+            .json(Method::POST, &format!("/api/v1/networks/{id}/{path}"), None)
+            .await;
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+    }
+    assert_eq!(
+        w.app
+            .count("SELECT count(*) FROM audit_events WHERE action IN ('network.key.rotated', 'network.key.invalidated')")
+            .await,
+        2
+    );
+
+    // Members may look but not change keys.
+    let acme: uuid::Uuid = sqlx::query_scalar("SELECT id FROM organizations WHERE name = 'Acme'")
+        .fetch_one(&w.app.pool)
+        .await
+        .expect("acme");
+    w.app
+        .add_user(acme, "max@acme.test", app::api::Role::Member)
+        .await;
+    let mut max = w.app.signed_in("max@acme.test").await;
+    let r = max
+        .json(
+            Method::POST,
+            &format!("/api/v1/networks/{id}/keys/rotate"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(w.app.count("SELECT count(*) FROM key_epochs").await, 2);
+}

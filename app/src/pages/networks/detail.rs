@@ -5,7 +5,7 @@
 use super::{graph::TopologyGraph, status_badge, topology_name};
 use crate::api::{
     get_network, network_events, network_job, network_plan, start_job, ChangeAction, ConsoleError,
-    JobView, NetworkStatus, NetworkSummary, Plan, ProgressEvent,
+    InvalidateKey, JobView, NetworkStatus, NetworkSummary, Plan, ProgressEvent, RotateKey, Viewer,
 };
 use crate::components::ErrorPanel;
 use leptos::prelude::*;
@@ -24,13 +24,15 @@ pub fn NetworkPage() -> impl IntoView {
         let plan = network_plan(id(), true).await?;
         start_job(id(), true, plan.fingerprint).await
     });
+    let rotate = ServerAction::<RotateKey>::new();
+    let invalidate = ServerAction::<InvalidateKey>::new();
     let network = Resource::new(
         move || {
             (
                 id(),
                 tick.get(),
-                provision.version().get(),
-                teardown.version().get(),
+                provision.version().get() + teardown.version().get(),
+                rotate.version().get() + invalidate.version().get(),
             )
         },
         |(id, _, _, _)| get_network(id),
@@ -76,7 +78,7 @@ pub fn NetworkPage() -> impl IntoView {
         <Transition fallback=|| view! { <p class="muted">"Loading the network…"</p> }>
             {move || Suspend::new(async move {
                 match network.await {
-                    Ok(n) => view! { <NetworkView network=n job events provision teardown /> }.into_any(),
+                    Ok(n) => view! { <NetworkView network=n job events provision teardown rotate invalidate /> }.into_any(),
                     Err(e) => view! { <Title text="Network" /><ErrorPanel error=e /> }.into_any(),
                 }
             })}
@@ -91,6 +93,8 @@ fn NetworkView(
     events: Resource<Result<Vec<ProgressEvent>, ConsoleError>>,
     provision: Action<String, Result<JobView, ConsoleError>>,
     teardown: Action<(), Result<JobView, ConsoleError>>,
+    rotate: ServerAction<RotateKey>,
+    invalidate: ServerAction<InvalidateKey>,
 ) -> impl IntoView {
     let (class, text) = status_badge(network.status);
     let can_provision = matches!(
@@ -116,18 +120,7 @@ fn NetworkView(
         {can_provision.then(|| view! { <PlanPanel id=network.id.clone() provision /> })}
         <ProgressPanel job events />
         <SitesPanel network=network.clone() />
-        <section class="panel" aria-labelledby="keys-title">
-            <h2 id="keys-title">"Key epochs"</h2>
-            <table class="table">
-                <thead><tr><th scope="col">"Epoch"</th><th scope="col">"State"</th><th scope="col">"KMS key"</th><th scope="col">"Created"</th></tr></thead>
-                <tbody>
-                    {network.key_epochs.iter().map(|k| view! {
-                        <tr><td>{k.epoch}</td><td><span class="badge">{k.state.clone()}</span></td><td><code class="wrap">{k.kms_key_arn.clone()}</code></td><td>{k.created_at.replace('T', " ").get(..16).unwrap_or_default().to_string()}</td></tr>
-                    }).collect_view()}
-                </tbody>
-            </table>
-            <p class="muted small">"vpcmesh stores only the KMS-encrypted data key; appliances decrypt it in your account."</p>
-        </section>
+        <KeysPanel network=network.clone() rotate invalidate />
         {can_delete.then(|| view! { <DeletePanel name teardown /> })}
     }
 }
@@ -267,6 +260,73 @@ fn DeletePanel(name: String, teardown: Action<(), Result<JobView, ConsoleError>>
                 </button>
             </div>
             {move || teardown.value().get().and_then(|r| r.err()).map(|e| view! { <p class="field-error" role="alert">{e.to_string()}</p> })}
+        </section>
+    }
+}
+
+#[component]
+fn KeysPanel(
+    network: NetworkSummary,
+    rotate: ServerAction<RotateKey>,
+    invalidate: ServerAction<InvalidateKey>,
+) -> impl IntoView {
+    let is_admin = use_context::<Viewer>().is_some_and(|v| v.is_admin());
+    let live = !matches!(
+        network.status,
+        NetworkStatus::Deleting | NetworkStatus::Deleted
+    );
+    let id = network.id.clone();
+    let rotate_id = network.id.clone();
+    let error = move || {
+        rotate
+            .value()
+            .get()
+            .and_then(|r| r.err())
+            .or_else(|| invalidate.value().get().and_then(|r| r.err()))
+    };
+    view! {
+        <section class="panel" aria-labelledby="keys-title">
+            <div class="panel-header">
+                <h2 id="keys-title">"Key epochs"</h2>
+                {(is_admin && live).then(|| view! {
+                    <ActionForm action=rotate attr:class="inline confirm-form" attr:id="rotate-form">
+                        <input type="hidden" name="id" value=rotate_id />
+                        <label class="small"><input type="checkbox" required id="confirm-rotate" />" new key for every tunnel"</label>
+                        <button type="submit" class="secondary" id="rotate-key" disabled=move || rotate.pending().get()>"Rotate now"</button>
+                    </ActionForm>
+                })}
+            </div>
+            {move || error().map(|e| view! { <p class="field-error" role="alert" id="keys-error">{e.to_string()}</p> })}
+            <table class="table" id="keys-table">
+                <thead><tr><th scope="col">"Epoch"</th><th scope="col">"State"</th><th scope="col">"KMS key"</th><th scope="col">"Created"</th><th scope="col"><span class="visually-hidden">"Actions"</span></th></tr></thead>
+                <tbody>
+                    {network.key_epochs.iter().rev().map(|k| {
+                        let class = match k.state.as_str() { "active" => "badge badge-ok", "invalidated" => "badge badge-bad", _ => "badge" };
+                        let revocable = is_admin && k.state == "retired";
+                        let id = id.clone();
+                        let epoch = k.epoch;
+                        view! {
+                            <tr data-epoch=k.epoch>
+                                <td>{k.epoch}</td>
+                                <td><span class=class>{k.state.clone()}</span></td>
+                                <td><code class="wrap">{k.kms_key_arn.clone()}</code></td>
+                                <td>{k.created_at.replace('T', " ").get(..16).unwrap_or_default().to_string()}</td>
+                                <td class="actions">
+                                    {revocable.then(|| view! {
+                                        <ActionForm action=invalidate attr:class="inline confirm-form">
+                                            <input type="hidden" name="id" value=id />
+                                            <input type="hidden" name="epoch" value=epoch />
+                                            <label class="small"><input type="checkbox" required />" revoke now"</label>
+                                            <button type="submit" class="ghost danger">"Invalidate"</button>
+                                        </ActionForm>
+                                    })}
+                                </td>
+                            </tr>
+                        }
+                    }).collect_view()}
+                </tbody>
+            </table>
+            <p class="muted small">"vpcmesh stores only the KMS-encrypted data key; appliances decrypt it in your account. Rotation is make-before-break: appliances install the new epoch before the old one retires."</p>
         </section>
     }
 }

@@ -1,0 +1,148 @@
+//! Key epochs: rotation creates the next epoch with the customer's KMS key
+//! (ciphertext only) and retires the previous one; invalidation revokes an
+//! epoch at once. Appliances act on the states (make-before-break).
+
+use super::{store, view};
+use crate::{
+    accounts, audit,
+    aws::{kms, KmsKeyArn},
+    identity::{orgs, users::UserRecord},
+    internal::OrInternal,
+    state::AppState,
+};
+use app::api::{ConsoleError, NetworkStatus, NetworkSummary};
+
+#[tracing::instrument(skip_all, fields(org_id = %user.org_id))]
+pub async fn rotate(
+    state: &AppState,
+    user: &UserRecord,
+    id: &str,
+) -> Result<NetworkSummary, ConsoleError> {
+    let id = view::parse_id(id)?;
+    let pool = &state.pool;
+    let net = store::find(pool, user.org_id, id)
+        .await
+        .or_internal("load a network")?
+        .ok_or_else(|| ConsoleError::not_found("Network"))?;
+    if matches!(net.status, NetworkStatus::Deleting | NetworkStatus::Deleted) {
+        return Err(ConsoleError::Conflict {
+            message: "The network is being deleted; its keys can no longer change.".into(),
+        });
+    }
+    let key: KmsKeyArn = net
+        .kms_key_arn
+        .parse()
+        .map_err(|e: String| ConsoleError::invalid("kms_key_arn", e))?;
+    let record = accounts::store::find_by_account_id(pool, user.org_id, &key.account.to_string())
+        .await
+        .or_internal("look up the key's account")?
+        .ok_or_else(|| ConsoleError::Conflict {
+            message: format!("The key's account {} is no longer registered.", key.account),
+        })?;
+    let external_id = orgs::external_id(pool, user.org_id)
+        .await
+        .or_internal("read the external ID")?;
+    let access = accounts::access(&record.role_arn, &external_id)?;
+    let next: i32 = sqlx::query_scalar(
+        "SELECT coalesce(max(epoch), 0) + 1 FROM key_epochs WHERE network_id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .or_internal("number the next epoch")?;
+    let client = state
+        .aws
+        .kms(&access, &key.region)
+        .await
+        .map_err(|e| accounts::aws_error_for_user(e, &access, None))?;
+    let ciphertext = kms::new_data_key(&client, &net.kms_key_arn, &id.to_string(), next)
+        .await
+        .map_err(|e| accounts::aws_error_for_user(e, &access, None))?;
+    let mut tx = pool.begin().await.or_internal("begin a transaction")?;
+    sqlx::query(
+        "UPDATE key_epochs SET state = 'retired' WHERE network_id = $1 AND state = 'active'",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await
+    .or_internal("retire the active epoch")?;
+    // A concurrent rotation took this number: the primary key refuses it.
+    store::insert_key_epoch(&mut *tx, id, next, &net.kms_key_arn, &ciphertext)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => ConsoleError::Conflict {
+                message: "Another rotation just happened; reload to see it.".into(),
+            },
+            e => {
+                tracing::error!(error = %e, "insert a key epoch");
+                ConsoleError::Internal
+            }
+        })?;
+    audit::record(
+        &mut *tx,
+        user.org_id,
+        Some(user.id),
+        "network.key.rotated",
+        Some(&format!("{} epoch {next}", net.name)),
+    )
+    .await
+    .or_internal("audit a rotation")?;
+    tx.commit().await.or_internal("commit a rotation")?;
+    tracing::info!(network_id = %id, epoch = next, "key rotated");
+    view::summary(pool, user.org_id, id).await
+}
+
+#[tracing::instrument(skip_all, fields(org_id = %user.org_id))]
+pub async fn invalidate(
+    state: &AppState,
+    user: &UserRecord,
+    id: &str,
+    epoch: i32,
+) -> Result<NetworkSummary, ConsoleError> {
+    let id = view::parse_id(id)?;
+    let pool = &state.pool;
+    let net = store::find(pool, user.org_id, id)
+        .await
+        .or_internal("load a network")?
+        .ok_or_else(|| ConsoleError::not_found("Network"))?;
+    let current: Option<String> =
+        sqlx::query_scalar("SELECT state FROM key_epochs WHERE network_id = $1 AND epoch = $2")
+            .bind(id)
+            .bind(epoch)
+            .fetch_optional(pool)
+            .await
+            .or_internal("load a key epoch")?;
+    match current.as_deref() {
+        None => return Err(ConsoleError::not_found(&format!("Key epoch {epoch}"))),
+        Some("invalidated") => {
+            return Err(ConsoleError::Conflict {
+                message: format!("Epoch {epoch} is already invalidated."),
+            })
+        }
+        Some("active") => {
+            return Err(ConsoleError::Conflict {
+                message: format!(
+                    "Epoch {epoch} is the network's active key: rotate first, then invalidate it."
+                ),
+            })
+        }
+        Some(_) => {}
+    }
+    sqlx::query("UPDATE key_epochs SET state = 'invalidated' WHERE network_id = $1 AND epoch = $2")
+        .bind(id)
+        .bind(epoch)
+        .execute(pool)
+        .await
+        .or_internal("invalidate a key epoch")?;
+    audit::record(
+        pool,
+        user.org_id,
+        Some(user.id),
+        "network.key.invalidated",
+        Some(&format!("{} epoch {epoch}", net.name)),
+    )
+    .await
+    .or_internal("audit an invalidation")?;
+    tracing::info!(network_id = %id, epoch, "key epoch invalidated");
+    view::summary(pool, user.org_id, id).await
+}
