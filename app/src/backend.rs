@@ -21,6 +21,8 @@ pub trait Console: Send + Sync {
     async fn create_user(&self, new: NewUser) -> Result<UserSummary, ConsoleError>;
     async fn set_user_role(&self, user_id: &str, role: Role) -> Result<UserSummary, ConsoleError>;
     async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, ConsoleError>;
+    /// Renames the caller's organization (admins).
+    async fn rename_org(&self, name: &str) -> Result<OrgSummary, ConsoleError>;
     async fn account_setup(&self) -> Result<AccountSetup, ConsoleError>;
     async fn list_accounts(&self) -> Result<Vec<AccountSummary>, ConsoleError>;
     async fn add_account(&self, new: NewAccount) -> Result<AccountSummary, ConsoleError>;

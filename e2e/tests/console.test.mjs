@@ -104,6 +104,16 @@ test('an admin adds a user from the Admin page and the list updates in place', a
   await page.click('text=Add user');
   await page.waitForSelector('text=A user with the email grace@demo.vpcmesh.dev already exists.');
   await page.screenshot({ path: `${ARTIFACTS}/05-admin-add-user.png`, fullPage: true });
+
+  // The audit log filters as you type.
+  await page.waitForSelector('#audit-table code:text("user.created")');
+  await page.fill('#audit-filter', 'user.created');
+  await page.waitForFunction(() => [...document.querySelectorAll('#audit-table tbody tr')]
+    .every((tr) => tr.textContent.includes('user.created')));
+  assert.equal(await page.locator('#audit-table tbody tr').count(), 1);
+  await page.fill('#audit-filter', 'no such thing');
+  await page.waitForFunction(() => document.querySelectorAll('#audit-table tbody tr').length === 0);
+  await page.screenshot({ path: `${ARTIFACTS}/06-admin-audit-filter.png`, fullPage: true });
   // The refused duplicate is a 409 the browser logs; nothing else may fail.
   assert.deepEqual(errors.filter((e) => !e.includes('status of 409')), []);
   await context.close();

@@ -314,6 +314,27 @@ impl Console for ConsoleSession {
             .or_internal("read the audit log")
     }
 
+    async fn rename_org(&self, name: &str) -> Result<OrgSummary, ConsoleError> {
+        let admin = self.admin().await?;
+        let name = validate::display_name(name)?;
+        let pool = &self.state.pool;
+        orgs::rename(pool, admin.org_id, &name)
+            .await
+            .or_internal("rename an organization")?;
+        audit::record(
+            pool,
+            admin.org_id,
+            Some(admin.id),
+            "org.renamed",
+            Some(&name),
+        )
+        .await
+        .or_internal("audit a rename")?;
+        orgs::summary(pool, admin.org_id)
+            .await
+            .or_internal("summarise the organization")
+    }
+
     async fn account_setup(&self) -> Result<AccountSetup, ConsoleError> {
         let user = self.current().await?;
         accounts::ops::setup(&self.state, &user).await

@@ -1,4 +1,4 @@
-use super::{AuditEntry, ConsoleError, UserSummary};
+use super::{AuditEntry, ConsoleError, OrgSummary, UserSummary};
 #[cfg(feature = "ssr")]
 use super::{NewUser, Role};
 use leptos::prelude::*;
@@ -43,4 +43,9 @@ pub async fn set_user_role(user_id: String, role: String) -> Result<UserSummary,
 #[server(endpoint = "audit_log")]
 pub async fn audit_log() -> Result<Vec<AuditEntry>, ConsoleError> {
     crate::backend::console()?.audit_log(100).await
+}
+
+#[server(endpoint = "rename_org")]
+pub async fn rename_org(name: String) -> Result<OrgSummary, ConsoleError> {
+    crate::backend::console()?.rename_org(&name).await
 }

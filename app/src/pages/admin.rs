@@ -1,4 +1,6 @@
-use crate::api::{audit_log, list_users, AuditEntry, CreateUser, SetUserRole, UserSummary};
+use crate::api::{
+    audit_log, list_users, AuditEntry, CreateUser, RenameOrg, SetUserRole, UserSummary, Viewer,
+};
 use crate::components::ErrorPanel;
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -9,12 +11,19 @@ use leptos_meta::Title;
 pub fn AdminPage() -> impl IntoView {
     let create = ServerAction::<CreateUser>::new();
     let set_role = ServerAction::<SetUserRole>::new();
+    let rename = ServerAction::<RenameOrg>::new();
     let users = Resource::new(
         move || (create.version().get(), set_role.version().get()),
         |_| list_users(),
     );
     let audit = Resource::new(
-        move || (create.version().get(), set_role.version().get()),
+        move || {
+            (
+                create.version().get(),
+                set_role.version().get(),
+                rename.version().get(),
+            )
+        },
         |_| audit_log(),
     );
 
@@ -39,6 +48,7 @@ pub fn AdminPage() -> impl IntoView {
                 audit.await.ok().map(|entries| view! { <AuditTable entries /> })
             })}
         </Suspense>
+        <OrganizationPanel rename />
     }
 }
 
@@ -109,15 +119,35 @@ fn NewUserForm(create: ServerAction<CreateUser>) -> impl IntoView {
 
 #[component]
 fn AuditTable(entries: Vec<AuditEntry>) -> impl IntoView {
+    let filter = RwSignal::new(String::new());
+    let matches = move |e: &AuditEntry| {
+        let f = filter.get().to_lowercase();
+        f.is_empty()
+            || e.action.to_lowercase().contains(&f)
+            || e.actor.as_deref().unwrap_or("").to_lowercase().contains(&f)
+            || e.target
+                .as_deref()
+                .unwrap_or("")
+                .to_lowercase()
+                .contains(&f)
+    };
+    let entries = StoredValue::new(entries);
     view! {
         <section class="panel" aria-labelledby="audit-title">
-            <h2 id="audit-title">"Audit log"</h2>
-            <table class="table">
+            <div class="panel-header">
+                <h2 id="audit-title">"Audit log"</h2>
+                <div>
+                    <label for="audit-filter" class="visually-hidden">"Filter the audit log"</label>
+                    <input id="audit-filter" type="search" placeholder="Filter: action, person or target"
+                        prop:value=move || filter.get() on:input=move |e| filter.set(event_target_value(&e)) />
+                </div>
+            </div>
+            <table class="table" id="audit-table">
                 <thead>
                     <tr><th scope="col">"When"</th><th scope="col">"Who"</th><th scope="col">"What"</th><th scope="col">"Target"</th></tr>
                 </thead>
                 <tbody>
-                    {entries.into_iter().map(|e| view! {
+                    {move || entries.with_value(|all| all.iter().filter(|e| matches(e)).cloned().collect::<Vec<_>>()).into_iter().map(|e| view! {
                         <tr>
                             <td><time datetime=e.at.clone()>{e.at.replace('T', " ").get(..19).unwrap_or_default().to_string()}</time></td>
                             <td>{e.actor.unwrap_or_else(|| "—".into())}</td>
@@ -127,6 +157,28 @@ fn AuditTable(entries: Vec<AuditEntry>) -> impl IntoView {
                     }).collect_view()}
                 </tbody>
             </table>
+        </section>
+    }
+}
+
+#[component]
+fn OrganizationPanel(rename: ServerAction<RenameOrg>) -> impl IntoView {
+    let current = use_context::<Viewer>()
+        .map(|v| v.org_name)
+        .unwrap_or_default();
+    view! {
+        <section class="panel" aria-labelledby="org-title">
+            <h2 id="org-title">"Organization"</h2>
+            <ActionForm action=rename attr:class="form form-grid" attr:id="rename-org-form">
+                <label for="org-name">"Name"</label>
+                <input id="org-name" name="name" required maxlength="100" value=current />
+                <button type="submit" class="secondary" disabled=move || rename.pending().get()>"Rename"</button>
+            </ActionForm>
+            {move || rename.value().get().map(|r| match r {
+                Ok(o) => view! { <p class="notice notice-ok" role="status">{format!("The organization is now called {}.", o.org_name)}</p> }.into_any(),
+                Err(e) => view! { <p class="field-error" role="alert">{e.to_string()}</p> }.into_any(),
+            })}
+            <p class="muted small">"The external ID your account roles trust is on the Accounts page; it never changes."</p>
         </section>
     }
 }

@@ -20,6 +20,7 @@ pub fn routes() -> Router<crate::state::AppState> {
         .route("/session", post(sign_in).delete(sign_out))
         .route("/me", get(me))
         .route("/overview", get(overview))
+        .route("/organization", patch(rename_org))
         .route("/users", get(list_users).post(create_user))
         .route("/users/{id}", patch(update_user))
         .route("/audit", get(audit))
@@ -308,4 +309,16 @@ async fn invalidate_key(
         .parse()
         .map_err(|_| ConsoleError::invalid("epoch", "is not an epoch number"))?;
     Ok(Json(console.invalidate_key(&id, epoch).await?))
+}
+
+#[derive(Deserialize)]
+struct RenameBody {
+    name: String,
+}
+
+async fn rename_org(
+    console: ConsoleSession,
+    ApiJson(body): ApiJson<RenameBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(console.rename_org(&body.name).await?))
 }

@@ -67,3 +67,12 @@ pub async fn external_id(db: impl PgExecutor<'_>, org_id: Uuid) -> Result<String
         .fetch_one(db)
         .await
 }
+
+pub async fn rename(db: impl PgExecutor<'_>, org_id: Uuid, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE organizations SET name = $2 WHERE id = $1")
+        .bind(org_id)
+        .bind(name)
+        .execute(db)
+        .await
+        .map(|_| ())
+}

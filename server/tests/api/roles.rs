@@ -169,3 +169,47 @@ async fn server_functions_answer_with_the_error_status() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+#[tokio::test]
+async fn admins_rename_their_organization_and_members_cannot() {
+    let (app, org) = TestApp::acme().await;
+    app.add_user(org, "max@acme.test", Role::Member).await;
+    let mut admin = app.signed_in("ada@acme.test").await;
+    let r = admin
+        .json(
+            Method::PATCH,
+            "/api/v1/organization",
+            Some(json!({"name": "  Acme Corp  "})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["org_name"], "Acme Corp");
+    assert_eq!(
+        admin.get("/api/v1/me").await.json()["org_name"],
+        "Acme Corp"
+    );
+    for bad in [
+        json!({"name": ""}),
+        json!({"name": "x".repeat(101)}),
+        json!({"name": "a\u{7}b"}),
+    ] {
+        let r = admin
+            .json(Method::PATCH, "/api/v1/organization", Some(bad.clone()))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let mut member = app.signed_in("max@acme.test").await;
+    let r = member
+        .json(
+            Method::PATCH,
+            "/api/v1/organization",
+            Some(json!({"name": "Mine"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        app.count("SELECT count(*) FROM organizations WHERE name = 'Acme Corp'")
+            .await,
+        1
+    );
+}
