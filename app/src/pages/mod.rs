@@ -3,7 +3,7 @@
 mod accounts;
 mod admin;
 mod dashboard;
-mod empty_sections;
+mod keys;
 mod networks;
 mod not_found;
 mod sign_in;
@@ -11,7 +11,7 @@ mod sign_in;
 pub use accounts::AccountsPage;
 pub use admin::AdminPage;
 pub use dashboard::DashboardPage;
-pub use empty_sections::KeysPage;
+pub use keys::KeysPage;
 pub use networks::{NetworkPage, NetworksPage, NewNetworkPage};
 pub use not_found::NotFoundPage;
 pub use sign_in::SignInPage;
