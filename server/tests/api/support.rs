@@ -245,12 +245,16 @@ impl Client {
     }
 
     pub async fn send(&mut self, req: Request<Body>) -> Response {
-        let res = self
-            .router
-            .clone()
-            .oneshot(req)
-            .await
-            .expect("router answers");
+        // A request that never finishes fails here, naming itself, instead of
+        // stalling the whole run.
+        let what = format!("{} {}", req.method(), req.uri());
+        let res = tokio::time::timeout(
+            std::time::Duration::from_secs(90),
+            self.router.clone().oneshot(req),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{what} got no answer within 90 s"))
+        .expect("router answers");
         let (parts, body) = res.into_parts();
         for set in parts.headers.get_all(header::SET_COOKIE) {
             let set = set.to_str().expect("ascii cookie");
