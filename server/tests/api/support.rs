@@ -248,21 +248,21 @@ impl Client {
         // A request that never finishes fails here, naming itself, instead of
         // stalling the whole run.
         let what = format!("{} {}", req.method(), req.uri());
-        let res = tokio::time::timeout(
-            std::time::Duration::from_secs(90),
-            self.router.clone().oneshot(req),
-        )
+        let router = self.router.clone();
+        let (parts, body) = tokio::time::timeout(std::time::Duration::from_secs(90), async move {
+            let res = router.oneshot(req).await.expect("router answers");
+            let (parts, body) = res.into_parts();
+            let body = body.collect().await.expect("body").to_bytes().to_vec();
+            (parts, body)
+        })
         .await
-        .unwrap_or_else(|_| panic!("{what} got no answer within 90 s"))
-        .expect("router answers");
-        let (parts, body) = res.into_parts();
+        .unwrap_or_else(|_| panic!("{what} got no complete answer within 90 s"));
         for set in parts.headers.get_all(header::SET_COOKIE) {
             let set = set.to_str().expect("ascii cookie");
             let pair = set.split(';').next().unwrap_or_default().to_string();
             let expired = set.contains("Max-Age=0") || pair.ends_with('=');
             self.cookie = if expired { None } else { Some(pair) };
         }
-        let body = body.collect().await.expect("body").to_bytes().to_vec();
         Response {
             status: parts.status,
             headers: parts.headers,
