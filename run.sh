@@ -36,7 +36,7 @@ else
   mkdir -p "$VPCMESH_ROOT/.data"
   "$VPCMESH_MOTO_SERVER" -H 127.0.0.1 -p "$moto_port" >"$VPCMESH_ROOT/.data/moto.log" 2>&1 &
   moto_pid=$!
-  args+=(--aws-endpoint-url "http://127.0.0.1:$moto_port")
+  args+=(--aws-endpoint-url "http://127.0.0.1:$moto_port" --demo-network)
   export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1
 fi
 

@@ -60,6 +60,10 @@ pub struct Config {
     /// Ensure a demo organization whose admin has this email; prints a fresh password.
     #[arg(long, env = "VPCMESH_DEMO_ADMIN")]
     pub demo_admin: Option<String>,
+    /// With --demo-admin and a local AWS emulator: seed a customer account with
+    /// VPCs in three regions and provision a demo full mesh over them.
+    #[arg(long, env = "VPCMESH_DEMO_NETWORK", requires = "demo_admin")]
+    pub demo_network: bool,
     #[arg(long, env = "VPCMESH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }

@@ -56,6 +56,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state = AppState::new(pool.clone(), settings, leptos_options, aws);
     let owner = provisioning::engine::spawn(state.clone(), workers);
     tracing::info!(%owner, workers, "provisioning engine started");
+    if let (true, Some(email)) = (config.demo_network, &config.demo_admin) {
+        // A failed demo seed is worth a warning, not a refusal to start.
+        match demo::seed_demo_network(&state, email).await {
+            Ok(()) => println!(
+                "  Demo network '{}' is provisioning in the local emulator.\n",
+                demo::DEMO_NETWORK
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not seed the demo network"),
+        }
+    }
     spawn_chores(&pool);
 
     let listener = tokio::net::TcpListener::bind(config.listen)

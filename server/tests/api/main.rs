@@ -7,6 +7,7 @@ mod support;
 mod accounts;
 
 mod cluster;
+mod demo;
 mod hardening;
 mod isolation;
 mod networks;

@@ -62,6 +62,7 @@ pub struct TestApp {
     pub pool: PgPool,
     /// The test database, for server processes a test starts itself.
     pub db_url: String,
+    pub state: AppState,
 }
 
 impl TestApp {
@@ -106,11 +107,12 @@ impl TestApp {
         // The provisioning engine runs as in the server (its tasks end with the test).
         let workers = state.settings.engine_workers;
         server::provisioning::engine::spawn(state.clone(), workers);
-        let router = router(state);
+        let router = router(state.clone());
         TestApp {
             router,
             pool,
             db_url: url,
+            state,
         }
     }
 
