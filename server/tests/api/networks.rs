@@ -903,3 +903,48 @@ async fn keys_rotate_to_a_new_kms_epoch_and_retired_epochs_can_be_invalidated() 
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(w.app.count("SELECT count(*) FROM key_epochs").await, 2);
 }
+
+#[tokio::test]
+async fn another_organizations_network_page_is_not_found_and_shows_nothing() {
+    let mut w = World::new().await;
+    let placed = place(
+        &w,
+        &[
+            ("us-east-1", "10.90.0.0/16", true),
+            ("us-west-2", "10.91.0.0/16", true),
+        ],
+    )
+    .await;
+    let key = w.customer.kms_key("us-east-1").await;
+    let sites: Vec<Value> = placed
+        .iter()
+        .map(|p| w.site(p.region, &p.vpc, "edge"))
+        .collect();
+    let net = w
+        .create(json!({"name": "secret-mesh", "topology": "full_mesh", "sites": sites, "options": {"kms_key_arn": key}}))
+        .await;
+    let id = net["id"].as_str().expect("id").to_string();
+
+    // The owner's page renders complete without JavaScript: plan and sites.
+    let mine = w.admin.page(&format!("/networks/{id}")).await;
+    assert_eq!(mine.status, StatusCode::OK);
+    let html = mine.text();
+    assert!(
+        html.contains("secret-mesh")
+            && html.contains("plan-table")
+            && html.contains(&placed[0].vpc.id)
+    );
+
+    w.app.org_with_admin("Globex", "hank@globex.test").await;
+    let mut hank = w.app.signed_in("hank@globex.test").await;
+    let theirs = hank.page(&format!("/networks/{id}")).await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND, "{}", theirs.text());
+    let html = theirs.text();
+    assert!(html.contains("Network was not found."));
+    assert!(
+        !html.contains("secret-mesh") && !html.contains(&placed[0].vpc.id),
+        "nothing leaks"
+    );
+    let list = hank.page("/networks").await.text();
+    assert!(list.contains("No networks yet") && !list.contains("secret-mesh"));
+}
