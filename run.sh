@@ -22,6 +22,8 @@ setup_build
 setup_runtime
 say "building the console"
 leptos_build
+say "building the size-optimized WebAssembly bundle"
+wasm_release_bundle
 
 args=(--site-root "$VPCMESH_SITE_ROOT" --listen "${VPCMESH_LISTEN:-127.0.0.1:3000}"
       --demo-admin "${VPCMESH_DEMO_ADMIN:-admin@demo.vpcmesh.dev}")

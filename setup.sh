@@ -134,3 +134,28 @@ leptos_build() {
   gzip -kf -6 "$VPCMESH_SITE_ROOT"/pkg/*.wasm "$VPCMESH_SITE_ROOT"/pkg/*.js "$VPCMESH_SITE_ROOT"/pkg/*.css
   export VPCMESH_SERVER_BIN VPCMESH_SITE_ROOT
 }
+
+# The bundle `./run.sh` serves: the WebAssembly built for size (opt-level z,
+# LTO), without its name section, and gzip-compressed. Replaces the debug bundle of leptos_build in target/site.
+wasm_release_bundle() {
+  local out="$CARGO_TARGET_DIR/wasm32-unknown-unknown/wasm-release/app.wasm" pkg="$VPCMESH_SITE_ROOT/pkg"
+  if [ "$VPCMESH_WASM" = debian ]; then
+    (cd "$VPCMESH_ROOT" && PATH="$VPCMESH_CACHE/wasm-cargo:$PATH" cargo build --quiet -p app --lib \
+      --target wasm32-unknown-unknown --profile wasm-release --no-default-features --features hydrate)
+  else
+    (cd "$VPCMESH_ROOT" && cargo build --quiet -p app --lib \
+      --target wasm32-unknown-unknown --profile wasm-release --no-default-features --features hydrate)
+  fi
+  local tmp
+  tmp=$(mktemp -d)
+  wasm-bindgen --target web --no-typescript --remove-name-section --remove-producers-section \
+    --out-dir "$tmp" --out-name vpcmesh "$out"
+  # No wasm-opt: Debian's binaryen (108) rewrites wasm-bindgen's externref
+  # table into something browsers reject; opt-level z + LTO does the work.
+  mv "$tmp/vpcmesh_bg.wasm" "$tmp/vpcmesh.wasm"
+  mv "$tmp/vpcmesh.wasm" "$pkg/vpcmesh.wasm"
+  mv "$tmp/vpcmesh.js" "$pkg/vpcmesh.js"
+  rm -rf "$tmp"
+  gzip -kf -9 "$pkg/vpcmesh.wasm" "$pkg/vpcmesh.js"
+  say "release bundle: $(stat -c %s "$pkg/vpcmesh.wasm") bytes of WebAssembly, $(stat -c %s "$pkg/vpcmesh.wasm.gz") gzipped"
+}
