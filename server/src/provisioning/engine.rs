@@ -49,22 +49,10 @@ async fn work(state: AppState, owner: String) {
 }
 
 async fn run_one(state: &AppState, owner: &str, step: &jobs::ClaimedStep) {
+    let action = step.action.replace('_', " ");
     if step.attempts == 1 && step.state == "pending" {
-        let _ = jobs::event(
-            &state.pool,
-            jobs::Event {
-                network_id: step.network_id,
-                job_id: Some(step.job_id),
-                site_id: Some(step.site_id),
-                source: "step",
-                source_id: None,
-                resource: Some(&step.stack_name),
-                status: &format!("{} started", step.action.replace('_', " ")),
-                message: None,
-                at: None,
-            },
-        )
-        .await;
+        let started = format!("{action} started");
+        let _ = jobs::step_event(&state.pool, step, &started, None).await;
     }
     let outcome = steps::run(&steps::Ctx { state, step, owner }).await;
     match &outcome {
@@ -92,24 +80,10 @@ async fn run_one(state: &AppState, owner: &str, step: &jobs::ClaimedStep) {
     }
     if matches!(outcome, Outcome::Succeeded(_) | Outcome::Failed(_)) {
         let status = match &outcome {
-            Outcome::Failed(e) => format!("{} failed: {e}", step.action.replace('_', " ")),
-            _ => format!("{} done", step.action.replace('_', " ")),
+            Outcome::Failed(e) => format!("{action} failed: {e}"),
+            _ => format!("{action} done"),
         };
-        let _ = jobs::event(
-            &state.pool,
-            jobs::Event {
-                network_id: step.network_id,
-                job_id: Some(step.job_id),
-                site_id: Some(step.site_id),
-                source: "step",
-                source_id: None,
-                resource: Some(&step.stack_name),
-                status: &status,
-                message: None,
-                at: None,
-            },
-        )
-        .await;
+        let _ = jobs::step_event(&state.pool, step, &status, None).await;
         settle(state, step).await;
         state.engine_wake.notify_waiters();
     }

@@ -270,6 +270,30 @@ pub async fn event(db: impl PgExecutor<'_>, e: Event<'_>) -> Result<(), sqlx::Er
     .map(|_| ())
 }
 
+/// A progress event about `step` itself (started, done, failed, what it did).
+pub async fn step_event(
+    pool: &PgPool,
+    step: &ClaimedStep,
+    status: &str,
+    message: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    event(
+        pool,
+        Event {
+            network_id: step.network_id,
+            job_id: Some(step.job_id),
+            site_id: Some(step.site_id),
+            source: "step",
+            source_id: None,
+            resource: Some(&step.stack_name),
+            status,
+            message,
+            at: None,
+        },
+    )
+    .await
+}
+
 #[derive(sqlx::FromRow)]
 struct EventRow {
     id: i64,

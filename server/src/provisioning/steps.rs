@@ -89,6 +89,15 @@ async fn turn(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
     }
 }
 
+/// Notes, under our lease, that this turn is about to change something in AWS.
+async fn executing(ctx: &Ctx<'_>) -> Result<(), StepError> {
+    if jobs::record_execution(&ctx.state.pool, ctx.step, ctx.owner).await? {
+        Ok(())
+    } else {
+        Err(StepError::Broken("lost the lease".into()))
+    }
+}
+
 async fn describe(
     cfn: &aws_sdk_cloudformation::Client,
     name: &str,
@@ -179,9 +188,7 @@ async fn ensure_stack(
         } else {
             appliance_template(ctx, access, net, sites, site).await?
         };
-        if !jobs::record_execution(&ctx.state.pool, step, ctx.owner).await? {
-            return Err(StepError::Broken("lost the lease".into()));
-        }
+        executing(ctx).await?;
         let created = cfn
             .create_stack()
             .stack_name(&step.stack_name)
@@ -361,9 +368,7 @@ async fn delete_stack(
             Ok(Outcome::Waiting(POLL))
         }
         _ => {
-            if !jobs::record_execution(&ctx.state.pool, step, ctx.owner).await? {
-                return Err(StepError::Broken("lost the lease".into()));
-            }
+            executing(ctx).await?;
             cfn.delete_stack()
                 .stack_name(&step.stack_name)
                 .client_request_token(&step.client_token)
@@ -464,12 +469,8 @@ async fn routes(
                 }
             }
         }
-        step_event(
-            ctx,
-            "routes removed",
-            &format!("{removed} route(s) removed"),
-        )
-        .await?;
+        let note = format!("{removed} route(s) removed");
+        jobs::step_event(&ctx.state.pool, ctx.step, "routes removed", Some(&note)).await?;
         return Ok(Outcome::Succeeded(json!({ "removed": removed })));
     }
 
@@ -511,71 +512,43 @@ async fn routes(
     } else {
         None
     };
-    if !jobs::record_execution(&ctx.state.pool, ctx.step, ctx.owner).await? {
-        return Err(StepError::Broken("lost the lease".into()));
-    }
+    executing(ctx).await?;
     let mut programmed = 0;
     for table in tables {
         for (cidr, target) in &mine.vpc_routes {
             let dest = cidr.to_string();
-            let create = ec2
+            let (via_instance, via_gateway) = match target {
+                RouteTarget::Appliance => (instance.clone(), None),
+                RouteTarget::TransitGateway => (None, tgw.clone()),
+            };
+            let created = ec2
                 .create_route()
                 .route_table_id(table)
-                .destination_cidr_block(&dest);
-            let create = match target {
-                RouteTarget::Appliance => create.set_instance_id(instance.clone()),
-                RouteTarget::TransitGateway => create.set_transit_gateway_id(tgw.clone()),
-            };
-            match create.send().await {
+                .destination_cidr_block(&dest)
+                .set_instance_id(via_instance.clone())
+                .set_transit_gateway_id(via_gateway.clone())
+                .send()
+                .await;
+            match created.map_err(|e| AwsError::from_sdk("ec2:CreateRoute", e)) {
                 Ok(_) => {}
-                Err(e) => match AwsError::from_sdk("ec2:CreateRoute", e) {
-                    AwsError::Rejected { code, .. } if code == "RouteAlreadyExists" => {
-                        let replace = ec2
-                            .replace_route()
-                            .route_table_id(table)
-                            .destination_cidr_block(&dest);
-                        let replace = match target {
-                            RouteTarget::Appliance => replace.set_instance_id(instance.clone()),
-                            RouteTarget::TransitGateway => {
-                                replace.set_transit_gateway_id(tgw.clone())
-                            }
-                        };
-                        replace
-                            .send()
-                            .await
-                            .map_err(|e| AwsError::from_sdk("ec2:ReplaceRoute", e))?;
-                    }
-                    e => return Err(e.into()),
-                },
+                Err(AwsError::Rejected { code, .. }) if code == "RouteAlreadyExists" => {
+                    ec2.replace_route()
+                        .route_table_id(table)
+                        .destination_cidr_block(&dest)
+                        .set_instance_id(via_instance)
+                        .set_transit_gateway_id(via_gateway)
+                        .send()
+                        .await
+                        .map_err(|e| AwsError::from_sdk("ec2:ReplaceRoute", e))?;
+                }
+                Err(e) => return Err(e.into()),
             }
             programmed += 1;
         }
     }
-    step_event(
-        ctx,
-        "routes programmed",
-        &format!("{programmed} route(s) in {} table(s)", tables.len()),
-    )
-    .await?;
+    let note = format!("{programmed} route(s) in {} table(s)", tables.len());
+    jobs::step_event(&ctx.state.pool, ctx.step, "routes programmed", Some(&note)).await?;
     Ok(Outcome::Succeeded(
         json!({ "routes": programmed, "instance": instance, "transit_gateway": tgw }),
     ))
-}
-
-async fn step_event(ctx: &Ctx<'_>, status: &str, message: &str) -> Result<(), sqlx::Error> {
-    jobs::event(
-        &ctx.state.pool,
-        jobs::Event {
-            network_id: ctx.step.network_id,
-            job_id: Some(ctx.step.job_id),
-            site_id: Some(ctx.step.site_id),
-            source: "step",
-            source_id: None,
-            resource: Some(&ctx.step.stack_name),
-            status,
-            message: Some(message),
-            at: None,
-        },
-    )
-    .await
 }
