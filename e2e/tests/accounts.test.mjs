@@ -1,31 +1,17 @@
 // Accounts in a real browser against the real server, Postgres and moto:
 // the role template's parameters, a refused role shown inline, a verified add.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer } from '../lib/server.mjs';
-import { startMoto, randomAccount } from '../lib/moto.mjs';
-import { launch, watchErrors, signIn, hydrated, ARTIFACTS } from '../lib/browser.mjs';
+import { withStack } from '../lib/stack.mjs';
+import { randomAccount } from '../lib/moto.mjs';
+import { watchErrors, signIn, hydrated, ARTIFACTS } from '../lib/browser.mjs';
 
-let moto;
-let server;
-let browser;
-
-before(async () => {
-  moto = await startMoto();
-  server = await startServer({ aws: moto.url });
-  browser = await launch();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-  await moto?.stop();
-});
+const stack = withStack();
 
 test('an admin adds and verifies an AWS account; mistakes are explained next to the form', async () => {
-  const page = await browser.newPage();
+  const page = await stack.browser.newPage();
   const errors = watchErrors(page);
-  await signIn(page, server);
+  await signIn(page, stack.server);
   await page.click('nav >> text=Accounts');
   await page.waitForSelector('h2:text("No AWS accounts yet")');
   await hydrated(page);

@@ -1,40 +1,26 @@
 // The whole flow a new user takes, in a real browser against the real server,
 // Postgres and moto: add an account, build a 3-region full mesh in the wizard,
 // read the plan, Provision, watch it reach "ready" on the graph, delete it.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer } from '../lib/server.mjs';
-import { startMoto, Customer } from '../lib/moto.mjs';
-import { launch, watchErrors, signIn, hydrated, ARTIFACTS } from '../lib/browser.mjs';
+import { withStack } from '../lib/stack.mjs';
+import { Customer } from '../lib/moto.mjs';
+import { watchErrors, signIn, hydrated, ARTIFACTS } from '../lib/browser.mjs';
 
-let moto;
-let server;
-let browser;
-
-before(async () => {
-  moto = await startMoto();
-  server = await startServer({ aws: moto.url });
-  browser = await launch();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-  await moto?.stop();
-});
+const stack = withStack();
 
 const REGIONS = [['us-east-1', '10.1.0.0/16'], ['eu-west-1', '10.2.0.0/16'], ['ap-southeast-2', '10.3.0.0/16']];
 
 test('a 3-region full mesh from the wizard to ready, then deleted', async () => {
-  const customer = await Customer.create(moto);
+  const customer = await Customer.create(stack.moto);
   for (const [region, cidr] of REGIONS) await customer.vpc(region, cidr, `app-${region}`);
   await customer.vpc('us-east-1', '10.2.128.0/17', 'overlapping'); // clashes with eu-west-1's
   const key = await customer.kmsKey('us-east-1');
 
-  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const page = await stack.browser.newPage({ viewport: { width: 1280, height: 900 } });
   const errors = watchErrors(page);
-  await signIn(page, server);
-  await page.goto(`${server.url}/accounts`);
+  await signIn(page, stack.server);
+  await page.goto(`${stack.server.url}/accounts`);
   await hydrated(page);
   await page.fill('#account-id', customer.account);
   await page.fill('#role-arn', customer.roleArn);

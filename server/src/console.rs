@@ -393,9 +393,7 @@ impl Console for ConsoleSession {
 
     async fn network_job(&self, id: &str) -> Result<Option<JobView>, ConsoleError> {
         let user = self.current().await?;
-        let network = self.network(id).await?;
-        let id = networks::view::parse_id(&network.id)?;
-        let _ = user;
+        let id = networks::view::owned(&self.state.pool, user.org_id, id).await?;
         jobs::latest(&self.state.pool, id)
             .await
             .or_internal("load a job")
@@ -406,8 +404,8 @@ impl Console for ConsoleSession {
         id: &str,
         after: i64,
     ) -> Result<Vec<ProgressEvent>, ConsoleError> {
-        let network = self.network(id).await?;
-        let id = networks::view::parse_id(&network.id)?;
+        let user = self.current().await?;
+        let id = networks::view::owned(&self.state.pool, user.org_id, id).await?;
         jobs::events_after(&self.state.pool, id, after.max(0))
             .await
             .or_internal("load progress events")

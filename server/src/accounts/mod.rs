@@ -59,6 +59,19 @@ pub fn aws_error_for_user(
     }
 }
 
+/// The access for `role_arn` with the external ID of organization `org_id`.
+pub async fn org_access(
+    pool: &sqlx::PgPool,
+    org_id: uuid::Uuid,
+    role_arn: &str,
+) -> Result<AccountAccess, ConsoleError> {
+    use crate::internal::OrInternal;
+    let external_id = crate::identity::orgs::external_id(pool, org_id)
+        .await
+        .or_internal("read the external ID")?;
+    access(role_arn, &external_id)
+}
+
 /// The access for a stored account of an organization.
 pub fn access(role_arn: &str, external_id: &str) -> Result<AccountAccess, ConsoleError> {
     let role_arn: RoleArn = role_arn.parse().map_err(|e: crate::aws::IdentifierError| {

@@ -1,6 +1,6 @@
 //! What the console and API do with accounts, for one signed-in user.
 
-use super::{access, aws_error_for_user, role_template, store};
+use super::{aws_error_for_user, org_access, role_template, store};
 use crate::{
     audit,
     aws::{AccountAccess, AccountId, RoleArn},
@@ -165,10 +165,7 @@ pub async fn verify(
         .await
         .or_internal("load an account")?
         .ok_or_else(|| ConsoleError::not_found("Account"))?;
-    let external_id = orgs::external_id(pool, admin.org_id)
-        .await
-        .or_internal("read the external ID")?;
-    let access = access(&row.role_arn, &external_id)?;
+    let access = org_access(pool, admin.org_id, &row.role_arn).await?;
     let outcome = check_access(state, &access).await;
     let error = outcome.as_ref().err().map(ToString::to_string);
     store::record_check(pool, id, error.as_deref())
@@ -243,10 +240,7 @@ pub async fn vpcs(
         .await
         .or_internal("load an account")?
         .ok_or_else(|| ConsoleError::not_found("Account"))?;
-    let external_id = orgs::external_id(&state.pool, user.org_id)
-        .await
-        .or_internal("read the external ID")?;
-    let access = access(&row.role_arn, &external_id)?;
+    let access = org_access(&state.pool, user.org_id, &row.role_arn).await?;
     let ec2 = state
         .aws
         .ec2(&access, region)

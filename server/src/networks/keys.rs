@@ -6,7 +6,7 @@ use super::{store, view};
 use crate::{
     accounts, audit,
     aws::{kms, KmsKeyArn},
-    identity::{orgs, users::UserRecord},
+    identity::users::UserRecord,
     internal::OrInternal,
     state::AppState,
 };
@@ -39,10 +39,7 @@ pub async fn rotate(
         .ok_or_else(|| ConsoleError::Conflict {
             message: format!("The key's account {} is no longer registered.", key.account),
         })?;
-    let external_id = orgs::external_id(pool, user.org_id)
-        .await
-        .or_internal("read the external ID")?;
-    let access = accounts::access(&record.role_arn, &external_id)?;
+    let access = accounts::org_access(pool, user.org_id, &record.role_arn).await?;
     let next: i32 = sqlx::query_scalar(
         "SELECT coalesce(max(epoch), 0) + 1 FROM key_epochs WHERE network_id = $1",
     )

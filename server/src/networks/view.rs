@@ -26,6 +26,16 @@ fn site_summary(s: &SiteRow) -> SiteSummary {
     }
 }
 
+/// The id of the caller's organization's network `raw`; any other is "not found".
+pub async fn owned(pool: &PgPool, org_id: Uuid, raw: &str) -> Result<Uuid, ConsoleError> {
+    let id = parse_id(raw)?;
+    store::find(pool, org_id, id)
+        .await
+        .or_internal("load a network")?
+        .map(|n| n.id)
+        .ok_or_else(|| ConsoleError::not_found("Network"))
+}
+
 pub async fn summary(
     pool: &PgPool,
     org_id: Uuid,
@@ -35,8 +45,12 @@ pub async fn summary(
         .await
         .or_internal("load a network")?
         .ok_or_else(|| ConsoleError::not_found("Network"))?;
-    let sites = store::sites(pool, id).await.or_internal("load sites")?;
-    let key_epochs = store::key_epochs(pool, id)
+    summary_of(pool, row).await
+}
+
+async fn summary_of(pool: &PgPool, row: store::NetworkRow) -> Result<NetworkSummary, ConsoleError> {
+    let sites = store::sites(pool, row.id).await.or_internal("load sites")?;
+    let key_epochs = store::key_epochs(pool, row.id)
         .await
         .or_internal("load key epochs")?;
     Ok(NetworkSummary {
@@ -58,7 +72,7 @@ pub async fn list(pool: &PgPool, org_id: Uuid) -> Result<Vec<NetworkSummary>, Co
         .or_internal("list networks")?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
-        out.push(summary(pool, org_id, row.id).await?);
+        out.push(summary_of(pool, row).await?);
     }
     Ok(out)
 }

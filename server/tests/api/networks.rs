@@ -99,6 +99,26 @@ impl World {
         c
     }
 
+    /// A full mesh over `placed` (all edges) with a new KMS key in
+    /// `key_region`; returns its id, its summary and the key's ARN.
+    pub async fn full_mesh(
+        &mut self,
+        name: &str,
+        placed: &[Placed],
+        key_region: &str,
+    ) -> (String, Value, String) {
+        let key = self.customer.kms_key(key_region).await;
+        let sites: Vec<Value> = placed
+            .iter()
+            .map(|p| self.site(p.region, &p.vpc, "edge"))
+            .collect();
+        let net = self
+            .create(json!({"name": name, "topology": "full_mesh", "sites": sites, "options": {"kms_key_arn": key}}))
+            .await;
+        let id = net["id"].as_str().expect("id").to_string();
+        (id, net, key)
+    }
+
     pub async fn wait_for(&mut self, id: &str, want: &str) {
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
@@ -222,15 +242,7 @@ async fn a_three_region_full_mesh_goes_from_plan_to_running_stacks_and_back() {
         ],
     )
     .await;
-    let key = w.customer.kms_key("us-east-1").await;
-    let sites: Vec<Value> = placed
-        .iter()
-        .map(|p| w.site(p.region, &p.vpc, "edge"))
-        .collect();
-    let net = w
-        .create(json!({"name": "global", "topology": "full_mesh", "sites": sites, "options": {"kms_key_arn": key}}))
-        .await;
-    let id = net["id"].as_str().expect("id").to_string();
+    let (id, net, _) = w.full_mesh("global", &placed, "us-east-1").await;
     assert_eq!(net["status"], "planned");
     assert_eq!(net["sites"].as_array().map(Vec::len), Some(3));
     for p in &placed {
@@ -674,15 +686,7 @@ async fn throttled_stack_calls_are_retried_with_backoff_until_they_succeed() {
         ],
     )
     .await;
-    let key = w.customer.kms_key("us-east-1").await;
-    let sites: Vec<Value> = placed
-        .iter()
-        .map(|p| w.site(p.region, &p.vpc, "edge"))
-        .collect();
-    let net = w
-        .create(json!({"name": "throttled", "topology": "full_mesh", "sites": sites, "options": {"kms_key_arn": key}}))
-        .await;
-    let id = net["id"].as_str().expect("id").to_string();
+    let (id, _, _) = w.full_mesh("throttled", &placed, "us-east-1").await;
     let took = w.run(&id, "apply", "ready").await;
     eprintln!("provisioned through 8 throttled CreateStack calls in {took:?}");
     assert_running(&w, &id, &placed).await;
@@ -711,15 +715,7 @@ async fn another_organization_cannot_see_or_touch_a_network_or_its_account() {
         ],
     )
     .await;
-    let key = w.customer.kms_key("us-east-1").await;
-    let sites: Vec<Value> = placed
-        .iter()
-        .map(|p| w.site(p.region, &p.vpc, "edge"))
-        .collect();
-    let net = w
-        .create(json!({"name": "private", "topology": "full_mesh", "sites": sites, "options": {"kms_key_arn": key}}))
-        .await;
-    let id = net["id"].as_str().expect("id").to_string();
+    let (id, _, key) = w.full_mesh("private", &placed, "us-east-1").await;
     let account = w.admin.get("/api/v1/accounts").await.json()[0]["id"]
         .as_str()
         .expect("account id")
@@ -807,15 +803,7 @@ async fn keys_rotate_to_a_new_kms_epoch_and_retired_epochs_can_be_invalidated() 
         ],
     )
     .await;
-    let key = w.customer.kms_key("eu-west-1").await;
-    let sites: Vec<Value> = placed
-        .iter()
-        .map(|p| w.site(p.region, &p.vpc, "edge"))
-        .collect();
-    let net = w
-        .create(json!({"name": "keyed", "topology": "full_mesh", "sites": sites, "options": {"kms_key_arn": key}}))
-        .await;
-    let id = net["id"].as_str().expect("id").to_string();
+    let (id, _, _) = w.full_mesh("keyed", &placed, "eu-west-1").await;
 
     let r = w
         .admin
@@ -915,15 +903,7 @@ async fn another_organizations_network_page_is_not_found_and_shows_nothing() {
         ],
     )
     .await;
-    let key = w.customer.kms_key("us-east-1").await;
-    let sites: Vec<Value> = placed
-        .iter()
-        .map(|p| w.site(p.region, &p.vpc, "edge"))
-        .collect();
-    let net = w
-        .create(json!({"name": "secret-mesh", "topology": "full_mesh", "sites": sites, "options": {"kms_key_arn": key}}))
-        .await;
-    let id = net["id"].as_str().expect("id").to_string();
+    let (id, _, _) = w.full_mesh("secret-mesh", &placed, "us-east-1").await;
 
     // The owner's page renders complete without JavaScript: plan and sites.
     let mine = w.admin.page(&format!("/networks/{id}")).await;
