@@ -1,5 +1,16 @@
-//! vpcmesh appliance agent. Registration, config sync and the XFRM/route
-//! reconciler arrive with the appliance issue; today the crate holds the
-//! agent's validated start-up configuration.
+//! vpcmesh appliance agent. `protocol` is the wire protocol shared with the
+//! server (always built); everything else is the agent and its data plane
+//! (feature `agent`).
 
+pub mod protocol;
+
+#[cfg(feature = "agent")]
 pub mod config;
+#[cfg(feature = "agent")]
+pub mod dataplane;
+#[cfg(feature = "agent")]
+pub mod netlink;
+#[cfg(feature = "agent")]
+pub mod route;
+#[cfg(feature = "agent")]
+pub mod xfrm;

@@ -6,5 +6,5 @@ fn main() -> anyhow::Result<()> {
     let config = AgentConfig::parse();
     config.validate()?;
     tracing::info!(server = %config.server_url, "vpcmesh agent configured");
-    anyhow::bail!("registration is not implemented yet in this build")
+    anyhow::bail!("the agent loop is not wired yet in this build")
 }

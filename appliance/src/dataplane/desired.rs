@@ -1,0 +1,112 @@
+//! The kernel objects one config asks for. Pure: no I/O.
+
+use super::keys::{direction_key, DataKey};
+use crate::protocol::{DesiredConfig, Member};
+use crate::route::Route;
+use crate::xfrm::{Direction, Policy, PolicyId, Sa, SaId};
+use ipnet::Ipv4Net;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelState {
+    pub sas: BTreeMap<SaId, Sa>,
+    pub policies: BTreeMap<PolicyId, Policy>,
+    pub routes: BTreeMap<Ipv4Net, Route>,
+}
+
+/// Where the appliance's tunnels leave: the interface holding the config's
+/// local address, and the address its own traffic into tunnels uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Underlay {
+    pub oif: u32,
+    pub prefsrc: Option<Ipv4Addr>,
+}
+
+pub fn desired_state(config: &DesiredConfig, key: &DataKey, underlay: Underlay) -> KernelState {
+    let mut state = KernelState::default();
+    let local = config.local_address;
+    let epoch = config.key.epoch;
+    for t in &config.tunnels {
+        let out = Sa {
+            src: local,
+            dst: t.peer_address,
+            spi: t.out_spi,
+            reqid: t.reqid,
+            key: direction_key(
+                key,
+                config.network_id,
+                epoch,
+                (config.site_id, config.member),
+                t.peer_site,
+                t.out_spi,
+            ),
+            nat_traversal: config.nat_traversal,
+        };
+        state.sas.insert(out.id(), out);
+        for member in Member::BOTH {
+            let spi = t.in_spis[member.index()];
+            let inbound = Sa {
+                src: t.peer_address,
+                dst: local,
+                spi,
+                reqid: t.reqid,
+                key: direction_key(
+                    key,
+                    config.network_id,
+                    epoch,
+                    (t.peer_site, member),
+                    config.site_id,
+                    spi,
+                ),
+                nat_traversal: config.nat_traversal,
+            };
+            state.sas.insert(inbound.id(), inbound);
+        }
+        for l in &t.local_cidrs {
+            for r in &t.remote_cidrs {
+                let out = PolicyId {
+                    dir: Direction::Out,
+                    src: *l,
+                    dst: *r,
+                };
+                state.policies.insert(
+                    out,
+                    Policy {
+                        id: out,
+                        tmpl_src: local,
+                        tmpl_dst: t.peer_address,
+                        reqid: t.reqid,
+                    },
+                );
+                for dir in [Direction::In, Direction::Fwd] {
+                    let id = PolicyId {
+                        dir,
+                        src: *r,
+                        dst: *l,
+                    };
+                    state.policies.insert(
+                        id,
+                        Policy {
+                            id,
+                            tmpl_src: t.peer_address,
+                            tmpl_dst: local,
+                            reqid: t.reqid,
+                        },
+                    );
+                }
+            }
+        }
+        for r in &t.remote_cidrs {
+            state.routes.insert(
+                *r,
+                Route {
+                    dst: *r,
+                    oif: underlay.oif,
+                    prefsrc: underlay.prefsrc,
+                },
+            );
+        }
+    }
+    state
+}

@@ -1,0 +1,13 @@
+//! From a validated config to the kernel: derive keys, compute the kernel
+//! state the config asks for, diff it against what the kernel has and apply
+//! only the difference.
+
+mod desired;
+mod keys;
+mod reconcile;
+mod status;
+
+pub use desired::{desired_state, KernelState, Underlay};
+pub use keys::{direction_key, DataKey};
+pub use reconcile::{diff, ChangeSet, Kernel, ObservedState, ReconcileError, ReconcileReport};
+pub use status::tunnel_status;

@@ -1,0 +1,253 @@
+//! Reconcile = diff. Read what the kernel has (only objects the agent owns:
+//! SAs by reqid range, policies by priority, routes by protocol), compare with
+//! the desired state, apply only the difference, in an order that never
+//! leaves a policy without its SAs.
+
+use super::desired::KernelState;
+use crate::netlink::NetlinkError;
+use crate::protocol::OWNED_REQIDS;
+use crate::route::{Route, Routes};
+use crate::xfrm::{Change, ObservedSa, Policy, PolicyId, Sa, SaId, Xfrm};
+use ipnet::Ipv4Net;
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+/// What the kernel has of ours.
+#[derive(Clone, Debug, Default)]
+pub struct ObservedState {
+    pub sas: BTreeMap<SaId, ObservedSa>,
+    pub policies: BTreeMap<PolicyId, Policy>,
+    pub routes: BTreeMap<Ipv4Net, Route>,
+}
+
+/// The changes that take the kernel from observed to desired.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangeSet {
+    pub sas: Vec<Change<SaId, Sa>>,
+    pub policies: Vec<Change<PolicyId, Policy>>,
+    pub routes: Vec<Change<Ipv4Net, Route>>,
+}
+
+impl ChangeSet {
+    pub fn is_empty(&self) -> bool {
+        self.sas.is_empty() && self.policies.is_empty() && self.routes.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sas.len() + self.policies.len() + self.routes.len()
+    }
+}
+
+/// Counts of what one reconcile did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub added: usize,
+    pub replaced: usize,
+    pub deleted: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("reading the kernel's state: {0}")]
+    Read(NetlinkError),
+    #[error("the interface holding the local address {0} was not found")]
+    NoUnderlay(std::net::Ipv4Addr),
+    #[error("{failed} of {total} kernel changes failed; first: {first}")]
+    Apply {
+        failed: usize,
+        total: usize,
+        first: NetlinkError,
+    },
+}
+
+/// Pure diff. An SA whose content changed is deleted and added again (the
+/// kernel cannot change an SA's key in place); policies and routes are
+/// replaced atomically.
+pub fn diff(desired: &KernelState, observed: &ObservedState) -> ChangeSet {
+    let mut out = ChangeSet::default();
+    for (id, sa) in &desired.sas {
+        match observed.sas.get(id) {
+            None => out.sas.push(Change::Add(sa.clone())),
+            Some(o) if o.sa.as_ref() != Some(sa) => {
+                out.sas.push(Change::Delete(*id));
+                out.sas.push(Change::Add(sa.clone()));
+            }
+            Some(_) => {}
+        }
+    }
+    out.policies = diff_map(&desired.policies, &observed.policies);
+    out.routes = diff_map(&desired.routes, &observed.routes);
+    for id in observed.sas.keys() {
+        if !desired.sas.contains_key(id) {
+            out.sas.push(Change::Delete(*id));
+        }
+    }
+    out
+}
+
+fn diff_map<K: Ord + Copy, T: PartialEq + Clone>(
+    desired: &BTreeMap<K, T>,
+    observed: &BTreeMap<K, T>,
+) -> Vec<Change<K, T>> {
+    let mut changes = Vec::new();
+    for (k, want) in desired {
+        match observed.get(k) {
+            None => changes.push(Change::Add(want.clone())),
+            Some(have) if have != want => changes.push(Change::Replace(want.clone())),
+            Some(_) => {}
+        }
+    }
+    for k in observed.keys() {
+        if !desired.contains_key(k) {
+            changes.push(Change::Delete(*k));
+        }
+    }
+    changes
+}
+
+/// The agent's view of one network namespace's kernel.
+pub struct Kernel {
+    pub xfrm: Xfrm,
+    pub routes: Routes,
+}
+
+impl Kernel {
+    /// Opens XFRM and route sockets in the calling thread's namespace.
+    pub fn open() -> Result<Self, NetlinkError> {
+        Ok(Self {
+            xfrm: Xfrm::open()?,
+            routes: Routes::open()?,
+        })
+    }
+
+    pub fn observe(&mut self) -> Result<ObservedState, ReconcileError> {
+        let sas = self
+            .xfrm
+            .state()
+            .list()
+            .map_err(ReconcileError::Read)?
+            .into_iter()
+            .filter(|s| OWNED_REQIDS.contains(&s.reqid))
+            .map(|s| (s.id, s))
+            .collect();
+        let policies = self
+            .xfrm
+            .policy()
+            .list()
+            .map_err(ReconcileError::Read)?
+            .into_iter()
+            .map(|p| (p.id, p))
+            .collect();
+        let routes = self
+            .routes
+            .list()
+            .map_err(ReconcileError::Read)?
+            .into_iter()
+            .map(|r| (r.dst, r))
+            .collect();
+        Ok(ObservedState {
+            sas,
+            policies,
+            routes,
+        })
+    }
+
+    /// Takes the kernel to `desired`, touching only what differs.
+    pub fn reconcile(&mut self, desired: &KernelState) -> Result<ReconcileReport, ReconcileError> {
+        let observed = self.observe()?;
+        let changes = diff(desired, &observed);
+        self.apply(changes)
+    }
+
+    /// Applies in a safe order: SAs first, then policies, then routes, and
+    /// removals in reverse (routes, policies, SAs).
+    pub fn apply(&mut self, changes: ChangeSet) -> Result<ReconcileReport, ReconcileError> {
+        let mut report = ReconcileReport::default();
+        let mut errors = Vec::new();
+        let total = changes.len();
+        let (sa_deletes, sa_puts) = split_trailing_deletes(changes.sas);
+        let (policy_deletes, policy_puts) = split_deletes(changes.policies);
+        let (route_deletes, route_puts) = split_deletes(changes.routes);
+
+        let mut run = |results: Vec<Result<(), NetlinkError>>, kinds: Vec<Kind>| {
+            for (r, kind) in results.into_iter().zip(kinds) {
+                match r {
+                    Ok(()) => match kind {
+                        Kind::Add => report.added += 1,
+                        Kind::Replace => report.replaced += 1,
+                        Kind::Delete => report.deleted += 1,
+                    },
+                    Err(e) => errors.push(e),
+                }
+            }
+        };
+        let kinds_sa_puts = kinds(&sa_puts);
+        run(self.xfrm.state().apply(&sa_puts), kinds_sa_puts);
+        let k = kinds(&policy_puts);
+        run(self.xfrm.policy().apply(&policy_puts), k);
+        let k = kinds(&route_puts);
+        run(self.routes.apply(&route_puts), k);
+        let k = kinds(&route_deletes);
+        run(self.routes.apply(&route_deletes), k);
+        let k = kinds(&policy_deletes);
+        run(self.xfrm.policy().apply(&policy_deletes), k);
+        let k = kinds(&sa_deletes);
+        run(self.xfrm.state().apply(&sa_deletes), k);
+
+        let failed = errors.len();
+        match errors.into_iter().next() {
+            None => Ok(report),
+            Some(first) => Err(ReconcileError::Apply {
+                failed,
+                total,
+                first,
+            }),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Add,
+    Replace,
+    Delete,
+}
+
+fn kinds<K, T>(changes: &[Change<K, T>]) -> Vec<Kind> {
+    changes
+        .iter()
+        .map(|c| match c {
+            Change::Add(_) => Kind::Add,
+            Change::Replace(_) => Kind::Replace,
+            Change::Delete(_) => Kind::Delete,
+        })
+        .collect()
+}
+
+fn split_deletes<K: Debug, T: Debug>(
+    changes: Vec<Change<K, T>>,
+) -> (Vec<Change<K, T>>, Vec<Change<K, T>>) {
+    changes
+        .into_iter()
+        .partition(|c| matches!(c, Change::Delete(_)))
+}
+
+/// SA changes keep delete-then-add pairs (a changed SA) together with the
+/// puts; only deletions of SAs no longer wanted wait until the end.
+fn split_trailing_deletes(
+    changes: Vec<Change<SaId, Sa>>,
+) -> (Vec<Change<SaId, Sa>>, Vec<Change<SaId, Sa>>) {
+    let readded: std::collections::BTreeSet<SaId> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Add(sa) => Some(sa.id()),
+            _ => None,
+        })
+        .collect();
+    changes
+        .into_iter()
+        .partition(|c| matches!(c, Change::Delete(id) if !readded.contains(id)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,49 @@
+//! Tunnel state and counters read from the kernel's SAs.
+
+use super::reconcile::ObservedState;
+use crate::protocol::{DesiredConfig, TunnelState, TunnelStatus};
+use crate::xfrm::SaId;
+
+pub fn tunnel_status(config: &DesiredConfig, observed: &ObservedState) -> Vec<TunnelStatus> {
+    config
+        .tunnels
+        .iter()
+        .map(|t| {
+            let out = observed.sas.get(&SaId {
+                dst: t.peer_address,
+                spi: t.out_spi,
+            });
+            let ins: Vec<_> = t
+                .in_spis
+                .iter()
+                .map(|spi| {
+                    observed.sas.get(&SaId {
+                        dst: config.local_address,
+                        spi: *spi,
+                    })
+                })
+                .collect();
+            let mut status = TunnelStatus {
+                peer_site: t.peer_site,
+                ..Default::default()
+            };
+            if let Some(o) = out {
+                status.out_bytes = o.counters.bytes;
+                status.out_packets = o.counters.packets;
+            }
+            for i in ins.iter().flatten() {
+                status.in_bytes += i.counters.bytes;
+                status.in_packets += i.counters.packets;
+                status.in_errors += i.counters.replay_drops + i.counters.integrity_failures;
+            }
+            status.state = if out.is_none() || ins.iter().any(Option::is_none) {
+                TunnelState::Down
+            } else if status.in_packets > 0 {
+                TunnelState::Up
+            } else {
+                TunnelState::Pending
+            };
+            status
+        })
+        .collect()
+}

@@ -1,0 +1,284 @@
+//! The appliance wire protocol: what the server and the agent say to each
+//! other. This module is its one owner; the server depends on this crate
+//! without the `agent` feature to get exactly these types.
+//!
+//! Versioned: every config carries [`PROTOCOL_VERSION`]; an agent refuses a
+//! config of a protocol it does not speak instead of guessing.
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use uuid::Uuid;
+
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Paths of the appliance API, relative to the server's base URL.
+pub mod paths {
+    pub const REGISTER: &str = "/api/appliance/v1/register";
+    pub const CONFIG: &str = "/api/appliance/v1/config";
+    pub const STATUS: &str = "/api/appliance/v1/status";
+}
+
+/// Limits a config must stay within; the agent refuses anything larger as a
+/// whole, so a hostile or broken server cannot make it program the kernel
+/// without bound.
+pub const MAX_TUNNELS: usize = 4096;
+pub const MAX_CIDRS_PER_SELECTOR: usize = 64;
+/// Reqids the agent owns in the kernel: its SAs and policies carry one of
+/// these, and it never touches state outside the range.
+pub const OWNED_REQIDS: std::ops::Range<u32> = 1..(1 << 30);
+
+/// Which member of a site's HA pair an appliance is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Member {
+    A,
+    B,
+}
+
+impl Member {
+    pub const BOTH: [Member; 2] = [Member::A, Member::B];
+
+    pub fn index(self) -> usize {
+        match self {
+            Member::A => 0,
+            Member::B => 1,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Member::A => "a",
+            Member::B => "b",
+        }
+    }
+}
+
+/// Sent once by a new instance with the bootstrap token from its user data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub bootstrap_token: String,
+    pub instance_id: String,
+    pub availability_zone: String,
+    pub private_ip: Ipv4Addr,
+    #[serde(default)]
+    pub public_ip: Option<Ipv4Addr>,
+    pub agent_version: String,
+}
+
+/// The server's answer: who the appliance is and the credential it uses from
+/// now on (the server keeps only its hash).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub appliance_id: Uuid,
+    pub credential: String,
+    pub network_id: Uuid,
+    pub site_id: Uuid,
+    pub member: Member,
+}
+
+/// The key epoch an appliance derives its SA keys from. Only the KMS
+/// ciphertext travels; the appliance decrypts it with its own role.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochKey {
+    pub epoch: u32,
+    pub kms_key_arn: String,
+    pub region: String,
+    /// Base64 of the KMS ciphertext blob.
+    pub ciphertext: String,
+}
+
+/// One IPsec tunnel from this appliance's site to a peer site.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tunnel {
+    pub peer_site: Uuid,
+    /// The peer's public (Elastic IP) address: the outer destination.
+    pub peer_address: Ipv4Addr,
+    /// Ties this tunnel's SAs and policies together in the kernel.
+    pub reqid: u32,
+    /// The SPI this appliance sends with.
+    pub out_spi: u32,
+    /// SPIs accepted from the peer's members A and B.
+    pub in_spis: [u32; 2],
+    /// What this end sends into the tunnel...
+    pub local_cidrs: Vec<Ipv4Net>,
+    /// ...and what it receives from it (and routes towards it).
+    pub remote_cidrs: Vec<Ipv4Net>,
+}
+
+/// Everything one appliance programs. Same version, same content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredConfig {
+    pub protocol: u16,
+    pub version: u64,
+    pub network_id: Uuid,
+    pub site_id: Uuid,
+    pub member: Member,
+    /// This appliance's own underlay address: the outer source of its SAs.
+    pub local_address: Ipv4Addr,
+    /// ESP in UDP 4500 (needed behind AWS's 1:1 NAT of Elastic IPs).
+    pub nat_traversal: bool,
+    pub key: EpochKey,
+    pub tunnels: Vec<Tunnel>,
+}
+
+/// Why a config was refused. The agent keeps its last good state and
+/// reports this text as its status.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("protocol {0} is not spoken by this agent (it speaks {PROTOCOL_VERSION})")]
+    Protocol(u16),
+    #[error("{0} tunnels exceed the limit of {MAX_TUNNELS}")]
+    TooManyTunnels(usize),
+    #[error("tunnel to {peer}: {count} CIDRs exceed the limit of {MAX_CIDRS_PER_SELECTOR}")]
+    TooManyCidrs { peer: Uuid, count: usize },
+    #[error("tunnel to {0}: a selector needs at least one local and one remote CIDR")]
+    EmptySelector(Uuid),
+    #[error("tunnel to {peer}: CIDR {cidr} is not in canonical form (host bits set)")]
+    NonCanonicalCidr { peer: Uuid, cidr: Ipv4Net },
+    #[error("remote CIDR {cidr} of the tunnel to {peer} overlaps {other}")]
+    OverlappingRemote {
+        peer: Uuid,
+        cidr: Ipv4Net,
+        other: Ipv4Net,
+    },
+    #[error("SPI {spi:#x} is used twice")]
+    DuplicateSpi { spi: u32 },
+    #[error("SPI {spi:#x} is reserved (SPIs below 256 are not valid)")]
+    ReservedSpi { spi: u32 },
+    #[error("reqid {reqid} is outside the agent's range or used twice")]
+    BadReqid { reqid: u32 },
+    #[error("peer {0} appears in two tunnels")]
+    DuplicatePeer(Uuid),
+    #[error("peer address {0} is not a usable unicast address")]
+    BadPeerAddress(Ipv4Addr),
+    #[error("the key ciphertext is empty")]
+    EmptyKey,
+}
+
+impl DesiredConfig {
+    /// Checks the whole config; the first problem refuses all of it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.protocol != PROTOCOL_VERSION {
+            return Err(ConfigError::Protocol(self.protocol));
+        }
+        if self.tunnels.len() > MAX_TUNNELS {
+            return Err(ConfigError::TooManyTunnels(self.tunnels.len()));
+        }
+        if self.key.ciphertext.is_empty() {
+            return Err(ConfigError::EmptyKey);
+        }
+        let mut peers = BTreeSet::new();
+        let mut reqids = BTreeSet::new();
+        let mut out_spis = BTreeSet::new();
+        let mut in_spis = BTreeSet::new();
+        let mut remotes: Vec<(Ipv4Net, Uuid)> = Vec::new();
+        for t in &self.tunnels {
+            if !peers.insert(t.peer_site) {
+                return Err(ConfigError::DuplicatePeer(t.peer_site));
+            }
+            if !OWNED_REQIDS.contains(&t.reqid) || !reqids.insert(t.reqid) {
+                return Err(ConfigError::BadReqid { reqid: t.reqid });
+            }
+            let a = t.peer_address;
+            if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+                return Err(ConfigError::BadPeerAddress(a));
+            }
+            // Outbound SPIs are unique per destination and inbound ones per
+            // this appliance; both sets must be free of repeats.
+            if !out_spis.insert((t.peer_address, t.out_spi)) {
+                return Err(ConfigError::DuplicateSpi { spi: t.out_spi });
+            }
+            for spi in std::iter::once(t.out_spi).chain(t.in_spis) {
+                if spi < 0x100 {
+                    return Err(ConfigError::ReservedSpi { spi });
+                }
+            }
+            for spi in t.in_spis {
+                if !in_spis.insert(spi) {
+                    return Err(ConfigError::DuplicateSpi { spi });
+                }
+            }
+            for cidrs in [&t.local_cidrs, &t.remote_cidrs] {
+                if cidrs.is_empty() {
+                    return Err(ConfigError::EmptySelector(t.peer_site));
+                }
+                if cidrs.len() > MAX_CIDRS_PER_SELECTOR {
+                    return Err(ConfigError::TooManyCidrs {
+                        peer: t.peer_site,
+                        count: cidrs.len(),
+                    });
+                }
+                if let Some(c) = cidrs.iter().find(|c| c.trunc() != **c) {
+                    return Err(ConfigError::NonCanonicalCidr {
+                        peer: t.peer_site,
+                        cidr: *c,
+                    });
+                }
+            }
+            for cidr in &t.remote_cidrs {
+                if let Some((other, _)) = remotes
+                    .iter()
+                    .find(|(o, _)| o.contains(cidr) || cidr.contains(o))
+                {
+                    return Err(ConfigError::OverlappingRemote {
+                        peer: t.peer_site,
+                        cidr: *cidr,
+                        other: *other,
+                    });
+                }
+                remotes.push((*cidr, t.peer_site));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How one tunnel looks from this appliance, read from the kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelStatus {
+    pub peer_site: Uuid,
+    pub state: TunnelState,
+    pub out_bytes: u64,
+    pub out_packets: u64,
+    pub in_bytes: u64,
+    pub in_packets: u64,
+    /// Replay-window drops plus integrity failures on inbound SAs.
+    pub in_errors: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelState {
+    /// Programmed, nothing received yet.
+    #[default]
+    Pending,
+    /// Traffic arrived from the peer.
+    Up,
+    /// The kernel lacks this tunnel's SAs or policies.
+    Down,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HaRole {
+    Active,
+    Passive,
+}
+
+/// Sent periodically by every appliance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub agent_version: String,
+    /// The config version the kernel now matches (None before the first).
+    pub applied_version: Option<u64>,
+    /// Why the latest config was not applied, if it was refused.
+    #[serde(default)]
+    pub config_error: Option<String>,
+    pub ha_role: HaRole,
+    pub tunnels: Vec<TunnelStatus>,
+}
+
+#[cfg(test)]
+mod tests;
