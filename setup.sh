@@ -107,6 +107,22 @@ setup_runtime() {
   [ -x "$venv/bin/cfn-lint" ] || "$venv/bin/pip" install --quiet --disable-pip-version-check cfn-lint
   export VPCMESH_MOTO_SERVER="$venv/bin/moto_server"
   export VPCMESH_CFN_LINT="$venv/bin/cfn-lint"
+  setup_lab
+}
+
+# The data-plane lab: this host kernel has XFRM but no ESP, so ESP runs in a
+# User-Mode Linux guest that boots from the host's own filesystem.
+setup_lab() {
+  apt_ensure user-mode-linux kmod iproute2 iputils-ping tshark
+  local modules version
+  modules=$(ls -d /usr/lib/uml/modules/* 2>/dev/null | head -n1)
+  [ -n "$modules" ] || die "user-mode-linux ships no modules in /usr/lib/uml/modules"
+  version=$(basename "$modules")
+  if [ "$(readlink "/lib/modules/$version" 2>/dev/null)" != "$modules" ]; then
+    as_root mkdir -p /lib/modules
+    as_root ln -sfn "$modules" "/lib/modules/$version"
+  fi
+  export VPCMESH_UML="$(command -v linux.uml)"
 }
 
 setup_tests() {

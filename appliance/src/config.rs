@@ -1,12 +1,47 @@
-use clap::Parser;
+//! The agent's command line: one typed struct per mode, validated at start.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
 use url::Url;
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "vpcmesh-agent", version, about = "vpcmesh appliance agent")]
-pub struct AgentConfig {
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Register with the control plane and keep the kernel in sync with it.
+    Run(RunArgs),
+    /// Apply a config file without a control plane (lab, air-gapped sites,
+    /// benchmarks) and keep it applied while the file changes.
+    Local(LocalArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
     /// The control plane's base URL (from the instance's user data).
     #[arg(long, env = "VPCMESH_SERVER_URL")]
     pub server_url: Url,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LocalArgs {
+    /// A DesiredConfig as JSON.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The epoch's plaintext data key, base64 (only for labs and benchmarks:
+    /// on an appliance KMS decrypts it).
+    #[arg(long)]
+    pub data_key: PathBuf,
+    /// Where to write the status report (JSON) every second.
+    #[arg(long)]
+    pub status: Option<PathBuf>,
+    /// Apply once and exit instead of following the file.
+    #[arg(long)]
+    pub once: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -15,7 +50,7 @@ pub enum AgentConfigError {
     Scheme(String),
 }
 
-impl AgentConfig {
+impl RunArgs {
     pub fn validate(&self) -> Result<(), AgentConfigError> {
         match self.server_url.scheme() {
             "http" | "https" => Ok(()),
@@ -28,12 +63,22 @@ impl AgentConfig {
 mod tests {
     use super::*;
 
+    fn run_args(url: &str) -> RunArgs {
+        match Cli::try_parse_from(["a", "run", "--server-url", url])
+            .expect("parses")
+            .command
+        {
+            Command::Run(r) => r,
+            other => panic!("expected run, got {other:?}"),
+        }
+    }
+
     #[test]
     fn server_url_must_be_http() {
-        let c = AgentConfig::try_parse_from(["a", "--server-url", "ftp://x"]).expect("parses");
-        assert_eq!(c.validate(), Err(AgentConfigError::Scheme("ftp".into())));
-        let c = AgentConfig::try_parse_from(["a", "--server-url", "https://cp.example"])
-            .expect("parses");
-        assert!(c.validate().is_ok());
+        assert_eq!(
+            run_args("ftp://x").validate(),
+            Err(AgentConfigError::Scheme("ftp".into()))
+        );
+        assert!(run_args("https://cp.example").validate().is_ok());
     }
 }

@@ -9,6 +9,8 @@ pub mod config;
 #[cfg(feature = "agent")]
 pub mod dataplane;
 #[cfg(feature = "agent")]
+pub mod local;
+#[cfg(feature = "agent")]
 pub mod netlink;
 #[cfg(feature = "agent")]
 pub mod route;

@@ -1,10 +1,19 @@
-use appliance::config::AgentConfig;
+use appliance::config::{Cli, Command};
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().init();
-    let config = AgentConfig::parse();
-    config.validate()?;
-    tracing::info!(server = %config.server_url, "vpcmesh agent configured");
-    anyhow::bail!("the agent loop is not wired yet in this build")
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Local(args) => appliance::local::run(args),
+        Command::Run(args) => {
+            args.validate()?;
+            tracing::info!(server = %args.server_url, "vpcmesh agent configured");
+            anyhow::bail!("the control-plane loop is not wired yet in this build")
+        }
+    }
 }

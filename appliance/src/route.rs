@@ -78,24 +78,35 @@ impl Routes {
         self.socket.execute(requests)
     }
 
-    /// The index of the interface that holds `address`, if any does.
-    pub fn interface_with(&mut self, address: Ipv4Addr) -> Result<Option<u32>, NetlinkError> {
+    /// Every IPv4 address in the namespace with its interface index.
+    pub fn addresses(&mut self) -> Result<Vec<(u32, Ipv4Addr)>, NetlinkError> {
         let mut request = AddressMessage::default();
         request.header.family = AddressFamily::Inet;
         let replies = self
             .socket
             .dump(RouteNetlinkMessage::GetAddress(request), "the address dump")?;
-        Ok(replies.into_iter().find_map(|m| match m {
-            RouteNetlinkMessage::NewAddress(a) => a
-                .attributes
-                .iter()
-                .any(|attr| {
-                    matches!(attr, AddressAttribute::Local(IpAddr::V4(ip))
-                        | AddressAttribute::Address(IpAddr::V4(ip)) if *ip == address)
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) => Some(a),
+                _ => None,
+            })
+            .flat_map(|a| {
+                let index = a.header.index;
+                a.attributes.into_iter().filter_map(move |attr| match attr {
+                    AddressAttribute::Local(IpAddr::V4(ip)) => Some((index, ip)),
+                    _ => None,
                 })
-                .then_some(a.header.index),
-            _ => None,
-        }))
+            })
+            .collect())
+    }
+
+    /// The index of the interface that holds `address`, if any does.
+    pub fn interface_with(&mut self, address: Ipv4Addr) -> Result<Option<u32>, NetlinkError> {
+        Ok(self
+            .addresses()?
+            .into_iter()
+            .find_map(|(index, ip)| (ip == address).then_some(index)))
     }
 }
 

@@ -4,10 +4,12 @@
 
 mod desired;
 mod keys;
+mod nat_t;
 mod reconcile;
 mod status;
 
 pub use desired::{desired_state, KernelState, Underlay};
 pub use keys::{direction_key, DataKey};
+pub use nat_t::{NatTSocket, NAT_T_PORT};
 pub use reconcile::{diff, ChangeSet, Kernel, ObservedState, ReconcileError, ReconcileReport};
 pub use status::tunnel_status;

@@ -3,7 +3,8 @@
 //! the desired state, apply only the difference, in an order that never
 //! leaves a policy without its SAs.
 
-use super::desired::KernelState;
+use super::desired::{KernelState, Underlay};
+use crate::protocol::DesiredConfig;
 use crate::netlink::NetlinkError;
 use crate::protocol::OWNED_REQIDS;
 use crate::route::{Route, Routes};
@@ -150,6 +151,24 @@ impl Kernel {
             policies,
             routes,
         })
+    }
+
+    /// Where this config's tunnels leave: the interface holding the local
+    /// address, and as preferred source the first own address inside the
+    /// local CIDRs (on AWS the two are the same address).
+    pub fn underlay(&mut self, config: &DesiredConfig) -> Result<Underlay, ReconcileError> {
+        let addresses = self.routes.addresses().map_err(ReconcileError::Read)?;
+        let oif = addresses
+            .iter()
+            .find_map(|(i, ip)| (*ip == config.local_address).then_some(*i))
+            .ok_or(ReconcileError::NoUnderlay(config.local_address))?;
+        let prefsrc = addresses.iter().map(|(_, ip)| *ip).find(|ip| {
+            config
+                .tunnels
+                .iter()
+                .any(|t| t.local_cidrs.iter().any(|c| c.contains(ip)))
+        });
+        Ok(Underlay { oif, prefsrc })
     }
 
     /// Takes the kernel to `desired`, touching only what differs.

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod lab;
+pub mod uml;
+
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::process::Command;

@@ -1,0 +1,113 @@
+//! `vpcmesh-agent local`: follow a config file instead of a server.
+
+use crate::config::LocalArgs;
+use crate::dataplane::{desired_state, tunnel_status, DataKey, Kernel, NatTSocket};
+use crate::protocol::{DesiredConfig, HaRole, StatusReport};
+use anyhow::Context;
+use base64::Engine;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+const POLL: Duration = Duration::from_millis(200);
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+pub fn run(args: LocalArgs) -> anyhow::Result<()> {
+    let key_text = std::fs::read_to_string(&args.data_key)
+        .with_context(|| format!("reading the data key {}", args.data_key.display()))?;
+    let key = DataKey::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(key_text.trim())
+            .context("the data key file is not base64")?,
+    );
+    let mut kernel = Kernel::open().context("opening netlink")?;
+    let mut nat_t: Option<NatTSocket> = None;
+    let mut seen: Option<SystemTime> = None;
+    let mut applied: Option<DesiredConfig> = None;
+    let mut error: Option<String> = None;
+    let mut last_status = Instant::now() - STATUS_EVERY;
+    loop {
+        let modified = std::fs::metadata(&args.config)
+            .and_then(|m| m.modified())
+            .ok();
+        if modified != seen {
+            seen = modified;
+            match load(&args.config) {
+                Err(e) => {
+                    tracing::warn!(error = %e, "config refused; keeping the last applied state");
+                    error = Some(e.to_string());
+                }
+                Ok(config) => {
+                    if config.nat_traversal && nat_t.is_none() {
+                        nat_t = Some(NatTSocket::open().context("opening UDP 4500 for NAT-T")?);
+                    }
+                    let started = Instant::now();
+                    let result = kernel
+                        .underlay(&config)
+                        .map(|u| desired_state(&config, &key, u))
+                        .and_then(|desired| kernel.reconcile(&desired));
+                    match result {
+                        Ok(report) => {
+                            tracing::info!(
+                                version = config.version,
+                                added = report.added,
+                                replaced = report.replaced,
+                                deleted = report.deleted,
+                                ms = started.elapsed().as_millis() as u64,
+                                "config applied"
+                            );
+                            error = None;
+                            applied = Some(config);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "config not fully applied");
+                            error = Some(e.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(path) = &args.status {
+            if last_status.elapsed() >= STATUS_EVERY || args.once {
+                last_status = Instant::now();
+                write_status(path, &mut kernel, applied.as_ref(), error.clone())?;
+            }
+        }
+        if args.once {
+            return match error {
+                None => Ok(()),
+                Some(e) => Err(anyhow::anyhow!(e)),
+            };
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<DesiredConfig> {
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let config: DesiredConfig = serde_json::from_slice(&text).context("parsing the config")?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn write_status(
+    path: &Path,
+    kernel: &mut Kernel,
+    applied: Option<&DesiredConfig>,
+    config_error: Option<String>,
+) -> anyhow::Result<()> {
+    let tunnels = match applied {
+        Some(c) => tunnel_status(c, &kernel.observe()?),
+        None => Vec::new(),
+    };
+    let report = StatusReport {
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        applied_version: applied.map(|c| c.version),
+        config_error,
+        ha_role: HaRole::Active,
+        tunnels,
+    };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&report)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

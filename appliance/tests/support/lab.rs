@@ -1,0 +1,117 @@
+//! A small data-plane lab for a UML guest: one namespace per appliance with
+//! a WAN leg on a shared bridge and a LAN leg to a "VPC host" namespace
+//! behind it. Site `i` has WAN address 198.51.100.i, VPC 10.i.0.0/16, its
+//! appliance at 10.i.0.1 and a host at 10.i.0.10.
+
+use appliance::protocol::{DesiredConfig, EpochKey, Member, Tunnel, PROTOCOL_VERSION};
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use uuid::Uuid;
+
+pub const DATA_KEY_B64: &str = "dnBjbWVzaC1sYWItZGF0YS1rZXktMzItYnl0ZXMhIQ==";
+
+pub fn wan(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, i)
+}
+
+pub fn host(i: u8) -> String {
+    format!("10.{i}.0.10")
+}
+
+fn site_id(i: u8) -> Uuid {
+    Uuid::from_u128(0x517e_0000 + i as u128)
+}
+
+fn spi(from: u8, member: Member, to: u8) -> u32 {
+    0x1000 + (from as u32) * 256 + (to as u32) * 16 + member.index() as u32
+}
+
+fn reqid(a: u8, b: u8) -> u32 {
+    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+    100 + lo as u32 * 16 + hi as u32
+}
+
+/// The config of site `i`'s member A in a full mesh of `sites`.
+pub fn mesh_config(i: u8, sites: &[u8], nat_traversal: bool, version: u64) -> DesiredConfig {
+    DesiredConfig {
+        protocol: PROTOCOL_VERSION,
+        version,
+        network_id: Uuid::from_u128(0x4e7),
+        site_id: site_id(i),
+        member: Member::A,
+        local_address: wan(i),
+        nat_traversal,
+        key: EpochKey {
+            epoch: 1,
+            kms_key_arn: "arn:aws:kms:us-east-1:111122223333:key/lab".into(),
+            region: "us-east-1".into(),
+            ciphertext: "bGFi".into(),
+        },
+        tunnels: sites
+            .iter()
+            .filter(|j| **j != i)
+            .map(|&j| Tunnel {
+                peer_site: site_id(j),
+                peer_address: wan(j),
+                reqid: reqid(i, j),
+                out_spi: spi(i, Member::A, j),
+                in_spis: [spi(j, Member::A, i), spi(j, Member::B, i)],
+                local_cidrs: vec![format!("10.{i}.0.0/16").parse().expect("literal")],
+                remote_cidrs: vec![format!("10.{j}.0.0/16").parse().expect("literal")],
+            })
+            .collect(),
+    }
+}
+
+pub fn write_config(dir: &Path, i: u8, config: &DesiredConfig) {
+    std::fs::write(
+        dir.join(format!("s{i}.json")),
+        serde_json::to_vec_pretty(config).expect("serializes"),
+    )
+    .expect("write config");
+}
+
+/// Shell that builds the WAN bridge and every site's namespaces.
+pub fn topology(sites: &[u8]) -> String {
+    let mut s = String::from(
+        "set -e\nip netns add wan\nip -n wan link add br0 type bridge\nip -n wan link set br0 up\n",
+    );
+    for i in sites {
+        let _ = write!(
+            s,
+            r#"ip netns add s{i}; ip netns add h{i}
+ip -n s{i} link set lo up; ip -n h{i} link set lo up
+ip link add wan0 netns s{i} type veth peer name s{i} netns wan
+ip -n wan link set s{i} master br0 up
+ip -n s{i} addr add 198.51.100.{i}/24 dev wan0; ip -n s{i} link set wan0 up
+ip link add lan0 netns s{i} type veth peer name eth0 netns h{i}
+ip -n s{i} addr add 10.{i}.0.1/16 dev lan0; ip -n s{i} link set lan0 up
+ip -n h{i} addr add 10.{i}.0.10/16 dev eth0; ip -n h{i} link set eth0 up
+ip -n h{i} route add default via 10.{i}.0.1
+ip netns exec s{i} sysctl -qw net.ipv4.ip_forward=1
+"#
+        );
+    }
+    s.push_str("set +e\n");
+    s
+}
+
+/// Shell that starts the agent in site `i`'s namespace, following its file.
+pub fn start_agent(i: u8) -> String {
+    format!(
+        "ip netns exec s{i} {agent} local --config s{i}.json --data-key key --status s{i}.status > s{i}.agent.log 2>&1 &\necho $! > s{i}.pid\n",
+        agent = env!("CARGO_BIN_EXE_vpcmesh-agent")
+    )
+}
+
+/// Shell that waits until site `i`'s agent reports `version` applied.
+pub fn await_applied(i: u8, version: u64) -> String {
+    format!(
+        "n=0; until grep -q '\"applied_version\": {version}' s{i}.status 2>/dev/null; do n=$((n+1)); [ $n -gt 100 ] && echo 'agent s{i} never applied {version}' && break; sleep 0.1; done\n"
+    )
+}
+
+pub fn write_key(dir: &Path) {
+    std::fs::write(dir.join("key"), DATA_KEY_B64).expect("write key");
+}
