@@ -6,10 +6,11 @@ use crate::protocol::{DesiredConfig, HaRole, StatusReport};
 use anyhow::Context;
 use base64::Engine;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 const POLL: Duration = Duration::from_millis(200);
 const STATUS_EVERY: Duration = Duration::from_secs(1);
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     let key_text = std::fs::read_to_string(&args.data_key)
@@ -21,17 +22,22 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     );
     let mut kernel = Kernel::open().context("opening netlink")?;
     let mut nat_t: Option<NatTSocket> = None;
-    let mut seen: Option<SystemTime> = None;
+    let mut seen: Option<Vec<u8>> = None;
     let mut applied: Option<DesiredConfig> = None;
     let mut error: Option<String> = None;
+    let mut kernel_failed_at: Option<Instant> = None;
     let mut last_status = Instant::now() - STATUS_EVERY;
     loop {
-        let modified = std::fs::metadata(&args.config)
-            .and_then(|m| m.modified())
-            .ok();
-        if modified != seen {
-            seen = modified;
-            match load(&args.config) {
+        // By content: file systems with coarse timestamps hide quick rewrites.
+        let content = std::fs::read(&args.config).ok();
+        // A config the kernel did not fully take is retried every second.
+        let retry = kernel_failed_at.is_some_and(|t| t.elapsed() >= RETRY_EVERY);
+        if content != seen || retry {
+            seen = content.clone();
+            match content
+                .ok_or_else(|| anyhow::anyhow!("cannot read {}", args.config.display()))
+                .and_then(|c| parse(&c))
+            {
                 Err(e) => {
                     tracing::warn!(error = %e, "config refused; keeping the last applied state");
                     error = Some(e.to_string());
@@ -56,11 +62,13 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
                                 "config applied"
                             );
                             error = None;
+                            kernel_failed_at = None;
                             applied = Some(config);
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, "config not fully applied");
+                            tracing::warn!(error = %e, "config not fully applied; retrying");
                             error = Some(e.to_string());
+                            kernel_failed_at = Some(Instant::now());
                         }
                     }
                 }
@@ -82,9 +90,8 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     }
 }
 
-fn load(path: &Path) -> anyhow::Result<DesiredConfig> {
-    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let config: DesiredConfig = serde_json::from_slice(&text).context("parsing the config")?;
+fn parse(text: &[u8]) -> anyhow::Result<DesiredConfig> {
+    let config: DesiredConfig = serde_json::from_slice(text).context("parsing the config")?;
     config.validate()?;
     Ok(config)
 }

@@ -48,7 +48,16 @@ fn config(peers: u32) -> DesiredConfig {
 /// A namespace with an "uplink" holding the local address.
 fn appliance_ns() -> (Netns, u32) {
     let ns = Netns::new("pol");
-    ns.ip(&["link", "add", "uplink", "type", "veth", "peer", "name", "uplink-peer"]);
+    ns.ip(&[
+        "link",
+        "add",
+        "uplink",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "uplink-peer",
+    ]);
     ns.ip(&["link", "set", "uplink-peer", "up"]);
     ns.ip(&["addr", "add", "198.51.100.1/24", "dev", "uplink"]);
     ns.ip(&["link", "set", "uplink", "up"]);
@@ -65,7 +74,11 @@ fn appliance_ns() -> (Netns, u32) {
 
 /// The desired policies and routes (the host kernel cannot hold ESP SAs).
 fn policies_and_routes(c: &DesiredConfig, oif: u32) -> KernelState {
-    let mut s = desired_state(c, &DataKey::new(vec![1; 32]), Underlay { oif, prefsrc: None });
+    let mut s = desired_state(
+        c,
+        &DataKey::new(vec![1; 32]),
+        Underlay { oif, prefsrc: None },
+    );
     s.sas.clear();
     s
 }
@@ -99,9 +112,18 @@ fn expected_policies(c: &DesiredConfig) -> BTreeSet<String> {
         for l in &t.local_cidrs {
             for r in &t.remote_cidrs {
                 let (p, loc) = (t.peer_address, c.local_address);
-                out.insert(format!("out {l} {r} prio={prio} {loc}>{p} reqid={}", t.reqid));
-                out.insert(format!("in {r} {l} prio={prio} {p}>{loc} reqid={}", t.reqid));
-                out.insert(format!("fwd {r} {l} prio={prio} {p}>{loc} reqid={}", t.reqid));
+                out.insert(format!(
+                    "out {l} {r} prio={prio} {loc}>{p} reqid={}",
+                    t.reqid
+                ));
+                out.insert(format!(
+                    "in {r} {l} prio={prio} {p}>{loc} reqid={}",
+                    t.reqid
+                ));
+                out.insert(format!(
+                    "fwd {r} {l} prio={prio} {p}>{loc} reqid={}",
+                    t.reqid
+                ));
             }
         }
     }
@@ -127,7 +149,12 @@ fn policies_and_routes_reach_the_kernel_and_read_back_with_iproute() {
     let (ns, oif) = appliance_ns();
     let c = config(3);
     let want = policies_and_routes(&c, oif);
-    let report = ns.run(move || Kernel::open().expect("netlink").reconcile(&want).expect("reconcile"));
+    let report = ns.run(move || {
+        Kernel::open()
+            .expect("netlink")
+            .reconcile(&want)
+            .expect("reconcile")
+    });
     assert_eq!(report.added, 3 * 2 * 3 + 3 * 2);
     assert_eq!(policies_by_iproute(&ns), expected_policies(&c));
     assert_eq!(routes_by_iproute(&ns), expected_routes(&c));
@@ -139,9 +166,19 @@ fn a_second_reconcile_of_the_same_config_changes_nothing() {
     let c = config(2);
     let want = policies_and_routes(&c, oif);
     let again = want.clone();
-    ns.run(move || Kernel::open().expect("netlink").reconcile(&want).expect("first"));
+    ns.run(move || {
+        Kernel::open()
+            .expect("netlink")
+            .reconcile(&want)
+            .expect("first")
+    });
     let before = (policies_by_iproute(&ns), routes_by_iproute(&ns));
-    let report = ns.run(move || Kernel::open().expect("netlink").reconcile(&again).expect("second"));
+    let report = ns.run(move || {
+        Kernel::open()
+            .expect("netlink")
+            .reconcile(&again)
+            .expect("second")
+    });
     assert_eq!(report, Default::default(), "nothing to do the second time");
     assert_eq!((policies_by_iproute(&ns), routes_by_iproute(&ns)), before);
 }
@@ -151,26 +188,54 @@ fn changing_one_peer_touches_only_its_policies_and_foreign_state_survives() {
     let (ns, oif) = appliance_ns();
     // Someone else's policy and route in the same namespace.
     ns.ip(&[
-        "xfrm", "policy", "add", "src", "192.168.1.0/24", "dst", "192.168.2.0/24", "dir", "out",
-        "tmpl", "src", "198.51.100.1", "dst", "198.51.100.99", "proto", "esp", "mode", "tunnel",
+        "xfrm",
+        "policy",
+        "add",
+        "src",
+        "192.168.1.0/24",
+        "dst",
+        "192.168.2.0/24",
+        "dir",
+        "out",
+        "tmpl",
+        "src",
+        "198.51.100.1",
+        "dst",
+        "198.51.100.99",
+        "proto",
+        "esp",
+        "mode",
+        "tunnel",
     ]);
     ns.ip(&["route", "add", "192.168.2.0/24", "dev", "uplink"]);
     let before = config(3);
     let want = policies_and_routes(&before, oif);
-    ns.run(move || Kernel::open().expect("netlink").reconcile(&want).expect("first"));
+    ns.run(move || {
+        Kernel::open()
+            .expect("netlink")
+            .reconcile(&want)
+            .expect("first")
+    });
 
     let mut after = before.clone();
     after.tunnels[1].peer_address = Ipv4Addr::new(198, 51, 100, 77);
     after.tunnels.remove(2);
     let want = policies_and_routes(&after, oif);
-    let report = ns.run(move || Kernel::open().expect("netlink").reconcile(&want).expect("second"));
+    let report = ns.run(move || {
+        Kernel::open()
+            .expect("netlink")
+            .reconcile(&want)
+            .expect("second")
+    });
     // Peer 1: its 6 policies replaced; peer 2: 6 policies and 2 routes gone.
     assert_eq!(report.replaced, 6);
     assert_eq!(report.deleted, 6 + 2);
     assert_eq!(report.added, 0);
     assert_eq!(policies_by_iproute(&ns).len(), 12 + 1);
     assert!(policies_by_iproute(&ns).is_superset(&expected_policies(&after)));
-    assert!(ns.ip(&["xfrm", "policy", "list"]).contains("192.168.2.0/24"));
+    assert!(ns
+        .ip(&["xfrm", "policy", "list"])
+        .contains("192.168.2.0/24"));
     assert!(ns.ip(&["route"]).contains("192.168.2.0/24 dev uplink"));
     assert_eq!(routes_by_iproute(&ns), expected_routes(&after));
 }
@@ -181,16 +246,55 @@ fn policies_changed_behind_the_agents_back_are_put_back() {
     let c = config(1);
     let want = policies_and_routes(&c, oif);
     let again = want.clone();
-    ns.run(move || Kernel::open().expect("netlink").reconcile(&want).expect("first"));
+    ns.run(move || {
+        Kernel::open()
+            .expect("netlink")
+            .reconcile(&want)
+            .expect("first")
+    });
     let prio = appliance::xfrm::POLICY_PRIORITY.to_string();
-    ns.ip(&["xfrm", "policy", "delete", "src", "10.0.0.0/16", "dst", "10.10.0.0/16", "dir", "out"]);
     ns.ip(&[
-        "xfrm", "policy", "update", "src", "10.10.0.0/16", "dst", "10.0.0.0/16", "dir", "in",
-        "priority", &prio, "tmpl", "src", "203.0.113.1", "dst", "198.51.100.1", "proto", "esp",
-        "mode", "tunnel", "reqid", "100",
+        "xfrm",
+        "policy",
+        "delete",
+        "src",
+        "10.0.0.0/16",
+        "dst",
+        "10.10.0.0/16",
+        "dir",
+        "out",
+    ]);
+    ns.ip(&[
+        "xfrm",
+        "policy",
+        "update",
+        "src",
+        "10.10.0.0/16",
+        "dst",
+        "10.0.0.0/16",
+        "dir",
+        "in",
+        "priority",
+        &prio,
+        "tmpl",
+        "src",
+        "203.0.113.1",
+        "dst",
+        "198.51.100.1",
+        "proto",
+        "esp",
+        "mode",
+        "tunnel",
+        "reqid",
+        "100",
     ]);
     ns.ip(&["route", "del", "172.16.0.0/16", "proto", "250"]);
-    let report = ns.run(move || Kernel::open().expect("netlink").reconcile(&again).expect("repair"));
+    let report = ns.run(move || {
+        Kernel::open()
+            .expect("netlink")
+            .reconcile(&again)
+            .expect("repair")
+    });
     assert_eq!((report.added, report.replaced), (2, 1));
     assert_eq!(policies_by_iproute(&ns), expected_policies(&c));
     assert_eq!(routes_by_iproute(&ns), expected_routes(&c));

@@ -4,8 +4,8 @@
 //! leaves a policy without its SAs.
 
 use super::desired::{KernelState, Underlay};
-use crate::protocol::DesiredConfig;
 use crate::netlink::NetlinkError;
+use crate::protocol::DesiredConfig;
 use crate::protocol::OWNED_REQIDS;
 use crate::route::{Route, Routes};
 use crate::xfrm::{Change, ObservedSa, Policy, PolicyId, Sa, SaId, Xfrm};

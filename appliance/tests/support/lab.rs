@@ -34,13 +34,24 @@ fn reqid(a: u8, b: u8) -> u32 {
 
 /// The config of site `i`'s member A in a full mesh of `sites`.
 pub fn mesh_config(i: u8, sites: &[u8], nat_traversal: bool, version: u64) -> DesiredConfig {
+    mesh_config_with(i, sites, nat_traversal, version, &wan)
+}
+
+/// As [`mesh_config`], with the sites' WAN addresses from `wan_of`.
+pub fn mesh_config_with(
+    i: u8,
+    sites: &[u8],
+    nat_traversal: bool,
+    version: u64,
+    wan_of: &dyn Fn(u8) -> Ipv4Addr,
+) -> DesiredConfig {
     DesiredConfig {
         protocol: PROTOCOL_VERSION,
         version,
         network_id: Uuid::from_u128(0x4e7),
         site_id: site_id(i),
         member: Member::A,
-        local_address: wan(i),
+        local_address: wan_of(i),
         nat_traversal,
         key: EpochKey {
             epoch: 1,
@@ -53,7 +64,7 @@ pub fn mesh_config(i: u8, sites: &[u8], nat_traversal: bool, version: u64) -> De
             .filter(|j| **j != i)
             .map(|&j| Tunnel {
                 peer_site: site_id(j),
-                peer_address: wan(j),
+                peer_address: wan_of(j),
                 reqid: reqid(i, j),
                 out_spi: spi(i, Member::A, j),
                 in_spis: [spi(j, Member::A, i), spi(j, Member::B, i)],
@@ -100,7 +111,7 @@ ip netns exec s{i} sysctl -qw net.ipv4.ip_forward=1
 /// Shell that starts the agent in site `i`'s namespace, following its file.
 pub fn start_agent(i: u8) -> String {
     format!(
-        "ip netns exec s{i} {agent} local --config s{i}.json --data-key key --status s{i}.status > s{i}.agent.log 2>&1 &\necho $! > s{i}.pid\n",
+        "ip netns exec s{i} {agent} local --config s{i}.json --data-key key --status s{i}.status >> s{i}.agent.log 2>&1 &\necho $! > s{i}.pid\n",
         agent = env!("CARGO_BIN_EXE_vpcmesh-agent")
     )
 }
