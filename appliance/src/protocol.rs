@@ -182,7 +182,7 @@ impl DesiredConfig {
                 return Err(ConfigError::BadReqid { reqid: t.reqid });
             }
             let a = t.peer_address;
-            if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+            if a.is_unspecified() || a.is_broadcast() || a.is_multicast() {
                 return Err(ConfigError::BadPeerAddress(a));
             }
             // Outbound SPIs are unique per destination and inbound ones per

@@ -2,6 +2,7 @@
 //! functions and the JSON API, on top of Postgres.
 
 pub mod accounts;
+pub mod appliances;
 pub mod audit;
 pub mod auth;
 pub mod aws;

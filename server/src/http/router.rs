@@ -43,6 +43,8 @@ pub fn router(state: AppState) -> Router {
         // The bundle is never compressed per request: the build writes .gz
         // copies next to its files, served to browsers that accept gzip.
         .nest_service("/pkg", ServeDir::new(pkg).precompressed_gzip())
+        // Appliances authenticate with their own credential: no session, no CSRF.
+        .nest("/api/appliance/v1", crate::appliances::routes())
         .merge(console)
         .layer(middleware::map_response_with_state(limit, body_too_large))
         .layer(DefaultBodyLimit::max(limit))

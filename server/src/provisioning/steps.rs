@@ -14,6 +14,7 @@ use crate::{
     state::AppState,
     topology::RouteTarget,
 };
+use appliance::protocol::Member;
 use aws_sdk_cloudformation::types::{Capability, Parameter, Stack};
 use aws_sdk_ec2::types::Filter;
 use rand::RngCore;
@@ -304,7 +305,10 @@ async fn appliance_template(
         remote_cidrs,
     };
     let body = templates::appliance_stack(&spec).map_err(|e| StepError::Broken(e.to_string()))?;
-    let token = new_bootstrap_token(ctx, site.id).await?;
+    // One single-use token per HA member: each member's launch template
+    // carries its own.
+    let token_a = new_bootstrap_token(ctx, site.id, Member::A).await?;
+    let token_b = new_bootstrap_token(ctx, site.id, Member::B).await?;
     let account = access.account().to_string();
     let route_table_arns: Vec<String> = facts
         .route_tables
@@ -320,7 +324,8 @@ async fn appliance_template(
         ("SubnetB", b.id.clone()),
         ("InstanceType", o.instance_types[0].clone()),
         ("ServerUrl", ctx.state.settings.public_origin.clone()),
-        ("BootstrapToken", token),
+        ("BootstrapTokenA", token_a),
+        ("BootstrapTokenB", token_b),
         (
             "AllocationId",
             site.output("AllocationId").unwrap_or_default().to_string(),
@@ -332,18 +337,23 @@ async fn appliance_template(
     Ok((body, params))
 }
 
-/// A fresh single-use registration token for the site's appliances; only its
-/// hash is stored.
-async fn new_bootstrap_token(ctx: &Ctx<'_>, site_id: uuid::Uuid) -> Result<String, StepError> {
+/// A fresh single-use registration token for one member of the site's pair;
+/// only its hash is stored.
+async fn new_bootstrap_token(
+    ctx: &Ctx<'_>,
+    site_id: uuid::Uuid,
+    member: Member,
+) -> Result<String, StepError> {
     let mut raw = [0u8; 32];
     rand::rng().fill_bytes(&mut raw);
     let token = format!("vmb_{}", hex::encode(raw));
     sqlx::query(
-        "INSERT INTO site_bootstrap_tokens (token_hash, site_id, expires_at)
-         VALUES ($1, $2, now() + make_interval(hours => $3))",
+        "INSERT INTO site_bootstrap_tokens (token_hash, site_id, member, expires_at)
+         VALUES ($1, $2, $3, now() + make_interval(hours => $4))",
     )
     .bind(Sha256::digest(token.as_bytes()).to_vec())
     .bind(site_id)
+    .bind(member.as_str())
     .bind(TOKEN_LIFETIME_HOURS as i32)
     .execute(&ctx.state.pool)
     .await?;

@@ -5,6 +5,7 @@ mod moto;
 mod support;
 
 mod accounts;
+mod appliances;
 
 mod cluster;
 mod demo;

@@ -598,7 +598,7 @@ pub async fn assert_gone(w: &World, id: &str, placed: &[Placed], net_before: &Va
     }
 }
 
-async fn place(w: &World, layout: &[(&'static str, &str, bool)]) -> Vec<Placed> {
+pub async fn place(w: &World, layout: &[(&'static str, &str, bool)]) -> Vec<Placed> {
     let mut placed = Vec::new();
     for (region, cidr, edge) in layout {
         placed.push(Placed {

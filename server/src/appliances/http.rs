@@ -1,0 +1,97 @@
+//! Thin handlers: parse, authenticate the appliance, call the domain, answer.
+
+use super::{config::desired_config, register, status, store, ApplianceError};
+use crate::state::AppState;
+use appliance::protocol::{RegisterRequest, RegisterResponse, StatusReport};
+use axum::{
+    extract::{rejection::JsonRejection, Query, State},
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde::Deserialize;
+use std::time::{Duration, Instant};
+
+/// How long a config long-poll waits for a change at most.
+const MAX_WAIT_SECS: u64 = 30;
+const RECHECK: Duration = Duration::from_millis(500);
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/register", post(register_appliance))
+        .route("/config", get(config))
+        .route("/status", post(report_status))
+}
+
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApplianceError> {
+    body.map(|Json(v)| v)
+        .map_err(|e| ApplianceError::InvalidInput {
+            field: "body",
+            message: e.body_text(),
+        })
+}
+
+async fn register_appliance(
+    State(state): State<AppState>,
+    body: Result<Json<RegisterRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<RegisterResponse>), ApplianceError> {
+    let req = json_body(body)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(register::register(&state, req).await?),
+    ))
+}
+
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<store::ApplianceRow, ApplianceError> {
+    let credential = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .filter(|c| c.len() <= 256)
+        .ok_or(ApplianceError::Unauthenticated)?;
+    store::by_credential(&state.pool, &register::hash(credential))
+        .await?
+        .ok_or(ApplianceError::Unauthenticated)
+}
+
+#[derive(Deserialize)]
+struct ConfigQuery {
+    /// The version the appliance has; the answer waits until there is another.
+    after: Option<u64>,
+    /// Seconds to wait for a change (default and maximum 30).
+    wait: Option<u64>,
+}
+
+async fn config(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ConfigQuery>,
+) -> Result<Response, ApplianceError> {
+    let appliance = authenticate(&state, &headers).await?;
+    let wait = Duration::from_secs(q.wait.unwrap_or(MAX_WAIT_SECS).min(MAX_WAIT_SECS));
+    let started = Instant::now();
+    loop {
+        let config = desired_config(&state.pool, &appliance).await?;
+        if Some(config.version) != q.after {
+            return Ok(Json(config).into_response());
+        }
+        if started.elapsed() + RECHECK > wait {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        tokio::time::sleep(RECHECK).await;
+    }
+}
+
+async fn report_status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<StatusReport>, JsonRejection>,
+) -> Result<StatusCode, ApplianceError> {
+    let appliance = authenticate(&state, &headers).await?;
+    status::record(&state.pool, &appliance, json_body(body)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

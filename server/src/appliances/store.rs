@@ -1,0 +1,173 @@
+//! SQL for appliances and their bootstrap tokens.
+
+use appliance::protocol::{Member, StatusReport};
+use sqlx::{PgExecutor, PgPool};
+use std::net::Ipv4Addr;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub struct TokenRow {
+    pub site_id: Uuid,
+    pub member: Option<String>,
+    pub expires_at: OffsetDateTime,
+    pub used_at: Option<OffsetDateTime>,
+}
+
+/// Locks the token row for the registration transaction.
+pub async fn lock_token(
+    db: impl PgExecutor<'_>,
+    hash: &[u8],
+) -> Result<Option<TokenRow>, sqlx::Error> {
+    let row: Option<(Uuid, Option<String>, OffsetDateTime, Option<OffsetDateTime>)> =
+        sqlx::query_as(
+            "SELECT site_id, member, expires_at, used_at FROM site_bootstrap_tokens
+              WHERE token_hash = $1 FOR UPDATE",
+        )
+        .bind(hash)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.map(|(site_id, member, expires_at, used_at)| TokenRow {
+        site_id,
+        member,
+        expires_at,
+        used_at,
+    }))
+}
+
+pub async fn use_token(db: impl PgExecutor<'_>, hash: &[u8]) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE site_bootstrap_tokens SET used_at = now() WHERE token_hash = $1")
+        .bind(hash)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// The network and organization of a site, if the network is live.
+pub async fn live_site(
+    db: impl PgExecutor<'_>,
+    site_id: Uuid,
+) -> Result<Option<(Uuid, Uuid)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT n.id, n.org_id FROM sites s JOIN networks n ON n.id = s.network_id
+          WHERE s.id = $1 AND n.status NOT IN ('deleting', 'deleted')",
+    )
+    .bind(site_id)
+    .fetch_optional(db)
+    .await
+}
+
+pub struct NewAppliance<'a> {
+    pub id: Uuid,
+    pub site_id: Uuid,
+    pub member: Member,
+    pub instance_id: &'a str,
+    pub availability_zone: &'a str,
+    pub private_ip: Ipv4Addr,
+    pub public_ip: Option<Ipv4Addr>,
+    pub credential_hash: &'a [u8],
+    pub agent_version: &'a str,
+}
+
+/// Retires the member's previous instance (it was replaced) and stores the new one.
+pub async fn replace_member(
+    tx: &mut sqlx::PgConnection,
+    a: NewAppliance<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE appliances SET retired_at = now()
+          WHERE site_id = $1 AND member = $2 AND retired_at IS NULL",
+    )
+    .bind(a.site_id)
+    .bind(a.member.as_str())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO appliances (id, site_id, member, instance_id, availability_zone,
+                                 private_ip, public_ip, credential_hash, agent_version)
+         VALUES ($1, $2, $3, $4, $5, $6::inet, $7::inet, $8, $9)",
+    )
+    .bind(a.id)
+    .bind(a.site_id)
+    .bind(a.member.as_str())
+    .bind(a.instance_id)
+    .bind(a.availability_zone)
+    .bind(a.private_ip.to_string())
+    .bind(a.public_ip.map(|ip| ip.to_string()))
+    .bind(a.credential_hash)
+    .bind(a.agent_version)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// A live appliance, found by its credential.
+#[derive(Clone, Debug)]
+pub struct ApplianceRow {
+    pub id: Uuid,
+    pub site_id: Uuid,
+    pub network_id: Uuid,
+    pub member: Member,
+    pub private_ip: Ipv4Addr,
+}
+
+pub async fn by_credential(
+    pool: &PgPool,
+    hash: &[u8],
+) -> Result<Option<ApplianceRow>, sqlx::Error> {
+    let row: Option<(Uuid, Uuid, Uuid, String, String)> = sqlx::query_as(
+        "SELECT a.id, a.site_id, s.network_id, a.member, host(a.private_ip)
+           FROM appliances a JOIN sites s ON s.id = a.site_id
+          WHERE a.credential_hash = $1 AND a.retired_at IS NULL",
+    )
+    .bind(hash)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.and_then(|(id, site_id, network_id, member, ip)| {
+        Some(ApplianceRow {
+            id,
+            site_id,
+            network_id,
+            member: if member == "b" { Member::B } else { Member::A },
+            private_ip: ip.parse().ok()?,
+        })
+    }))
+}
+
+pub async fn record_status(
+    pool: &PgPool,
+    id: Uuid,
+    report: &StatusReport,
+) -> Result<(), sqlx::Error> {
+    let role = match report.ha_role {
+        appliance::protocol::HaRole::Active => "active",
+        appliance::protocol::HaRole::Passive => "passive",
+    };
+    sqlx::query(
+        "UPDATE appliances SET last_seen_at = now(), agent_version = $2, applied_version = $3,
+                config_error = $4, ha_role = $5, tunnels = $6
+          WHERE id = $1",
+    )
+    .bind(id)
+    .bind(&report.agent_version)
+    .bind(report.applied_version.map(|v| v as i64))
+    .bind(&report.config_error)
+    .bind(role)
+    .bind(sqlx::types::Json(&report.tunnels))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The active key epoch's number, KMS key and ciphertext.
+pub async fn active_epoch(
+    db: impl PgExecutor<'_>,
+    network_id: Uuid,
+) -> Result<Option<(i32, String, Vec<u8>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT epoch, kms_key_arn, ciphertext FROM key_epochs
+          WHERE network_id = $1 AND state = 'active' ORDER BY epoch DESC LIMIT 1",
+    )
+    .bind(network_id)
+    .fetch_optional(db)
+    .await
+}

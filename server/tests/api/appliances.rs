@@ -1,0 +1,285 @@
+//! The appliance API against a network provisioned in moto: appliances
+//! register with the token from their launch template's user data, get
+//! configs that match their peers', long-poll for changes and report status.
+
+use crate::networks::{place, World};
+use crate::support::Client;
+use appliance::protocol::{DesiredConfig, Member, RegisterResponse, TunnelState};
+use axum::body::Body;
+use axum::http::{header, Method, StatusCode};
+use base64::Engine;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// Bootstrap tokens by (region, member), read from the launch templates.
+async fn tokens(w: &World, region: &str) -> BTreeMap<char, String> {
+    let ec2 = w.customer.ec2(region);
+    let lts = ec2
+        .describe_launch_templates()
+        .send()
+        .await
+        .expect("launch templates");
+    let mut out = BTreeMap::new();
+    for lt in lts.launch_templates() {
+        let name = lt.launch_template_name().unwrap_or_default();
+        let Some(member) = name.chars().last().filter(|_| name.starts_with("vpcmesh-")) else {
+            continue;
+        };
+        let versions = ec2
+            .describe_launch_template_versions()
+            .launch_template_id(lt.launch_template_id().unwrap_or_default())
+            .versions("$Latest")
+            .send()
+            .await
+            .expect("versions");
+        let data = versions.launch_template_versions()[0]
+            .launch_template_data()
+            .and_then(|d| d.user_data())
+            .unwrap_or_default();
+        let text = String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .expect("base64 user data"),
+        )
+        .expect("utf-8 user data");
+        let token = text
+            .split("\"bootstrap_token\": \"")
+            .nth(1)
+            .and_then(|t| t.split('"').next())
+            .expect("the user data carries a token");
+        assert!(
+            text.contains(&format!("\"member\": \"{member}\"")),
+            "{text}"
+        );
+        out.insert(member, token.to_string());
+    }
+    out
+}
+
+fn registration(token: &str, instance: &str, ip: &str) -> Value {
+    json!({
+        "bootstrap_token": token, "instance_id": instance, "availability_zone": "us-east-1a",
+        "private_ip": ip, "agent_version": "0.1.0"
+    })
+}
+
+async fn register(c: &mut Client, body: Value) -> (StatusCode, Value) {
+    let r = c
+        .json(Method::POST, "/api/appliance/v1/register", Some(body))
+        .await;
+    (r.status, r.json())
+}
+
+async fn config(
+    c: &mut Client,
+    credential: &str,
+    query: &str,
+) -> (StatusCode, Option<DesiredConfig>) {
+    let req = c
+        .request(Method::GET, &format!("/api/appliance/v1/config{query}"))
+        .header(header::AUTHORIZATION, format!("Bearer {credential}"))
+        .body(Body::empty())
+        .expect("request");
+    let r = c.send(req).await;
+    let config = (r.status == StatusCode::OK)
+        .then(|| serde_json::from_slice(&r.body).expect("a DesiredConfig"));
+    (r.status, config)
+}
+
+async fn status(c: &mut Client, credential: &str, body: &str) -> StatusCode {
+    let req = c
+        .request(Method::POST, "/api/appliance/v1/status")
+        .header(header::AUTHORIZATION, format!("Bearer {credential}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("request");
+    c.send(req).await.status
+}
+
+#[tokio::test]
+async fn appliances_register_once_get_matching_configs_and_report_status() {
+    let mut w = World::new().await;
+    let placed = place(
+        &w,
+        &[
+            ("us-east-1", "10.1.0.0/16", true),
+            ("eu-west-1", "10.2.0.0/16", true),
+        ],
+    )
+    .await;
+    let (id, _, _) = w.full_mesh("appliances", &placed, "us-east-1").await;
+    w.run(&id, "apply", "ready").await;
+    let east = tokens(&w, "us-east-1").await;
+    let west = tokens(&w, "eu-west-1").await;
+    assert_eq!(
+        east.keys().collect::<String>(),
+        "ab",
+        "one token per member"
+    );
+    assert_ne!(east[&'a'], east[&'b']);
+    let mut c = w.app.client();
+
+    // Bad input is refused and stores nothing.
+    let (s, e) = register(
+        &mut c,
+        registration(&east[&'a'], "not-an-instance", "10.1.0.5"),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("instance_id"))
+    );
+    let (s, e) = register(
+        &mut c,
+        registration("vmb_forged", "i-0123456789abcdef0", "10.1.0.5"),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unknown_token"))
+    );
+    let r = c
+        .json(
+            Method::POST,
+            "/api/appliance/v1/register",
+            Some(json!({"bootstrap_token": 5})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+
+    // Register, then the same token again is a replay.
+    let (s, a1) = register(
+        &mut c,
+        registration(&east[&'a'], "i-0aaaaaaaaaaaaaaa1", "10.1.0.5"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{a1}");
+    let a1: RegisterResponse = serde_json::from_value(a1).expect("response");
+    assert_eq!(a1.member, Member::A);
+    let (s, e) = register(
+        &mut c,
+        registration(&east[&'a'], "i-0aaaaaaaaaaaaaaa9", "10.1.0.9"),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("token_used"))
+    );
+    let (s, b2) = register(
+        &mut c,
+        registration(&west[&'b'], "i-0bbbbbbbbbbbbbbb2", "10.2.0.7"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b2}");
+    let b2: RegisterResponse = serde_json::from_value(b2).expect("response");
+    assert_eq!(b2.member, Member::B);
+    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM appliances WHERE retired_at IS NULL")
+        .fetch_one(&w.app.state.pool)
+        .await
+        .expect("count");
+    assert_eq!(live, 2);
+    let hashes: Vec<Vec<u8>> = sqlx::query_scalar("SELECT credential_hash FROM appliances")
+        .fetch_all(&w.app.state.pool)
+        .await
+        .expect("hashes");
+    assert!(hashes
+        .iter()
+        .all(|h| h.len() == 32 && !String::from_utf8_lossy(h).contains("vma_")));
+
+    // An expired token is refused.
+    sqlx::query("UPDATE site_bootstrap_tokens SET expires_at = now() - interval '1 minute' WHERE used_at IS NULL")
+        .execute(&w.app.state.pool)
+        .await
+        .expect("expire");
+    let (s, e) = register(
+        &mut c,
+        registration(&east[&'b'], "i-0ccccccccccccccc3", "10.1.0.6"),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("token_expired"))
+    );
+
+    // Configs: valid, and each side's outbound SPI is what the other accepts.
+    let (s, east_cfg) = config(&mut c, &a1.credential, "").await;
+    assert_eq!(s, StatusCode::OK);
+    let east_cfg = east_cfg.expect("config");
+    let (_, west_cfg) = config(&mut c, &b2.credential, "").await;
+    let west_cfg = west_cfg.expect("config");
+    for cfg in [&east_cfg, &west_cfg] {
+        assert_eq!(cfg.validate(), Ok(()));
+        assert_eq!(cfg.tunnels.len(), 1);
+        assert!(cfg.nat_traversal);
+        assert_eq!(cfg.key.epoch, 1);
+    }
+    assert_eq!(east_cfg.local_address.to_string(), "10.1.0.5");
+    let (et, wt) = (&east_cfg.tunnels[0], &west_cfg.tunnels[0]);
+    assert_eq!(et.reqid, wt.reqid);
+    assert_eq!(wt.in_spis[Member::A.index()], et.out_spi);
+    assert_eq!(et.in_spis[Member::B.index()], wt.out_spi);
+    assert_eq!(et.remote_cidrs, wt.local_cidrs);
+    assert_eq!(et.local_cidrs[0].to_string(), "10.1.0.0/16");
+    assert_eq!(et.peer_site, west_cfg.site_id);
+
+    // Long-poll: nothing new within a second; a rotated key is a new version.
+    let (s, _) = config(
+        &mut c,
+        &a1.credential,
+        &format!("?after={}&wait=1", east_cfg.version),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let r = w
+        .admin
+        .json(
+            Method::POST,
+            &format!("/api/v1/networks/{id}/keys/rotate"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let (s, rotated) = config(
+        &mut c,
+        &a1.credential,
+        &format!("?after={}&wait=5", east_cfg.version),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let rotated = rotated.expect("config");
+    assert_eq!(rotated.key.epoch, 2);
+    assert_ne!(rotated.version, east_cfg.version);
+
+    // Status is stored for the console; strangers are refused.
+    let report = json!({
+        "agent_version": "0.1.0", "applied_version": rotated.version, "ha_role": "active",
+        "tunnels": [{"peer_site": west_cfg.site_id, "state": "up", "out_bytes": 840, "out_packets": 10,
+                     "in_bytes": 840, "in_packets": 10, "in_errors": 0}]
+    })
+    .to_string();
+    assert_eq!(
+        status(&mut c, &a1.credential, &report).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        status(&mut c, "vma_forged", &report).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(&mut c, &a1.credential, "{\"tunnels\": 3}").await,
+        StatusCode::BAD_REQUEST
+    );
+    let (applied, tunnels): (Option<i64>, Value) = sqlx::query_as(
+        "SELECT applied_version, tunnels FROM appliances WHERE id = $1 AND last_seen_at IS NOT NULL",
+    )
+    .bind(a1.appliance_id)
+    .fetch_one(&w.app.state.pool)
+    .await
+    .expect("status row");
+    assert_eq!(applied, Some(rotated.version as i64));
+    let t: Vec<appliance::protocol::TunnelStatus> =
+        serde_json::from_value(tunnels).expect("tunnels");
+    assert_eq!((t[0].state, t[0].in_packets), (TunnelState::Up, 10));
+    let (s, _) = config(&mut c, "vma_forged", "").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
