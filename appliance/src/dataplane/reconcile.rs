@@ -243,9 +243,10 @@ fn kinds<K, T>(changes: &[Change<K, T>]) -> Vec<Kind> {
         .collect()
 }
 
-fn split_deletes<K: Debug, T: Debug>(
-    changes: Vec<Change<K, T>>,
-) -> (Vec<Change<K, T>>, Vec<Change<K, T>>) {
+/// (deletions, the rest) of a list of changes.
+type Split<K, T> = (Vec<Change<K, T>>, Vec<Change<K, T>>);
+
+fn split_deletes<K: Debug, T: Debug>(changes: Vec<Change<K, T>>) -> Split<K, T> {
     changes
         .into_iter()
         .partition(|c| matches!(c, Change::Delete(_)))
@@ -253,9 +254,7 @@ fn split_deletes<K: Debug, T: Debug>(
 
 /// SA changes keep delete-then-add pairs (a changed SA) together with the
 /// puts; only deletions of SAs no longer wanted wait until the end.
-fn split_trailing_deletes(
-    changes: Vec<Change<SaId, Sa>>,
-) -> (Vec<Change<SaId, Sa>>, Vec<Change<SaId, Sa>>) {
+fn split_trailing_deletes(changes: Vec<Change<SaId, Sa>>) -> Split<SaId, Sa> {
     let readded: std::collections::BTreeSet<SaId> = changes
         .iter()
         .filter_map(|c| match c {
