@@ -281,4 +281,4 @@ pub struct StatusReport {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

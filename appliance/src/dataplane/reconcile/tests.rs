@@ -1,37 +1,12 @@
 use super::*;
 use crate::dataplane::{desired_state, DataKey, Underlay};
-use crate::protocol::{DesiredConfig, EpochKey, Member, Tunnel, PROTOCOL_VERSION};
+use crate::protocol::tests::sample_config;
+use crate::protocol::DesiredConfig;
 use crate::xfrm::SaCounters;
 use std::net::Ipv4Addr;
-use uuid::Uuid;
 
 fn config(peers: u32) -> DesiredConfig {
-    DesiredConfig {
-        protocol: PROTOCOL_VERSION,
-        version: 1,
-        network_id: Uuid::from_u128(1),
-        site_id: Uuid::from_u128(2),
-        member: Member::A,
-        local_address: Ipv4Addr::new(198, 51, 100, 1),
-        nat_traversal: true,
-        key: EpochKey {
-            epoch: 1,
-            kms_key_arn: "arn".into(),
-            region: "us-east-1".into(),
-            ciphertext: "x".into(),
-        },
-        tunnels: (0..peers)
-            .map(|i| Tunnel {
-                peer_site: Uuid::from_u128(10 + i as u128),
-                peer_address: Ipv4Addr::new(198, 51, 100, 10 + i as u8),
-                reqid: 100 + i,
-                out_spi: 0x1000 + i,
-                in_spis: [0x2000 + 2 * i, 0x2001 + 2 * i],
-                local_cidrs: vec!["10.0.0.0/16".parse().expect("literal")],
-                remote_cidrs: vec![format!("10.{}.0.0/16", 10 + i).parse().expect("literal")],
-            })
-            .collect(),
-    }
+    sample_config(peers as usize)
 }
 
 fn state(c: &DesiredConfig) -> KernelState {
