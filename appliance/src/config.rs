@@ -22,9 +22,33 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// The control plane's base URL (from the instance's user data).
+    /// The bootstrap file the instance's user data wrote.
+    #[arg(long, default_value = "/etc/vpcmesh/agent.json")]
+    pub agent_config: PathBuf,
+    /// Where the agent keeps its credential after registering.
+    #[arg(long, default_value = "/var/lib/vpcmesh")]
+    pub state_dir: PathBuf,
+    /// Overrides the bootstrap file's server URL.
     #[arg(long, env = "VPCMESH_SERVER_URL")]
-    pub server_url: Url,
+    pub server_url: Option<Url>,
+    /// This instance's ID, AZ and addresses.
+    #[arg(long, env = "VPCMESH_INSTANCE_ID")]
+    pub instance_id: String,
+    #[arg(long, env = "VPCMESH_AVAILABILITY_ZONE")]
+    pub availability_zone: String,
+    #[arg(long, env = "VPCMESH_PRIVATE_IP")]
+    pub private_ip: std::net::Ipv4Addr,
+    #[arg(long, env = "VPCMESH_PUBLIC_IP")]
+    pub public_ip: Option<std::net::Ipv4Addr>,
+    /// An AWS endpoint override for KMS (a local emulator).
+    #[arg(long, env = "VPCMESH_AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+    /// Seconds between status reports.
+    #[arg(long, default_value_t = 10)]
+    pub status_every_secs: u64,
+    /// Seconds a config long-poll waits for a change.
+    #[arg(long, default_value_t = 25)]
+    pub long_poll_secs: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -52,9 +76,9 @@ pub enum AgentConfigError {
 
 impl RunArgs {
     pub fn validate(&self) -> Result<(), AgentConfigError> {
-        match self.server_url.scheme() {
-            "http" | "https" => Ok(()),
-            other => Err(AgentConfigError::Scheme(other.to_string())),
+        match self.server_url.as_ref().map(Url::scheme) {
+            None | Some("http") | Some("https") => Ok(()),
+            Some(other) => Err(AgentConfigError::Scheme(other.to_string())),
         }
     }
 }
@@ -64,9 +88,20 @@ mod tests {
     use super::*;
 
     fn run_args(url: &str) -> RunArgs {
-        match Cli::try_parse_from(["a", "run", "--server-url", url])
-            .expect("parses")
-            .command
+        match Cli::try_parse_from([
+            "a",
+            "run",
+            "--server-url",
+            url,
+            "--instance-id",
+            "i-0123456789abcdef0",
+            "--availability-zone",
+            "us-east-1a",
+            "--private-ip",
+            "10.0.0.5",
+        ])
+        .expect("parses")
+        .command
         {
             Command::Run(r) => r,
             other => panic!("expected run, got {other:?}"),

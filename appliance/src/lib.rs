@@ -9,10 +9,14 @@ pub mod config;
 #[cfg(feature = "agent")]
 pub mod dataplane;
 #[cfg(feature = "agent")]
+pub mod kms;
+#[cfg(feature = "agent")]
 pub mod local;
 #[cfg(feature = "agent")]
 pub mod netlink;
 #[cfg(feature = "agent")]
 pub mod route;
+#[cfg(feature = "agent")]
+pub mod sync;
 #[cfg(feature = "agent")]
 pub mod xfrm;

@@ -10,10 +10,10 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Local(args) => appliance::local::run(args),
-        Command::Run(args) => {
-            args.validate()?;
-            tracing::info!(server = %args.server_url, "vpcmesh agent configured");
-            anyhow::bail!("the control-plane loop is not wired yet in this build")
-        }
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(appliance::sync::run(args)),
     }
 }

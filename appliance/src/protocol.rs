@@ -29,6 +29,16 @@ pub const MAX_CIDRS_PER_SELECTOR: usize = 64;
 /// these, and it never touches state outside the range.
 pub const OWNED_REQIDS: std::ops::Range<u32> = 1..(1 << 30);
 
+/// The KMS encryption context that binds an epoch's data key to its network
+/// and epoch: the server generates under it, appliances decrypt under it,
+/// and their instance role allows `kms:Decrypt` only with it.
+pub fn encryption_context(network_id: &Uuid, epoch: u32) -> [(&'static str, String); 2] {
+    [
+        ("vpcmesh:network", network_id.to_string()),
+        ("vpcmesh:epoch", epoch.to_string()),
+    ]
+}
+
 /// Which member of a site's HA pair an appliance is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

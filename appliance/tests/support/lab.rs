@@ -108,11 +108,40 @@ ip netns exec s{i} sysctl -qw net.ipv4.ip_forward=1
     s
 }
 
+/// The agent binary: cargo names it for this package's tests; other
+/// packages' tests find it in the same target folder (`cargo test
+/// --workspace` builds it).
+pub fn agent_bin() -> String {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_vpcmesh-agent") {
+        return path.to_string();
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|debug| debug.join("vpcmesh-agent"))
+        .expect("target/debug");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p appliance` (./test.sh does)",
+        path.display()
+    );
+    path.display().to_string()
+}
+
 /// Shell that starts the agent in site `i`'s namespace, following its file.
 pub fn start_agent(i: u8) -> String {
     format!(
         "ip netns exec s{i} {agent} local --config s{i}.json --data-key key --status s{i}.status >> s{i}.agent.log 2>&1 &\necho $! > s{i}.pid\n",
-        agent = env!("CARGO_BIN_EXE_vpcmesh-agent")
+        agent = agent_bin()
+    )
+}
+
+/// Shell that starts the agent in site `i`'s namespace against a server.
+pub fn start_agent_run(i: u8, args: &str) -> String {
+    format!(
+        "ip netns exec s{i} {agent} run --agent-config s{i}.agent.json --state-dir s{i}.state {args} >> s{i}.agent.log 2>&1 &\necho $! > s{i}.pid\n",
+        agent = agent_bin()
     )
 }
 

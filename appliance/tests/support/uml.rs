@@ -32,7 +32,23 @@ pub fn shared_dir(name: &str) -> PathBuf {
 /// Boots a guest that runs `script` (sh, `set -e` not implied) in `dir`.
 /// Panics when User-Mode Linux is missing: these tests never pass silently.
 pub fn run_in_guest(dir: &Path, script: &str, timeout: Duration) -> GuestRun {
-    super::require_root();
+    run_in_guest_on(dir, script, timeout, None)
+}
+
+/// As [`run_in_guest`], with the guest's `vec0` on the tap `tap0` of the
+/// host namespace `netns` (which the caller made).
+pub fn run_in_guest_on(
+    dir: &Path,
+    script: &str,
+    timeout: Duration,
+    netns: Option<&str>,
+) -> GuestRun {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "UML lab tests need root (namespaces, taps); run ./test.sh as root"
+    );
     let uml = std::env::var("VPCMESH_UML").unwrap_or_else(|_| "linux.uml".into());
     let init = dir.join("init.sh");
     std::fs::write(
@@ -57,7 +73,15 @@ poweroff -f
     std::fs::write(dir.join("script.sh"), script).expect("write script.sh");
     set_executable(&init);
     let started = Instant::now();
-    let mut child = Command::new(&uml)
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, &uml, "vec0:transport=tap,ifname=tap0"]);
+            c
+        }
+        None => Command::new(&uml),
+    };
+    let mut child = command
         .args([
             "mem=768M",
             "root=/dev/root",

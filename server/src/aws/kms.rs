@@ -4,28 +4,19 @@
 use super::AwsError;
 use aws_sdk_kms::types::DataKeySpec;
 
-/// The encryption context that binds a data key to its network and epoch;
-/// appliances may decrypt only under it.
-pub fn encryption_context(network_id: &str, epoch: i32) -> [(&'static str, String); 2] {
-    [
-        ("vpcmesh:network", network_id.to_string()),
-        ("vpcmesh:epoch", epoch.to_string()),
-    ]
-}
-
 /// `GenerateDataKeyWithoutPlaintext` (AES-256) under `key_arn`; returns the
 /// ciphertext blob.
 pub async fn new_data_key(
     kms: &aws_sdk_kms::Client,
     key_arn: &str,
-    network_id: &str,
+    network_id: &uuid::Uuid,
     epoch: i32,
 ) -> Result<Vec<u8>, AwsError> {
     let mut req = kms
         .generate_data_key_without_plaintext()
         .key_id(key_arn)
         .key_spec(DataKeySpec::Aes256);
-    for (k, v) in encryption_context(network_id, epoch) {
+    for (k, v) in appliance::protocol::encryption_context(network_id, epoch as u32) {
         req = req.encryption_context(k, v);
     }
     let out = req

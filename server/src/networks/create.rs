@@ -153,7 +153,7 @@ pub async fn create(
         .kms(key_account, &checked.kms_key.region)
         .await
         .map_err(|e| accounts::aws_error_for_user(e, key_account, None))?;
-    let ciphertext = kms::new_data_key(&kms_client, &key_arn, &network_id.to_string(), 1)
+    let ciphertext = kms::new_data_key(&kms_client, &key_arn, &network_id, 1)
         .await
         .map_err(|e| match e {
             AwsError::NotFound { message, .. } => ConsoleError::invalid(

@@ -52,7 +52,7 @@ pub async fn rotate(
         .kms(&access, &key.region)
         .await
         .map_err(|e| accounts::aws_error_for_user(e, &access, None))?;
-    let ciphertext = kms::new_data_key(&client, &net.kms_key_arn, &id.to_string(), next)
+    let ciphertext = kms::new_data_key(&client, &net.kms_key_arn, &id, next)
         .await
         .map_err(|e| accounts::aws_error_for_user(e, &access, None))?;
     let mut tx = pool.begin().await.or_internal("begin a transaction")?;

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 /// Bootstrap tokens by (region, member), read from the launch templates.
-async fn tokens(w: &World, region: &str) -> BTreeMap<char, String> {
+pub(crate) async fn tokens(w: &World, region: &str) -> BTreeMap<char, String> {
     let ec2 = w.customer.ec2(region);
     let lts = ec2
         .describe_launch_templates()

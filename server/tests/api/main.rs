@@ -11,9 +11,19 @@ mod cluster;
 mod demo;
 mod hardening;
 mod isolation;
+mod lab;
 mod networks;
 mod pages;
 mod replicas;
 mod roles;
 mod sessions;
 mod sign_in;
+
+// The UML guest and data-plane lab helpers have one owner, the appliance's
+// test support; the end-to-end lab test here shares them.
+#[allow(dead_code)]
+#[path = "../../../appliance/tests/support/uml.rs"]
+mod uml;
+#[allow(dead_code)]
+#[path = "../../../appliance/tests/support/lab.rs"]
+mod uml_lab;

@@ -136,6 +136,16 @@ pub struct TestVpc {
 }
 
 impl Customer {
+    /// (access key, secret, session token): what an instance role in this
+    /// account would hand an appliance.
+    pub fn credentials(&self) -> (String, String, Option<String>) {
+        (
+            self.creds.access_key_id().to_string(),
+            self.creds.secret_access_key().to_string(),
+            self.creds.session_token().map(str::to_string),
+        )
+    }
+
     pub fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
         aws_sdk_ec2::Client::new(&config(&self.endpoint, self.creds.clone(), region))
     }

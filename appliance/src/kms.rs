@@ -1,0 +1,64 @@
+//! The epoch's data key, decrypted with the appliance's own credentials
+//! (its instance role on AWS) under the network's encryption context.
+
+use crate::dataplane::DataKey;
+use crate::protocol::{encryption_context, DesiredConfig};
+use aws_config::{BehaviorVersion, Region};
+use aws_smithy_http_client::{tls, Builder};
+use base64::Engine;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KmsError {
+    #[error("the key ciphertext is not base64")]
+    Ciphertext,
+    #[error("KMS refused to decrypt epoch {epoch}: {message}")]
+    Decrypt { epoch: u32, message: String },
+    #[error("KMS returned no plaintext for epoch {0}")]
+    Empty(u32),
+}
+
+pub struct Kms {
+    endpoint: Option<String>,
+}
+
+impl Kms {
+    /// `endpoint` overrides AWS's (a local emulator in labs).
+    pub fn new(endpoint: Option<String>) -> Self {
+        Self { endpoint }
+    }
+
+    pub async fn data_key(&self, config: &DesiredConfig) -> Result<DataKey, KmsError> {
+        let blob = base64::engine::general_purpose::STANDARD
+            .decode(&config.key.ciphertext)
+            .map_err(|_| KmsError::Ciphertext)?;
+        let http = Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .region(Region::new(config.key.region.clone()));
+        if let Some(endpoint) = &self.endpoint {
+            loader = loader.endpoint_url(endpoint.trim_end_matches('/'));
+        }
+        let client = aws_sdk_kms::Client::new(&loader.load().await);
+        let mut req = client
+            .decrypt()
+            .key_id(&config.key.kms_key_arn)
+            .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(blob));
+        for (k, v) in encryption_context(&config.network_id, config.key.epoch) {
+            req = req.encryption_context(k, v);
+        }
+        let out = req.send().await.map_err(|e| KmsError::Decrypt {
+            epoch: config.key.epoch,
+            message: aws_sdk_kms::error::DisplayErrorContext(&e).to_string(),
+        })?;
+        let plain = out
+            .plaintext()
+            .map(|b| b.as_ref().to_vec())
+            .filter(|b| !b.is_empty())
+            .ok_or(KmsError::Empty(config.key.epoch))?;
+        Ok(DataKey::new(plain))
+    }
+}

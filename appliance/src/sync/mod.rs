@@ -1,0 +1,12 @@
+//! The agent's side of the control channel: register once, then long-poll
+//! the desired config, apply it, and report status; keep forwarding on the
+//! last applied config whenever the server is away (fail static).
+
+mod backoff;
+mod boot;
+mod client;
+mod run;
+
+pub use boot::{BootConfig, Identity, StoredCredential};
+pub use client::{ControlPlane, SyncError};
+pub use run::run;

@@ -1,0 +1,267 @@
+//! `vpcmesh-agent run`: register once, then follow the server.
+
+use super::backoff::Backoff;
+use super::{BootConfig, ControlPlane, Identity, StoredCredential, SyncError};
+use crate::config::RunArgs;
+use crate::dataplane::{
+    desired_state, tunnel_status, DataKey, Kernel, NatTSocket, ReconcileReport,
+};
+use crate::kms::Kms;
+use crate::protocol::{DesiredConfig, HaRole, RegisterRequest, StatusReport};
+use anyhow::Context;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// What the status reporter reads: the last applied config and the last error.
+#[derive(Default)]
+struct Shared {
+    applied: Option<DesiredConfig>,
+    error: Option<String>,
+}
+
+type SharedKernel = Arc<Mutex<Kernel>>;
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let boot = BootConfig::load(&args.agent_config)?;
+    let server = args
+        .server_url
+        .clone()
+        .unwrap_or_else(|| boot.server_url.clone());
+    let cp = Arc::new(ControlPlane::new(server.clone())?);
+    let identity = Identity {
+        instance_id: args.instance_id.clone(),
+        availability_zone: args.availability_zone.clone(),
+        private_ip: args.private_ip,
+        public_ip: args.public_ip,
+    };
+    let credential = match StoredCredential::load(&args.state_dir) {
+        Some(c) if c.site_id == boot.site_id && c.member == boot.member => c,
+        _ => {
+            let c = register(&cp, &boot, &identity).await?;
+            c.save(&args.state_dir).with_context(|| {
+                format!("saving the credential in {}", args.state_dir.display())
+            })?;
+            c
+        }
+    };
+    tracing::info!(appliance_id = %credential.appliance_id, member = credential.member.as_str(), server = %server, "following the control plane");
+
+    let kernel: SharedKernel = Arc::new(Mutex::new(Kernel::open().context("opening netlink")?));
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let report_now = Arc::new(Notify::new());
+    tokio::spawn(report_status(
+        cp.clone(),
+        credential.credential.clone(),
+        kernel.clone(),
+        shared.clone(),
+        report_now.clone(),
+        Duration::from_secs(args.status_every_secs.max(1)),
+    ));
+    follow_config(
+        &args,
+        &cp,
+        &credential.credential,
+        kernel,
+        shared,
+        report_now,
+    )
+    .await
+}
+
+async fn register(
+    cp: &ControlPlane,
+    boot: &BootConfig,
+    id: &Identity,
+) -> anyhow::Result<StoredCredential> {
+    let req = RegisterRequest {
+        bootstrap_token: boot.bootstrap_token.clone(),
+        instance_id: id.instance_id.clone(),
+        availability_zone: id.availability_zone.clone(),
+        private_ip: id.private_ip,
+        public_ip: id.public_ip,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        match cp.register(&req).await {
+            Ok(r) => {
+                return Ok(StoredCredential {
+                    appliance_id: r.appliance_id,
+                    credential: r.credential,
+                    site_id: r.site_id,
+                    member: r.member,
+                })
+            }
+            Err(e) if e.is_permanent() => {
+                anyhow::bail!("registration refused: {e}")
+            }
+            Err(e) => {
+                let wait = backoff.next_wait();
+                tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "registration failed; retrying");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+async fn follow_config(
+    args: &RunArgs,
+    cp: &ControlPlane,
+    credential: &str,
+    kernel: SharedKernel,
+    shared: Arc<Mutex<Shared>>,
+    report_now: Arc<Notify>,
+) -> anyhow::Result<()> {
+    let kms = Kms::new(args.aws_endpoint_url.clone());
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut after: Option<u64> = None;
+    let mut key: Option<((u32, String), DataKey)> = None;
+    let mut nat_t: Option<NatTSocket> = None;
+    let wait = Duration::from_secs(args.long_poll_secs.clamp(1, 30));
+    let set_error = |e: String| {
+        if let Ok(mut s) = shared.lock() {
+            s.error = Some(e);
+        }
+        report_now.notify_one();
+    };
+    loop {
+        let config = match cp.config(credential, after, wait).await {
+            Ok(None) => {
+                backoff.reset();
+                continue;
+            }
+            Ok(Some(c)) => c,
+            Err(e) => {
+                // Fail static: the kernel keeps the last applied config.
+                let wait = backoff.next_wait();
+                tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "no config from the server; keeping the last one");
+                if matches!(e, SyncError::Decode(_)) {
+                    set_error(e.to_string());
+                }
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
+        after = Some(config.version);
+        if let Err(e) = config.validate() {
+            tracing::warn!(version = config.version, error = %e, "config refused as a whole; keeping the last one");
+            set_error(format!("config {} refused: {e}", config.version));
+            continue;
+        }
+        let wanted = (config.key.epoch, config.key.ciphertext.clone());
+        let data_key = match &key {
+            Some((k, dk)) if *k == wanted => dk.clone(),
+            _ => match kms.data_key(&config).await {
+                Ok(dk) => {
+                    key = Some((wanted, dk.clone()));
+                    dk
+                }
+                Err(e) => {
+                    tracing::warn!(epoch = config.key.epoch, error = %e, "cannot decrypt the epoch key");
+                    set_error(e.to_string());
+                    after = None;
+                    tokio::time::sleep(backoff.next_wait()).await;
+                    continue;
+                }
+            },
+        };
+        if config.nat_traversal && nat_t.is_none() {
+            match NatTSocket::open() {
+                Ok(s) => nat_t = Some(s),
+                Err(e) => {
+                    set_error(format!("opening UDP 4500 for NAT-T: {e}"));
+                    after = None;
+                    tokio::time::sleep(backoff.next_wait()).await;
+                    continue;
+                }
+            }
+        }
+        match apply(kernel.clone(), config.clone(), data_key).await {
+            Ok(report) => {
+                backoff.reset();
+                tracing::info!(
+                    version = config.version,
+                    added = report.added,
+                    replaced = report.replaced,
+                    deleted = report.deleted,
+                    "config applied"
+                );
+                if let Ok(mut s) = shared.lock() {
+                    s.applied = Some(config);
+                    s.error = None;
+                }
+                report_now.notify_one();
+            }
+            Err(e) => {
+                tracing::warn!(version = config.version, error = %e, "config not fully applied; retrying");
+                set_error(e.to_string());
+                after = None;
+                tokio::time::sleep(backoff.next_wait()).await;
+            }
+        }
+    }
+}
+
+async fn apply(
+    kernel: SharedKernel,
+    config: DesiredConfig,
+    key: DataKey,
+) -> anyhow::Result<ReconcileReport> {
+    tokio::task::spawn_blocking(move || {
+        let mut k = kernel
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the kernel handle is poisoned"))?;
+        let started = Instant::now();
+        let underlay = k.underlay(&config)?;
+        let report = k.reconcile(&desired_state(&config, &key, underlay))?;
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "reconciled");
+        Ok(report)
+    })
+    .await?
+}
+
+async fn report_status(
+    cp: Arc<ControlPlane>,
+    credential: String,
+    kernel: SharedKernel,
+    shared: Arc<Mutex<Shared>>,
+    now: Arc<Notify>,
+    every: Duration,
+) {
+    loop {
+        let _ = tokio::time::timeout(every, now.notified()).await;
+        let (applied, error) = match shared.lock() {
+            Ok(s) => (s.applied.clone(), s.error.clone()),
+            Err(_) => return,
+        };
+        let k = kernel.clone();
+        let tunnels = tokio::task::spawn_blocking(move || {
+            let observed = k.lock().ok()?.observe().ok()?;
+            Some(
+                applied
+                    .as_ref()
+                    .map(|c| tunnel_status(c, &observed))
+                    .unwrap_or_default(),
+            )
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        let report = StatusReport {
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            applied_version: shared
+                .lock()
+                .ok()
+                .and_then(|s| s.applied.as_ref().map(|c| c.version)),
+            config_error: error,
+            ha_role: HaRole::Active,
+            tunnels,
+        };
+        if let Err(e) = cp.status(&credential, &report).await {
+            tracing::warn!(error = %e, "status report not delivered");
+        }
+    }
+}
