@@ -15,6 +15,8 @@ pub struct AppState {
     pub aws: Aws,
     /// Wakes idle provisioning workers when a job starts or a phase ends.
     pub engine_wake: Arc<tokio::sync::Notify>,
+    /// Network ids whose appliance configs may have changed (any replica).
+    pub config_changes: tokio::sync::broadcast::Sender<uuid::Uuid>,
 }
 
 impl FromRef<AppState> for LeptosOptions {
@@ -26,6 +28,7 @@ impl FromRef<AppState> for LeptosOptions {
 impl AppState {
     pub fn new(pool: PgPool, settings: Settings, leptos_options: LeptosOptions, aws: Aws) -> Self {
         let routes = leptos_axum::generate_route_list(app::App);
+        let config_changes = crate::appliances::listen_for_changes(pool.clone());
         AppState {
             pool,
             settings: Arc::new(settings),
@@ -33,6 +36,7 @@ impl AppState {
             routes: Arc::new(routes),
             aws,
             engine_wake: Arc::new(tokio::sync::Notify::new()),
+            config_changes,
         }
     }
 }

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 /// How long a config long-poll waits for a change at most.
 const MAX_WAIT_SECS: u64 = 30;
-const RECHECK: Duration = Duration::from_millis(500);
+/// A backstop: long-polls recheck this often even without a notification.
+const RECHECK: Duration = Duration::from_secs(15);
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -73,16 +74,27 @@ async fn config(
 ) -> Result<Response, ApplianceError> {
     let appliance = authenticate(&state, &headers).await?;
     let wait = Duration::from_secs(q.wait.unwrap_or(MAX_WAIT_SECS).min(MAX_WAIT_SECS));
-    let started = Instant::now();
+    let deadline = Instant::now() + wait;
+    // Subscribe before computing, so a change in between is not missed.
+    let mut changes = state.config_changes.subscribe();
     loop {
         let config = desired_config(&state.pool, &appliance).await?;
         if Some(config.version) != q.after {
             return Ok(Json(config).into_response());
         }
-        if started.elapsed() + RECHECK > wait {
+        let until = deadline.min(Instant::now() + RECHECK);
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, changes.recv()).await {
+                Ok(Ok(id)) if id != appliance.network_id => continue,
+                // Ours, or lagged/closed: recompute.
+                Ok(_) => break,
+                Err(_) => break,
+            }
+        }
+        if Instant::now() >= deadline {
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
-        tokio::time::sleep(RECHECK).await;
     }
 }
 

@@ -2,6 +2,7 @@
 //! bootstrap token, then use a per-appliance credential to long-poll their
 //! desired config and report status. Wire types: `appliance::protocol`.
 
+mod changes;
 mod config;
 mod error;
 mod http;
@@ -9,6 +10,7 @@ mod register;
 mod status;
 mod store;
 
+pub use changes::listen as listen_for_changes;
 pub use config::desired_config;
 pub use error::ApplianceError;
 pub use http::routes;

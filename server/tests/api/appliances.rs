@@ -222,7 +222,8 @@ async fn appliances_register_once_get_matching_configs_and_report_status() {
     assert_eq!(et.local_cidrs[0].to_string(), "10.1.0.0/16");
     assert_eq!(et.peer_site, west_cfg.site_id);
 
-    // Long-poll: nothing new within a second; a rotated key is a new version.
+    // Long-poll: nothing new within a second; a rotated key wakes a waiting
+    // poll at once (a Postgres notification, well before the 15 s backstop).
     let (s, _) = config(
         &mut c,
         &a1.credential,
@@ -230,6 +231,19 @@ async fn appliances_register_once_get_matching_configs_and_report_status() {
     )
     .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+    let mut waiting = w.app.client();
+    let (credential, version) = (a1.credential.clone(), east_cfg.version);
+    let poll = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let answer = config(
+            &mut waiting,
+            &credential,
+            &format!("?after={version}&wait=30"),
+        )
+        .await;
+        (answer, started.elapsed())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let r = w
         .admin
         .json(
@@ -239,13 +253,12 @@ async fn appliances_register_once_get_matching_configs_and_report_status() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    let (s, rotated) = config(
-        &mut c,
-        &a1.credential,
-        &format!("?after={}&wait=5", east_cfg.version),
-    )
-    .await;
+    let ((s, rotated), waited) = poll.await.expect("the long-poll");
     assert_eq!(s, StatusCode::OK);
+    assert!(
+        waited < std::time::Duration::from_secs(10),
+        "woken after {waited:?}"
+    );
     let rotated = rotated.expect("config");
     assert_eq!(rotated.key.epoch, 2);
     assert_ne!(rotated.version, east_cfg.version);
