@@ -8,6 +8,7 @@ use appliance::dataplane::{desired_state, DataKey, Kernel, KernelState, Underlay
 use appliance::protocol::{DesiredConfig, EpochKey, Member, Tunnel, PROTOCOL_VERSION};
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use std::process::Command;
 use support::Netns;
 use uuid::Uuid;
 
@@ -158,6 +159,21 @@ fn policies_and_routes_reach_the_kernel_and_read_back_with_iproute() {
     assert_eq!(report.added, 3 * 2 * 3 + 3 * 2);
     assert_eq!(policies_by_iproute(&ns), expected_policies(&c));
     assert_eq!(routes_by_iproute(&ns), expected_routes(&c));
+    let forwarding = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "cat",
+            "/proc/sys/net/ipv4/ip_forward",
+        ])
+        .output()
+        .expect("ip netns exec");
+    assert_eq!(
+        String::from_utf8_lossy(&forwarding.stdout).trim(),
+        "1",
+        "the agent turns forwarding on"
+    );
 }
 
 #[test]

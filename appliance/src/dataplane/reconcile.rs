@@ -51,6 +51,8 @@ pub struct ReconcileReport {
 pub enum ReconcileError {
     #[error("reading the kernel's state: {0}")]
     Read(NetlinkError),
+    #[error("turning on IPv4 forwarding: {0}")]
+    Forwarding(std::io::Error),
     #[error("the interface holding the local address {0} was not found")]
     NoUnderlay(std::net::Ipv4Addr),
     #[error("{failed} of {total} kernel changes failed; first: {first}")]
@@ -171,8 +173,10 @@ impl Kernel {
         Ok(Underlay { oif, prefsrc })
     }
 
-    /// Takes the kernel to `desired`, touching only what differs.
+    /// Takes the kernel to `desired`, touching only what differs. Also turns
+    /// on IPv4 forwarding: an appliance forwards between its VPC and tunnels.
     pub fn reconcile(&mut self, desired: &KernelState) -> Result<ReconcileReport, ReconcileError> {
+        enable_forwarding().map_err(ReconcileError::Forwarding)?;
         let observed = self.observe()?;
         let changes = diff(desired, &observed);
         self.apply(changes)
@@ -223,6 +227,17 @@ impl Kernel {
             }),
         }
     }
+}
+
+/// `net.ipv4.ip_forward = 1` in the calling thread's namespace (network
+/// sysctls resolve to the namespace of the task that opens them).
+fn enable_forwarding() -> std::io::Result<()> {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(PATH)?.trim() != "1" {
+        std::fs::write(PATH, "1")?;
+        tracing::info!("IPv4 forwarding turned on");
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy)]

@@ -142,7 +142,7 @@ impl ControlPlane {
                 &path,
                 Some(credential),
                 None,
-                wait + Duration::from_secs(15),
+                wait + Duration::from_secs(5),
             )
             .await?;
         if status == StatusCode::NO_CONTENT {
@@ -160,7 +160,7 @@ impl ControlPlane {
             paths::STATUS,
             Some(credential),
             Some(body),
-            Duration::from_secs(15),
+            Duration::from_secs(5),
         )
         .await?;
         Ok(())

@@ -100,7 +100,6 @@ ip link add lan0 netns s{i} type veth peer name eth0 netns h{i}
 ip -n s{i} addr add 10.{i}.0.1/16 dev lan0; ip -n s{i} link set lan0 up
 ip -n h{i} addr add 10.{i}.0.10/16 dev eth0; ip -n h{i} link set eth0 up
 ip -n h{i} route add default via 10.{i}.0.1
-ip netns exec s{i} sysctl -qw net.ipv4.ip_forward=1
 "#
         );
     }

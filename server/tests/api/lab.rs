@@ -100,6 +100,11 @@ async fn proxy(listener: tokio::net::TcpListener, target: String) {
     }
 }
 
+/// Shell: 4 pings from site `from`'s VPC host to `to`, into `name`.txt.
+fn ping(from: u8, to: &str, name: &str) -> String {
+    format!("ip netns exec h{from} ping -c 4 -i 0.2 -W 2 {to} > {name}.txt 2>&1; echo \"rc=$?\" >> {name}.txt\n")
+}
+
 fn site_by_vpc<'a>(net: &'a Value, vpc: &str) -> &'a Value {
     net["sites"]
         .as_array()
@@ -115,6 +120,7 @@ async fn agents_register_with_the_server_decrypt_with_kms_and_carry_esp() {
         &[
             ("us-east-1", "10.1.0.0/16", true),
             ("eu-west-1", "10.2.0.0/16", true),
+            ("ap-southeast-2", "10.3.0.0/16", true),
         ],
     )
     .await;
@@ -124,10 +130,12 @@ async fn agents_register_with_the_server_decrypt_with_kms_and_carry_esp() {
 
     // moto hands out Elastic IPs in 127/8, which cannot cross a wire: the lab
     // gives each site's Elastic IP a WAN address, as AWS's edge would route it.
+    let mut site_ids = Vec::new();
     for (i, p) in placed.iter().enumerate() {
         let lab_index = i as u8 + 1;
         let site = site_by_vpc(&net, &p.vpc.id);
         let site_id = site["id"].as_str().expect("site id");
+        site_ids.push(site_id.to_string());
         sqlx::query("UPDATE sites SET outputs = jsonb_set(outputs, '{PublicIp}', to_jsonb($2::text)) WHERE id = $1::uuid")
             .bind(site_id)
             .bind(lab::wan(lab_index).to_string())
@@ -167,55 +175,95 @@ async fn agents_register_with_the_server_decrypt_with_kms_and_carry_esp() {
     tokio::spawn(proxy(kms, moto_target));
 
     let (key, secret, token) = w.customer.credentials();
-    let mut script = topology(&[1, 2]);
+    let sites = [1u8, 2, 3];
+    let mut script = topology(&sites);
     script += &format!(
         r#"ip link set vec0 netns wan
 ip -n wan addr add 100.64.0.2/24 dev vec0; ip -n wan link set vec0 up
 ip -n wan addr add 198.51.100.254/24 dev br0
 ip netns exec wan sysctl -qw net.ipv4.ip_forward=1
-ip -n s1 route add default via 198.51.100.254; ip -n s2 route add default via 198.51.100.254
+for s in s1 s2 s3; do ip -n $s route add default via 198.51.100.254; done
 export AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} AWS_SESSION_TOKEN={token}
 "#,
         token = token.unwrap_or_default()
     );
-    for i in [1u8, 2] {
+    for i in sites {
         let instance =
             std::fs::read_to_string(dir.join(format!("s{i}.instance"))).expect("instance");
         let (instance_id, az) = instance.split_once(' ').expect("id and AZ");
         script += &start_agent_run(
             i,
             &format!(
-                "--server-url http://{LAB_ADDRESS}:{server_port} --instance-id {instance_id} --availability-zone {az} --private-ip {} --aws-endpoint-url http://{LAB_ADDRESS}:{kms_port} --status-every-secs 1 --long-poll-secs 5",
+                "--server-url http://{LAB_ADDRESS}:{server_port} --instance-id {instance_id} --availability-zone {az} --private-ip {} --aws-endpoint-url http://{LAB_ADDRESS}:{kms_port} --status-every-secs 1 --long-poll-secs 2",
                 lab::wan(i)
             ),
         );
     }
-    script += "n=0; until ip netns exec h1 ping -c 1 -W 1 10.2.0.10 > /dev/null 2>&1; do n=$((n+1)); [ $n -gt 60 ] && echo 'the tunnel never came up' && break; sleep 0.5; done\n";
-    script += "ip netns exec wan dumpcap -q -i br0 -f 'not host 100.64.0.2 and not net 100.64.0.0/24' -w wan.pcap > dumpcap.log 2>&1 &\nCAP=$!\nsleep 2\n";
-    script += "ip netns exec h1 ping -c 4 -i 0.2 -W 2 10.2.0.10 > ping-1-2.txt 2>&1; echo \"rc=$?\" >> ping-1-2.txt\n";
-    script += "ip netns exec h2 ping -c 4 -i 0.2 -W 2 10.1.0.10 > ping-2-1.txt 2>&1; echo \"rc=$?\" >> ping-2-1.txt\n";
+    for (a, b) in [(1, 2), (1, 3), (2, 3)] {
+        script += &format!("n=0; until ip netns exec h{a} ping -c 1 -W 1 10.{b}.0.10 > /dev/null 2>&1; do n=$((n+1)); [ $n -gt 60 ] && echo 'tunnel {a}-{b} never came up' && break; sleep 0.5; done\n");
+    }
+    script += "ip netns exec wan dumpcap -q -i br0 -f 'not net 100.64.0.0/24' -w wan.pcap > dumpcap.log 2>&1 &\nCAP=$!\nsleep 2\n";
+    for (a, b) in [(1, 2), (2, 1), (1, 3), (3, 2)] {
+        script += &ping(a, &format!("10.{b}.0.10"), &format!("ping-{a}-{b}"));
+    }
     script += "sleep 2.5\nkill -INT $CAP; wait $CAP\nip -n s1 xfrm state > s1.xfrm.txt\n";
+    // Phase 2: the customer adds 10.33.0.0/16 to VPC 3; the server's config
+    // change reaches the agents, which touch only the tunnels to site 3.
+    script += "ip -n s3 addr add 10.33.0.1/16 dev lan0; ip -n h3 addr add 10.33.0.10/16 dev eth0\n";
+    script += "ip -n s1 xfrm monitor SA policy > s1.monitor.txt 2>&1 &\nMON=$!\nsleep 0.5\ntouch phase1.done\n";
+    script += "n=0; until [ -f go2 ]; do n=$((n+1)); [ $n -gt 600 ] && break; sleep 0.2; done\n";
+    script += "n=0; until ip netns exec h1 ping -c 1 -W 1 10.33.0.10 > /dev/null 2>&1; do n=$((n+1)); [ $n -gt 60 ] && echo 'the new CIDR never became reachable' && break; sleep 0.5; done\n";
+    script += "sleep 1; kill $MON\n";
+    script += &ping(1, "10.33.0.10", "ping-1-33");
+    // Phase 3: the control plane disappears; forwarding goes on (fail static).
+    script += "ip -n wan link set vec0 down\nsleep 9\n";
+    script += &ping(1, "10.2.0.10", "ping-static");
     let guest_dir = dir.clone();
     let ns_name = netns.0.clone();
-    let run = tokio::task::spawn_blocking(move || {
+    let guest = tokio::task::spawn_blocking(move || {
         run_in_guest_on(
             &guest_dir,
             &script,
-            Duration::from_secs(240),
+            Duration::from_secs(300),
             Some(&ns_name),
         )
-    })
-    .await
-    .expect("guest thread");
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    while !dir.join("phase1.done").exists()
+        && std::time::Instant::now() < deadline
+        && !guest.is_finished()
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sqlx::query("UPDATE sites SET cidrs = cidrs || '10.33.0.0/16'::cidr WHERE id = $1::uuid")
+        .bind(&site_ids[2])
+        .execute(&w.app.state.pool)
+        .await
+        .expect("a new CIDR for VPC 3");
+    std::fs::write(dir.join("go2"), "").expect("go2");
+    let run = guest.await.expect("guest thread");
 
-    for (a, b) in [(1, 2), (2, 1)] {
-        let text = run.file(&format!("ping-{a}-{b}.txt"));
-        assert!(
-            text.contains("4 received") && text.contains("rc=0"),
-            "ping {a}->{b}:\n{text}\nguest:\n{}\nagent 1:\n{}\nagent 2:\n{}",
+    let logs = || {
+        format!(
+            "guest:\n{}\nagent 1:\n{}\nagent 3:\n{}",
             run.log,
             run.file("s1.agent.log"),
-            run.file("s2.agent.log")
+            run.file("s3.agent.log")
+        )
+    };
+    for name in [
+        "ping-1-2",
+        "ping-2-1",
+        "ping-1-3",
+        "ping-3-2",
+        "ping-1-33",
+        "ping-static",
+    ] {
+        let text = run.file(&format!("{name}.txt"));
+        assert!(
+            text.contains("4 received") && text.contains("rc=0"),
+            "{name}:\n{text}\n{}",
+            logs()
         );
     }
     // Only ESP in UDP 4500 (NAT-T is on by default) between the sites.
@@ -258,21 +306,43 @@ export AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} AWS_SESSION_TOKEN=
     .fetch_all(&w.app.state.pool)
     .await
     .expect("appliances");
-    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows.len(), 3, "{rows:?}");
     for (instance, applied, tunnels) in rows {
         assert!(
             applied.is_some(),
             "{instance} never reported an applied config"
         );
-        assert_eq!(tunnels[0]["state"], "up", "{instance}: {tunnels}");
+        let tunnels = tunnels.as_array().cloned().unwrap_or_default();
+        assert_eq!(tunnels.len(), 2, "{instance}: {tunnels:?}");
+        for t in tunnels {
+            assert_eq!(t["state"], "up", "{instance}: {t}");
+            assert!(
+                t["in_packets"].as_u64().unwrap_or(0) >= 4,
+                "{instance}: {t}"
+            );
+        }
+    }
+    // The CIDR change touched only site 1's tunnel to site 3: 3 policies
+    // and a route added, nothing replaced or removed, no SA touched.
+    let log = run.file("s1.agent.log");
+    assert!(log.contains("added=4 replaced=0 deleted=0"), "{log}");
+    let monitor = run.file("s1.monitor.txt");
+    assert!(monitor.contains("10.33.0.0/16"), "{monitor}");
+    assert!(
+        !monitor.contains("proto esp spi"),
+        "an SA was touched:\n{monitor}"
+    );
+    assert!(
+        !monitor.contains("10.2.0.0/16"),
+        "the tunnel to site 2 was touched:\n{monitor}"
+    );
+    // Fail static: the server went away, the agent said so, traffic flowed.
+    assert!(log.contains("keeping the last one"), "{log}");
+    for i in sites {
+        let log = run.file(&format!("s{i}.agent.log"));
         assert!(
-            tunnels[0]["in_packets"].as_u64().unwrap_or(0) >= 8,
-            "{instance}: {tunnels}"
+            !log.contains("vma_") && !log.contains("vmb_"),
+            "secrets in agent {i}'s log:\n{log}"
         );
     }
-    let log = run.file("s1.agent.log");
-    assert!(
-        !log.contains("vma_") && !log.contains("vmb_"),
-        "secrets in the agent log:\n{log}"
-    );
 }
