@@ -33,6 +33,17 @@ fn main() {
 fn host() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "the benchmark needs root");
+    // A UML guest maps its memory page by page; tens of thousands of SAs
+    // need more mappings than the host's default vm.max_map_count allows.
+    const MAP_COUNT: &str = "/proc/sys/vm/max_map_count";
+    let maps: u64 = std::fs::read_to_string(MAP_COUNT)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if maps < 1_048_576 {
+        std::fs::write(MAP_COUNT, "1048576").expect("raise vm.max_map_count");
+        eprintln!("raised vm.max_map_count from {maps} to 1048576 for the UML guest");
+    }
     let exe = std::env::current_exe().expect("own path");
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-xfrm");
     let _ = std::fs::remove_dir_all(&dir);
@@ -42,7 +53,7 @@ fn host() {
     std::fs::write(
         &init,
         format!(
-            "#!/bin/sh\nexport PATH=/usr/sbin:/usr/bin:/sbin:/bin\nmount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t tmpfs tmpfs /run\nfor m in veth xfrm_user esp4 gcm ctr ghash-generic seqiv aes_ti; do modprobe $m; done\nVPCMESH_BENCH_TUNNELS={sizes} {exe} --guest > {out} 2>&1\npoweroff -f\n",
+            "#!/bin/sh\nexport PATH=/usr/sbin:/usr/bin:/sbin:/bin\nmount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t tmpfs tmpfs /run\nfor m in veth xfrm_user esp4 gcm ctr ghash-generic seqiv aes_ti; do modprobe $m; done\nVPCMESH_BENCH_TUNNELS={sizes} {exe} --guest > {out} 2>&1\ndmesg | grep -iE 'killed|oom|out of memory' | tail -5 >> {out}\npoweroff -f\n",
             exe = exe.display(),
             out = dir.join("out.txt").display()
         ),
@@ -56,7 +67,7 @@ fn host() {
     let uml = std::env::var("VPCMESH_UML").unwrap_or_else(|_| "linux.uml".into());
     let status = Command::new(uml)
         .args([
-            "mem=2048M",
+            "mem=6144M",
             "root=/dev/root",
             "rootfstype=hostfs",
             "rootflags=/",
@@ -145,11 +156,20 @@ fn batch(state: &KernelState) -> String {
 }
 
 fn sh(args: &[&str]) {
-    let ok = Command::new(args[0])
+    let out = Command::new(args[0])
         .args(&args[1..])
-        .status()
-        .map(|s| s.success());
-    assert_eq!(ok.ok(), Some(true), "{args:?}");
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{args:?}: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 fn namespace(name: &str) {
@@ -234,6 +254,8 @@ fn guest() {
         let started = Instant::now();
         sh(&["ip", "-n", &ip_ns, "-batch", &file]);
         let ip_time = started.elapsed();
+        // Free the reference's SAs before the agent programs its own.
+        sh(&["ip", "netns", "del", &ip_ns]);
 
         let want = desired.clone();
         let (agent_time, report) = in_namespace(&agent_ns, move || {
@@ -280,7 +302,6 @@ fn guest() {
             noop.added + noop.replaced + noop.deleted
         );
         sh(&["ip", "netns", "del", &agent_ns]);
-        sh(&["ip", "netns", "del", &ip_ns]);
     }
 }
 

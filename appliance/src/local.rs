@@ -21,7 +21,8 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
             .context("the data key file is not base64")?,
     );
     let mut kernel = Kernel::open().context("opening netlink")?;
-    let mut nat_t: Option<NatTSocket> = None;
+    // Held from the start (see NatTSocket): a restart leaves no gap.
+    let mut nat_t: Option<NatTSocket> = NatTSocket::open().ok();
     let mut seen: Option<Vec<u8>> = None;
     let mut applied: Option<DesiredConfig> = None;
     let mut error: Option<String> = None;

@@ -344,3 +344,37 @@ fn a_hostile_config_is_refused_whole_and_the_kernel_keeps_the_last_good_state() 
     assert_eq!(run.file("s1.pol-before.txt"), run.file("s1.pol-after.txt"));
     assert_ping(&run, 1, 2);
 }
+
+#[test]
+fn with_nat_traversal_a_make_before_break_restart_loses_nothing() {
+    let dir = shared_dir("restart-natt");
+    lab::write_key(&dir);
+    for i in [1, 2] {
+        lab::write_config(&dir, i, &lab::mesh_config(i, &[1, 2], true, 1));
+    }
+    let mut script = topology(&[1, 2]);
+    script += &start_agent(1);
+    script += &start_agent(2);
+    script += &await_applied(1, 1);
+    script += &await_applied(2, 1);
+    script += "ip netns exec h1 ping -c 100 -i 0.02 -W 1 10.2.0.10 > ping-restart.txt 2>&1 &\nPING=$!\nsleep 0.5\n";
+    // The new agent binds UDP 4500 next to the old one, then the old stops.
+    script += "for round in 1 2 3; do OLD=$(cat s1.pid)\n";
+    script += &start_agent(1);
+    script +=
+        "sleep 0.5; kill $OLD; sleep 0.3; done\nwait $PING; echo \"rc=$?\" >> ping-restart.txt\n";
+    let run = run_in_guest(&dir, &script, GUEST_TIMEOUT);
+    let ping = run.file("ping-restart.txt");
+    assert!(
+        ping.contains("100 packets transmitted, 100 received, 0% packet loss"),
+        "{ping}\n{}",
+        run.log
+    );
+    let log = run.file("s1.agent.log");
+    assert_eq!(
+        log.matches("added=0 replaced=0 deleted=0").count(),
+        3,
+        "{log}"
+    );
+    assert!(!log.contains("UDP 4500"), "{log}");
+}

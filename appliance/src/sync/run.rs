@@ -7,7 +7,7 @@ use crate::dataplane::{
     desired_state, tunnel_status, DataKey, Kernel, NatTSocket, ReconcileReport,
 };
 use crate::kms::Kms;
-use crate::protocol::{DesiredConfig, HaRole, RegisterRequest, StatusReport};
+use crate::protocol::{DesiredConfig, HaRole, Member, RegisterRequest, StatusReport};
 use anyhow::Context;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,7 +51,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let kernel: SharedKernel = Arc::new(Mutex::new(Kernel::open().context("opening netlink")?));
     let shared = Arc::new(Mutex::new(Shared::default()));
     let report_now = Arc::new(Notify::new());
+    // Until failover exists, member A is the active one: the EIP and the VPC
+    // routes point at it.
+    let ha_role = match credential.member {
+        Member::A => HaRole::Active,
+        Member::B => HaRole::Passive,
+    };
     tokio::spawn(report_status(
+        ha_role,
         cp.clone(),
         credential.credential.clone(),
         kernel.clone(),
@@ -115,10 +122,14 @@ async fn follow_config(
     report_now: Arc<Notify>,
 ) -> anyhow::Result<()> {
     let kms = Kms::new(args.aws_endpoint_url.clone());
+    // Held from the start, so a restarted agent is ready for ESP-in-UDP
+    // before its first config arrives.
+    let mut nat_t: Option<NatTSocket> = NatTSocket::open()
+        .map_err(|e| tracing::warn!(error = %e, "UDP 4500 not open yet; retrying with the first NAT-T config"))
+        .ok();
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut after: Option<u64> = None;
     let mut key: Option<((u32, String), DataKey)> = None;
-    let mut nat_t: Option<NatTSocket> = None;
     let wait = Duration::from_secs(args.long_poll_secs.clamp(1, 30));
     let set_error = |e: String| {
         if let Ok(mut s) = shared.lock() {
@@ -223,6 +234,7 @@ async fn apply(
 }
 
 async fn report_status(
+    ha_role: HaRole,
     cp: Arc<ControlPlane>,
     credential: String,
     kernel: SharedKernel,
@@ -257,7 +269,7 @@ async fn report_status(
                 .ok()
                 .and_then(|s| s.applied.as_ref().map(|c| c.version)),
             config_error: error,
-            ha_role: HaRole::Active,
+            ha_role,
             tunnels,
         };
         if let Err(e) = cp.status(&credential, &report).await {
