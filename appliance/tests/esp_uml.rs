@@ -359,10 +359,14 @@ fn with_nat_traversal_a_make_before_break_restart_loses_nothing() {
     script += &await_applied(2, 1);
     script += "ip netns exec h1 ping -c 100 -i 0.02 -W 1 10.2.0.10 > ping-restart.txt 2>&1 &\nPING=$!\nsleep 0.5\n";
     // The new agent binds UDP 4500 next to the old one, then the old stops.
-    script += "for round in 1 2 3; do OLD=$(cat s1.pid)\n";
-    script += &start_agent(1);
+    // Make before break: the old agent stops only once the new one is ready
+    // (it has bound UDP 4500 and checked the kernel: one more "applied").
     script +=
-        "sleep 0.5; kill $OLD; sleep 0.3; done\nwait $PING; echo \"rc=$?\" >> ping-restart.txt\n";
+        "for round in 1 2 3; do OLD=$(cat s1.pid); C=$(grep -c 'config applied' s1.agent.log)\n";
+    script += &start_agent(1);
+    script += "n=0; until [ $(grep -c 'config applied' s1.agent.log) -gt $C ]; do n=$((n+1)); [ $n -gt 200 ] && break; sleep 0.05; done\n";
+    script += "kill $OLD; sleep 0.3; done\nwait $PING; echo \"rc=$?\" >> ping-restart.txt\n";
+    script += "ip netns exec s1 cat /proc/net/snmp > s1.snmp.txt\n";
     let run = run_in_guest(&dir, &script, GUEST_TIMEOUT);
     let ping = run.file("ping-restart.txt");
     assert!(
@@ -377,4 +381,13 @@ fn with_nat_traversal_a_make_before_break_restart_loses_nothing() {
         "{log}"
     );
     assert!(!log.contains("UDP 4500"), "{log}");
+    // No ESP-in-UDP packet ever found port 4500 closed.
+    let snmp = run.file("s1.snmp.txt");
+    let udp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Udp:")).collect();
+    assert_eq!(udp.len(), 2, "{snmp}");
+    assert_eq!(
+        udp[1].split_whitespace().nth(2),
+        Some("0"),
+        "UDP NoPorts: {snmp}"
+    );
 }

@@ -162,6 +162,41 @@ pub struct NetworkSummary {
     pub sites: Vec<SiteSummary>,
     pub key_epochs: Vec<KeyEpochSummary>,
     pub created_at: String,
+    /// Registered appliances with their latest status reports.
+    #[serde(default)]
+    pub appliances: Vec<ApplianceSummary>,
+}
+
+/// One appliance as it registered and last reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplianceSummary {
+    pub id: String,
+    pub site_id: String,
+    /// "a" or "b": which member of the site's HA pair.
+    pub member: String,
+    /// "active" or "passive", once reported.
+    pub role: Option<String>,
+    pub instance_id: String,
+    pub availability_zone: String,
+    pub private_ip: String,
+    pub public_ip: Option<String>,
+    pub last_seen_at: Option<String>,
+    pub applied_version: Option<i64>,
+    pub config_error: Option<String>,
+    pub tunnels: Vec<TunnelLive>,
+}
+
+/// One tunnel as an appliance sees it in its kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelLive {
+    pub peer_site: String,
+    /// "pending", "up" or "down".
+    pub state: String,
+    pub out_bytes: u64,
+    pub out_packets: u64,
+    pub in_bytes: u64,
+    pub in_packets: u64,
+    pub in_errors: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

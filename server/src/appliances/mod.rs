@@ -14,3 +14,4 @@ pub use changes::listen as listen_for_changes;
 pub use config::desired_config;
 pub use error::ApplianceError;
 pub use http::routes;
+pub use store::summaries;

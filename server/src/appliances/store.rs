@@ -171,3 +171,52 @@ pub async fn active_epoch(
     .fetch_optional(db)
     .await
 }
+
+/// The live appliances of a network for the console, by site and member.
+pub async fn summaries(
+    pool: &PgPool,
+    network_id: Uuid,
+) -> Result<Vec<app::api::ApplianceSummary>, sqlx::Error> {
+    type Row = (
+        Uuid,
+        Uuid,
+        String,
+        Option<String>,
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<OffsetDateTime>,
+        Option<i64>,
+        Option<String>,
+        sqlx::types::Json<Vec<app::api::TunnelLive>>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT a.id, a.site_id, a.member, a.ha_role, a.instance_id, a.availability_zone,
+                host(a.private_ip), host(a.public_ip), a.last_seen_at, a.applied_version,
+                a.config_error, a.tunnels
+           FROM appliances a JOIN sites s ON s.id = a.site_id
+          WHERE s.network_id = $1 AND a.retired_at IS NULL
+          ORDER BY s.region, s.name, a.member",
+    )
+    .bind(network_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| app::api::ApplianceSummary {
+            id: r.0.to_string(),
+            site_id: r.1.to_string(),
+            member: r.2,
+            role: r.3,
+            instance_id: r.4,
+            availability_zone: r.5,
+            private_ip: r.6,
+            public_ip: r.7,
+            last_seen_at: r.8.map(crate::networks::store::rfc3339),
+            applied_version: r.9,
+            config_error: r.10,
+            tunnels: r.11 .0,
+        })
+        .collect())
+}

@@ -53,6 +53,9 @@ async fn summary_of(pool: &PgPool, row: store::NetworkRow) -> Result<NetworkSumm
     let key_epochs = store::key_epochs(pool, row.id)
         .await
         .or_internal("load key epochs")?;
+    let appliances = crate::appliances::summaries(pool, row.id)
+        .await
+        .or_internal("load appliances")?;
     Ok(NetworkSummary {
         id: row.id.to_string(),
         name: row.name,
@@ -63,6 +66,7 @@ async fn summary_of(pool: &PgPool, row: store::NetworkRow) -> Result<NetworkSumm
         sites: sites.iter().map(site_summary).collect(),
         key_epochs,
         created_at: rfc3339(row.created_at),
+        appliances,
     })
 }
 

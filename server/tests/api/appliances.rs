@@ -295,4 +295,27 @@ async fn appliances_register_once_get_matching_configs_and_report_status() {
     assert_eq!((t[0].state, t[0].in_packets), (TunnelState::Up, 10));
     let (s, _) = config(&mut c, "vma_forged", "").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    // The console shows both appliances; the graph colours the reported tunnel.
+    let net = w.admin.get(&format!("/api/v1/networks/{id}")).await.json();
+    let listed = net["appliances"].as_array().cloned().unwrap_or_default();
+    assert_eq!(listed.len(), 2, "{net}");
+    let east_row = listed
+        .iter()
+        .find(|a| a["instance_id"] == "i-0aaaaaaaaaaaaaaa1")
+        .expect("the east appliance");
+    assert_eq!(east_row["role"], "active");
+    assert_eq!(east_row["tunnels"][0]["state"], "up");
+    assert_eq!(east_row["tunnels"][0]["in_packets"], 10);
+    let page = w.admin.page(&format!("/networks/{id}")).await.text();
+    assert!(page.contains("id=\"appliances-table\""), "{page}");
+    assert!(page.contains("i-0aaaaaaaaaaaaaaa1") && page.contains("i-0bbbbbbbbbbbbbbb2"));
+    assert!(
+        page.contains("data-tunnel=\"up\""),
+        "the tunnel is drawn as up"
+    );
+    assert!(
+        page.contains("up · 10 / 10"),
+        "per-tunnel counters are shown"
+    );
 }

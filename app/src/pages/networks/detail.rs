@@ -52,6 +52,7 @@ pub fn NetworkPage() -> impl IntoView {
 
     #[cfg(feature = "hydrate")]
     {
+        let seconds = StoredValue::new(0u64);
         let handle = set_interval_with_handle(
             move || {
                 let busy = network
@@ -63,7 +64,14 @@ pub fn NetworkPage() -> impl IntoView {
                             NetworkStatus::Provisioning | NetworkStatus::Deleting
                         )
                     });
-                if busy {
+                // While a job runs: every second. While ready: every 5 s, so
+                // tunnel states and counters stay live.
+                let ready = network
+                    .get_untracked()
+                    .and_then(|r| r.ok())
+                    .is_some_and(|n| n.status == NetworkStatus::Ready);
+                seconds.update_value(|s| *s += 1);
+                if busy || (ready && seconds.get_value() % 5 == 0) {
                     tick.update(|t| *t += 1);
                 }
             },
@@ -120,6 +128,7 @@ fn NetworkView(
         {can_provision.then(|| view! { <PlanPanel id=network.id.clone() provision /> })}
         <ProgressPanel job events />
         <SitesPanel network=network.clone() />
+        <AppliancesPanel network=network.clone() />
         <KeysPanel network=network.clone() rotate invalidate />
         {can_delete.then(|| view! { <DeletePanel name teardown /> })}
     }
@@ -237,6 +246,75 @@ fn SitesPanel(network: NetworkSummary) -> impl IntoView {
                     }).collect_view()}
                 </tbody>
             </table>
+        </section>
+    }
+}
+
+#[component]
+fn AppliancesPanel(network: NetworkSummary) -> impl IntoView {
+    let site_name = |id: &str| {
+        network
+            .sites
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| format!("{} ({})", s.name, s.region))
+            .unwrap_or_else(|| id.to_string())
+    };
+    let rows: Vec<_> = network
+        .appliances
+        .iter()
+        .map(|a| {
+            let tunnels: Vec<(String, crate::api::TunnelLive)> = a
+                .tunnels
+                .iter()
+                .map(|t| (site_name(&t.peer_site), t.clone()))
+                .collect();
+            (site_name(&a.site_id), a.clone(), tunnels)
+        })
+        .collect();
+    view! {
+        <section class="panel" aria-labelledby="appliances-title">
+            <h2 id="appliances-title">"Appliances"</h2>
+            {if rows.is_empty() {
+                view! { <p class="muted" id="appliances-empty">"No appliance has registered yet. Appliances register by themselves once their instances boot; they appear here with their tunnels."</p> }.into_any()
+            } else {
+                view! {
+                    <table class="table" id="appliances-table">
+                        <thead><tr>
+                            <th scope="col">"Site"</th><th scope="col">"Member"</th><th scope="col">"Role"</th>
+                            <th scope="col">"Instance"</th><th scope="col">"Addresses"</th><th scope="col">"Last seen"</th>
+                            <th scope="col">"Config"</th><th scope="col">"Tunnels (packets in / out)"</th>
+                        </tr></thead>
+                        <tbody>
+                            {rows.into_iter().map(|(site, a, tunnels)| view! {
+                                <tr data-appliance=a.instance_id.clone()>
+                                    <td>{site}</td>
+                                    <td>{a.member.to_uppercase()}</td>
+                                    <td>{a.role.clone().unwrap_or_else(|| "—".into())}</td>
+                                    <td><code>{a.instance_id.clone()}</code><br /><span class="muted small">{a.availability_zone.clone()}</span></td>
+                                    <td>{a.private_ip.clone()}{a.public_ip.clone().map(|p| format!(" / {p}"))}</td>
+                                    <td>{a.last_seen_at.clone().unwrap_or_else(|| "never".into())}</td>
+                                    <td>
+                                        {a.applied_version.map(|v| format!("{:012x}", v as u64 & 0xffff_ffff_ffff)).unwrap_or_else(|| "none applied".into())}
+                                        {a.config_error.clone().map(|e| view! { <br /><span class="field-error small" role="alert">{e}</span> })}
+                                    </td>
+                                    <td>
+                                        <ul class="plain">
+                                            {tunnels.into_iter().map(|(peer, t)| view! {
+                                                <li>
+                                                    <span class=format!("swatch swatch-{}", t.state)></span>
+                                                    {format!("{peer}: {} · {} / {}", t.state, t.in_packets, t.out_packets)}
+                                                    {(t.in_errors > 0).then(|| format!(" · {} errors", t.in_errors))}
+                                                </li>
+                                            }).collect_view()}
+                                        </ul>
+                                    </td>
+                                </tr>
+                            }).collect_view()}
+                        </tbody>
+                    </table>
+                }.into_any()
+            }}
         </section>
     }
 }

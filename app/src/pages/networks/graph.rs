@@ -4,12 +4,35 @@
 use crate::api::{NetworkSummary, SiteRole, TopologyKind};
 use leptos::prelude::*;
 
-/// Tunnel state as the legend names it.
-fn tunnel_class(status: &str) -> &'static str {
-    match status {
-        "ready" => "tunnel tunnel-pending",
-        "failed" => "tunnel tunnel-down",
-        _ => "tunnel tunnel-pending",
+/// The state of the tunnel between sites `a` and `b` from what the sites'
+/// active appliances report about each other: down if either says down, up
+/// when every report says up, pending before any report.
+pub fn tunnel_state(network: &NetworkSummary, a: &str, b: &str) -> &'static str {
+    if network.status == crate::api::NetworkStatus::Failed {
+        return "down";
+    }
+    let reports: Vec<&str> = network
+        .appliances
+        .iter()
+        .filter(|ap| ap.role.as_deref() == Some("active"))
+        .filter_map(|ap| {
+            let peer = if ap.site_id == a {
+                b
+            } else if ap.site_id == b {
+                a
+            } else {
+                return None;
+            };
+            ap.tunnels.iter().find(|t| t.peer_site == peer)
+        })
+        .map(|t| t.state.as_str())
+        .collect();
+    if reports.contains(&"down") {
+        "down"
+    } else if !reports.is_empty() && reports.iter().all(|s| *s == "up") {
+        "up"
+    } else {
+        "pending"
     }
 }
 
@@ -47,18 +70,19 @@ pub fn TopologyGraph(network: NetworkSummary) -> impl IntoView {
         .enumerate()
         .filter_map(|(i, s)| Some((index(s.edge_site_id.as_deref()?)?, i)))
         .collect();
-    let class = tunnel_class(match network.status {
-        crate::api::NetworkStatus::Failed => "failed",
-        crate::api::NetworkStatus::Ready => "ready",
-        _ => "pending",
-    });
     let tunnel_count = tunnels.len();
+    let states: Vec<&'static str> = tunnels
+        .iter()
+        .map(|(a, b)| tunnel_state(&network, &network.sites[*a].id, &network.sites[*b].id))
+        .collect();
     view! {
         <figure class="graph" aria-labelledby="graph-caption">
             <svg viewBox="0 0 600 380" role="img" id="topology-graph">
                 <title>{format!("{} sites, {tunnel_count} tunnels", network.sites.len())}</title>
-                {tunnels.into_iter().map(|(a, b)| view! {
-                    <line class=class data-tunnel="" x1=pos[a].0 y1=pos[a].1 x2=pos[b].0 y2=pos[b].1 />
+                {tunnels.into_iter().zip(states).map(|((a, b), state)| view! {
+                    <line class=format!("tunnel tunnel-{state}") data-tunnel=state x1=pos[a].0 y1=pos[a].1 x2=pos[b].0 y2=pos[b].1>
+                        <title>{format!("{} ↔ {}: {state}", network.sites[a].region, network.sites[b].region)}</title>
+                    </line>
                 }).collect_view()}
                 {attachments.into_iter().map(|(a, b)| view! {
                     <line class="attachment" x1=pos[a].0 y1=pos[a].1 x2=pos[b].0 y2=pos[b].1 />
@@ -84,7 +108,7 @@ pub fn TopologyGraph(network: NetworkSummary) -> impl IntoView {
                 <span class="swatch swatch-up"></span>"up"
                 <span class="swatch swatch-down"></span>"down"
                 <span class="swatch swatch-rekey"></span>"rekeying"
-                <span class="muted">" · tunnel state arrives when appliances report (dashed: leaf attachment)"</span>
+                <span class="muted">" · as the appliances report (dashed: leaf attachment)"</span>
             </figcaption>
         </figure>
     }
