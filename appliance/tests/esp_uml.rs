@@ -5,7 +5,6 @@
 mod support;
 
 use appliance::protocol::{StatusReport, TunnelState};
-use std::process::Command;
 use std::time::Duration;
 use support::lab::{self, await_applied, start_agent, topology};
 use support::uml::{run_in_guest, shared_dir, GuestRun};
@@ -17,38 +16,8 @@ fn status(run: &GuestRun, i: u8) -> StatusReport {
         .unwrap_or_else(|e| panic!("site {i} status: {e}\nguest log:\n{}", run.log))
 }
 
-/// (IP protocol, UDP destination port, ICMP type) of every IP packet.
 fn capture(run: &GuestRun, name: &str) -> Vec<(String, String, String)> {
-    let out = Command::new("tshark")
-        .args(["-r"])
-        .arg(run.dir.join(name))
-        .args([
-            "-Y",
-            "ip",
-            "-T",
-            "fields",
-            "-e",
-            "ip.proto",
-            "-e",
-            "udp.dstport",
-            "-e",
-            "icmp.type",
-        ])
-        .output()
-        .expect("tshark runs");
-    assert!(
-        out.status.success(),
-        "tshark: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            let get = |i: usize| f.get(i).unwrap_or(&"").to_string();
-            (get(0), get(1), get(2))
-        })
-        .collect()
+    lab::wan_packets(&run.dir.join(name))
 }
 
 fn ping_script(from: u8, to: u8) -> String {
@@ -247,16 +216,7 @@ fn in_a_three_site_mesh_moving_one_peer_touches_only_its_tunnel() {
 #[test]
 fn restarting_the_agent_under_continuous_ping_loses_nothing_and_changes_nothing() {
     let dir = shared_dir("restart");
-    lab::write_key(&dir);
-    for i in [1, 2] {
-        lab::write_config(&dir, i, &lab::mesh_config(i, &[1, 2], false, 1));
-    }
-    let mut script = topology(&[1, 2]);
-    script += &start_agent(1);
-    script += &start_agent(2);
-    script += &await_applied(1, 1);
-    script += &await_applied(2, 1);
-    script += "ip netns exec h1 ping -c 100 -i 0.02 -W 1 10.2.0.10 > ping-restart.txt 2>&1 &\nPING=$!\nsleep 0.5\n";
+    let mut script = lab::two_sites_under_ping(&dir, false);
     script += "ip -n s1 xfrm monitor SA policy > s1.monitor.txt 2>&1 &\nMON=$!\n";
     script += "for round in 1 2 3; do kill $(cat s1.pid); sleep 0.1; rm -f s1.status\n";
     script += &start_agent(1);
@@ -348,16 +308,7 @@ fn a_hostile_config_is_refused_whole_and_the_kernel_keeps_the_last_good_state() 
 #[test]
 fn with_nat_traversal_a_make_before_break_restart_loses_nothing() {
     let dir = shared_dir("restart-natt");
-    lab::write_key(&dir);
-    for i in [1, 2] {
-        lab::write_config(&dir, i, &lab::mesh_config(i, &[1, 2], true, 1));
-    }
-    let mut script = topology(&[1, 2]);
-    script += &start_agent(1);
-    script += &start_agent(2);
-    script += &await_applied(1, 1);
-    script += &await_applied(2, 1);
-    script += "ip netns exec h1 ping -c 100 -i 0.02 -W 1 10.2.0.10 > ping-restart.txt 2>&1 &\nPING=$!\nsleep 0.5\n";
+    let mut script = lab::two_sites_under_ping(&dir, true);
     // The new agent binds UDP 4500 next to the old one, then the old stops.
     // Make before break: the old agent stops only once the new one is ready
     // (it has bound UDP 4500 and checked the kernel: one more "applied").

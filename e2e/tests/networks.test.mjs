@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { withStack } from '../lib/stack.mjs';
 import { Customer } from '../lib/moto.mjs';
+import { reportUp } from '../lib/appliance.mjs';
 import { watchErrors, signIn, hydrated, ARTIFACTS } from '../lib/browser.mjs';
 
 const stack = withStack();
@@ -78,6 +79,24 @@ test('a 3-region full mesh from the wizard to ready, then deleted', async () => 
   assert.equal(await page.locator('#topology-graph line[data-tunnel]').count(), 3);
   assert.match(await page.textContent('#progress-text'), /9 of 9 steps/);
   await page.screenshot({ path: `${ARTIFACTS}/23-ready.png`, fullPage: true });
+  assert.equal(await page.locator('#topology-graph line[data-tunnel="pending"]').count(), 3);
+  await page.waitForSelector('#appliances-empty');
+
+  // The appliances register and report their tunnels up: the page shows them
+  // and turns the tunnels green by itself (live refresh, no reload).
+  const networkId = page.url().split('/').pop();
+  const net = await page.evaluate(async (id) => (await fetch(`/api/v1/networks/${id}`)).json(), networkId);
+  const instances = [];
+  for (const [i, site] of net.sites.entries()) {
+    const peers = net.sites.filter((s) => s.id !== site.id);
+    instances.push(await reportUp(stack.server, customer, site, peers, `10.${i + 1}.0.5`));
+  }
+  await page.waitForSelector('#topology-graph line[data-tunnel="up"] >> nth=2', { timeout: 15_000 });
+  assert.equal(await page.locator('#appliances-table tbody tr').count(), 3);
+  for (const id of instances) {
+    assert.match(await page.textContent(`#appliances-table tr[data-appliance="${id}"]`), /active.*up · 100 \/ 10[01]/s);
+  }
+  await page.screenshot({ path: `${ARTIFACTS}/23a-appliances-up.png`, fullPage: true });
 
   // Rotate the key: confirmed first, then epoch 2 is active and 1 retired.
   await page.check('#confirm-rotate');

@@ -154,3 +154,55 @@ pub fn await_applied(i: u8, version: u64) -> String {
 pub fn write_key(dir: &Path) {
     std::fs::write(dir.join("key"), DATA_KEY_B64).expect("write key");
 }
+
+/// (IP protocol, UDP destination port, ICMP type) of every IP packet in a
+/// capture, read by tshark.
+pub fn wan_packets(pcap: &Path) -> Vec<(String, String, String)> {
+    let out = std::process::Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args([
+            "-Y",
+            "ip",
+            "-T",
+            "fields",
+            "-e",
+            "ip.proto",
+            "-e",
+            "udp.dstport",
+            "-e",
+            "icmp.type",
+        ])
+        .output()
+        .expect("tshark runs");
+    assert!(
+        out.status.success(),
+        "tshark: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let get = |i: usize| f.get(i).unwrap_or(&"").to_string();
+            (get(0), get(1), get(2))
+        })
+        .collect()
+}
+
+/// Configs for sites 1 and 2 and the shell that starts both agents, waits
+/// until both applied version 1, and starts a 100 × 20 ms ping from host 1
+/// to host 2 in the background (`$PING`).
+pub fn two_sites_under_ping(dir: &Path, nat_traversal: bool) -> String {
+    write_key(dir);
+    for i in [1, 2] {
+        write_config(dir, i, &mesh_config(i, &[1, 2], nat_traversal, 1));
+    }
+    let mut script = topology(&[1, 2]);
+    script += &start_agent(1);
+    script += &start_agent(2);
+    script += &await_applied(1, 1);
+    script += &await_applied(2, 1);
+    script += "ip netns exec h1 ping -c 100 -i 0.02 -W 1 10.2.0.10 > ping-restart.txt 2>&1 &\nPING=$!\nsleep 0.5\n";
+    script
+}

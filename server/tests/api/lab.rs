@@ -267,28 +267,13 @@ export AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} AWS_SESSION_TOKEN=
         );
     }
     // Only ESP in UDP 4500 (NAT-T is on by default) between the sites.
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(dir.join("wan.pcap"))
-        .args([
-            "-Y",
-            "ip",
-            "-T",
-            "fields",
-            "-e",
-            "ip.proto",
-            "-e",
-            "udp.dstport",
-            "-e",
-            "icmp.type",
-        ])
-        .output()
-        .expect("tshark");
-    let fields = String::from_utf8_lossy(&out.stdout).to_string();
-    let packets: Vec<&str> = fields.lines().collect();
+    let packets = lab::wan_packets(&dir.join("wan.pcap"));
     assert!(packets.len() >= 16, "{packets:?}");
     assert!(
-        packets.iter().all(|p| p.starts_with("17\t4500")),
+        packets.iter().all(
+            |(proto, port, icmp)| (proto.as_str(), port.as_str(), icmp.as_str())
+                == ("17", "4500", "")
+        ),
         "{packets:?}"
     );
     let xfrm = run.file("s1.xfrm.txt");
