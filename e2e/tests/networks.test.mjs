@@ -87,11 +87,11 @@ test('a 3-region full mesh from the wizard to ready, then deleted', async () => 
   const networkId = page.url().split('/').pop();
   const net = await page.evaluate(async (id) => (await fetch(`/api/v1/networks/${id}`)).json(), networkId);
   const instances = [];
-  for (const [i, site] of net.sites.entries()) {
+  for (const site of net.sites) {
     const peers = net.sites.filter((s) => s.id !== site.id);
-    instances.push(await reportUp(stack.server, customer, site, peers, `10.${i + 1}.0.5`));
+    instances.push(await reportUp(stack.server, customer, site, peers, site.cidrs[0].replace('.0.0/16', '.0.5')));
   }
-  await page.waitForSelector('#topology-graph line[data-tunnel="up"] >> nth=2', { timeout: 15_000 });
+  await page.waitForSelector('#topology-graph line[data-tunnel="up"] >> nth=2', { state: 'attached', timeout: 15_000 });
   assert.equal(await page.locator('#appliances-table tbody tr').count(), 3);
   for (const id of instances) {
     assert.match(await page.textContent(`#appliances-table tr[data-appliance="${id}"]`), /active.*up · 100 \/ 10[01]/s);

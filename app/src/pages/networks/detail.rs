@@ -252,12 +252,15 @@ fn SitesPanel(network: NetworkSummary) -> impl IntoView {
 
 #[component]
 fn AppliancesPanel(network: NetworkSummary) -> impl IntoView {
+    let site = |id: &str| network.sites.iter().find(|s| s.id == id);
     let site_name = |id: &str| {
-        network
-            .sites
-            .iter()
-            .find(|s| s.id == id)
-            .map(|s| format!("{} ({})", s.name, s.region))
+        site(id)
+            .map(|s| s.name.clone())
+            .unwrap_or_else(|| id.to_string())
+    };
+    let peer_name = |id: &str| {
+        site(id)
+            .map(|s| s.region.clone())
             .unwrap_or_else(|| id.to_string())
     };
     let rows: Vec<_> = network
@@ -267,7 +270,7 @@ fn AppliancesPanel(network: NetworkSummary) -> impl IntoView {
             let tunnels: Vec<(String, crate::api::TunnelLive)> = a
                 .tunnels
                 .iter()
-                .map(|t| (site_name(&t.peer_site), t.clone()))
+                .map(|t| (peer_name(&t.peer_site), t.clone()))
                 .collect();
             (site_name(&a.site_id), a.clone(), tunnels)
         })
@@ -404,7 +407,7 @@ fn KeysPanel(
                     }).collect_view()}
                 </tbody>
             </table>
-            <p class="muted small">"vpcmesh stores only the KMS-encrypted data key; appliances decrypt it in your account. Rotation is make-before-break: appliances install the new epoch before the old one retires."</p>
+            <p class="muted small">"vpcmesh stores only the KMS-encrypted data key; appliances decrypt it in your account. After a rotation every appliance derives new SA keys from the new epoch and re-creates its SAs."</p>
         </section>
     }
 }
