@@ -10,12 +10,15 @@ use appliance::dataplane::{desired_state, DataKey, Kernel, KernelState, Underlay
 use appliance::protocol::{DesiredConfig, EpochKey, Member, Tunnel, PROTOCOL_VERSION};
 use appliance::xfrm::POLICY_PRIORITY;
 use std::fmt::Write as _;
-use std::fs::File;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
+
+// The namespace helper has one owner, the tests' lab support.
+#[allow(dead_code)]
+#[path = "../tests/support/lab.rs"]
+mod lab;
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 
@@ -201,21 +204,6 @@ fn namespace(name: &str) {
     sh(&["ip", "-n", name, "link", "set", "uplink-peer", "up"]);
 }
 
-fn in_namespace<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{name}");
-    std::thread::spawn(move || {
-        let ns = File::open(&path).expect("namespace");
-        // SAFETY: a valid namespace fd; only this thread moves.
-        assert_eq!(
-            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
-        f()
-    })
-    .join()
-    .expect("namespace thread")
-}
-
 fn rate(objects: usize, d: Duration) -> f64 {
     objects as f64 / d.as_secs_f64()
 }
@@ -237,7 +225,7 @@ fn guest() {
         let ip_ns = format!("bench-ip-{n}");
         namespace(&agent_ns);
         namespace(&ip_ns);
-        let oif = in_namespace(&agent_ns, || {
+        let oif = lab::in_netns(&agent_ns, || {
             Kernel::open()
                 .expect("netlink")
                 .routes
@@ -258,7 +246,7 @@ fn guest() {
         sh(&["ip", "netns", "del", &ip_ns]);
 
         let want = desired.clone();
-        let (agent_time, report) = in_namespace(&agent_ns, move || {
+        let (agent_time, report) = lab::in_netns(&agent_ns, move || {
             let mut k = Kernel::open().expect("netlink");
             let started = Instant::now();
             let report = k.reconcile(&want).expect("reconcile");
@@ -276,7 +264,7 @@ fn guest() {
 
         // One peer moves: read everything back, diff, touch only its objects.
         let moved = desired_state(&config(n, Some(n / 2)), &key, underlay);
-        let (change_time, report) = in_namespace(&agent_ns, move || {
+        let (change_time, report) = lab::in_netns(&agent_ns, move || {
             let mut k = Kernel::open().expect("netlink");
             let started = Instant::now();
             let report = k.reconcile(&moved).expect("reconcile");
@@ -284,7 +272,7 @@ fn guest() {
         });
         let (noop_time, noop) = {
             let again = desired_state(&config(n, Some(n / 2)), &key, underlay);
-            in_namespace(&agent_ns, move || {
+            lab::in_netns(&agent_ns, move || {
                 let mut k = Kernel::open().expect("netlink");
                 let started = Instant::now();
                 let report = k.reconcile(&again).expect("reconcile");

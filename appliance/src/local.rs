@@ -1,8 +1,8 @@
 //! `vpcmesh-agent local`: follow a config file instead of a server.
 
 use crate::config::LocalArgs;
-use crate::dataplane::{desired_state, tunnel_status, DataKey, Kernel, NatTSocket};
-use crate::protocol::{DesiredConfig, HaRole, StatusReport};
+use crate::dataplane::{status_report, DataKey, Kernel, NatTSocket};
+use crate::protocol::{DesiredConfig, HaRole};
 use anyhow::Context;
 use base64::Engine;
 use std::path::Path;
@@ -48,11 +48,7 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
                         nat_t = Some(NatTSocket::open().context("opening UDP 4500 for NAT-T")?);
                     }
                     let started = Instant::now();
-                    let result = kernel
-                        .underlay(&config)
-                        .map(|u| desired_state(&config, &key, u))
-                        .and_then(|desired| kernel.reconcile(&desired));
-                    match result {
+                    match kernel.apply_config(&config, &key) {
                         Ok(report) => {
                             tracing::info!(
                                 version = config.version,
@@ -103,17 +99,11 @@ fn write_status(
     applied: Option<&DesiredConfig>,
     config_error: Option<String>,
 ) -> anyhow::Result<()> {
-    let tunnels = match applied {
-        Some(c) => tunnel_status(c, &kernel.observe()?),
-        None => Vec::new(),
+    let observed = match applied {
+        Some(_) => Some(kernel.observe()?),
+        None => None,
     };
-    let report = StatusReport {
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        applied_version: applied.map(|c| c.version),
-        config_error,
-        ha_role: HaRole::Active,
-        tunnels,
-    };
+    let report = status_report(applied, config_error, HaRole::Active, observed.as_ref());
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&report)?)?;
     std::fs::rename(&tmp, path)?;

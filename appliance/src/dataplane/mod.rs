@@ -12,4 +12,4 @@ pub use desired::{desired_state, KernelState, Underlay};
 pub use keys::{direction_key, DataKey};
 pub use nat_t::{NatTSocket, NAT_T_PORT};
 pub use reconcile::{diff, ChangeSet, Kernel, ObservedState, ReconcileError, ReconcileReport};
-pub use status::tunnel_status;
+pub use status::{status_report, tunnel_status};

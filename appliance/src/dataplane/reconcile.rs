@@ -3,7 +3,8 @@
 //! the desired state, apply only the difference, in an order that never
 //! leaves a policy without its SAs.
 
-use super::desired::{KernelState, Underlay};
+use super::desired::{desired_state, KernelState, Underlay};
+use super::keys::DataKey;
 use crate::netlink::NetlinkError;
 use crate::protocol::DesiredConfig;
 use crate::protocol::OWNED_REQIDS;
@@ -171,6 +172,16 @@ impl Kernel {
                 .any(|t| t.local_cidrs.iter().any(|c| c.contains(ip)))
         });
         Ok(Underlay { oif, prefsrc })
+    }
+
+    /// Takes the kernel to what `config` asks for, with SA keys from `key`.
+    pub fn apply_config(
+        &mut self,
+        config: &DesiredConfig,
+        key: &DataKey,
+    ) -> Result<ReconcileReport, ReconcileError> {
+        let underlay = self.underlay(config)?;
+        self.reconcile(&desired_state(config, key, underlay))
     }
 
     /// Takes the kernel to `desired`, touching only what differs. Also turns

@@ -1,7 +1,7 @@
 //! Tunnel state and counters read from the kernel's SAs.
 
 use super::reconcile::ObservedState;
-use crate::protocol::{DesiredConfig, TunnelState, TunnelStatus};
+use crate::protocol::{DesiredConfig, HaRole, StatusReport, TunnelState, TunnelStatus};
 use crate::xfrm::SaId;
 
 pub fn tunnel_status(config: &DesiredConfig, observed: &ObservedState) -> Vec<TunnelStatus> {
@@ -46,4 +46,25 @@ pub fn tunnel_status(config: &DesiredConfig, observed: &ObservedState) -> Vec<Tu
             status
         })
         .collect()
+}
+
+/// The report an agent sends (or writes): the applied config's version and
+/// its tunnels as `observed` shows them (none without an observation).
+pub fn status_report(
+    applied: Option<&DesiredConfig>,
+    config_error: Option<String>,
+    ha_role: HaRole,
+    observed: Option<&ObservedState>,
+) -> StatusReport {
+    let tunnels = match (applied, observed) {
+        (Some(c), Some(o)) => tunnel_status(c, o),
+        _ => Vec::new(),
+    };
+    StatusReport {
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        applied_version: applied.map(|c| c.version),
+        config_error,
+        ha_role,
+        tunnels,
+    }
 }

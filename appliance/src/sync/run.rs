@@ -3,11 +3,9 @@
 use super::backoff::Backoff;
 use super::{BootConfig, ControlPlane, Identity, StoredCredential, SyncError};
 use crate::config::RunArgs;
-use crate::dataplane::{
-    desired_state, tunnel_status, DataKey, Kernel, NatTSocket, ReconcileReport,
-};
+use crate::dataplane::{status_report, DataKey, Kernel, NatTSocket, ReconcileReport};
 use crate::kms::Kms;
-use crate::protocol::{DesiredConfig, HaRole, Member, RegisterRequest, StatusReport};
+use crate::protocol::{DesiredConfig, HaRole, Member, RegisterRequest};
 use anyhow::Context;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -225,8 +223,7 @@ async fn apply(
             .lock()
             .map_err(|_| anyhow::anyhow!("the kernel handle is poisoned"))?;
         let started = Instant::now();
-        let underlay = k.underlay(&config)?;
-        let report = k.reconcile(&desired_state(&config, &key, underlay))?;
+        let report = k.apply_config(&config, &key)?;
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "reconciled");
         Ok(report)
     })
@@ -249,28 +246,14 @@ async fn report_status(
             Err(_) => return,
         };
         let k = kernel.clone();
-        let tunnels = tokio::task::spawn_blocking(move || {
-            let observed = k.lock().ok()?.observe().ok()?;
-            Some(
-                applied
-                    .as_ref()
-                    .map(|c| tunnel_status(c, &observed))
-                    .unwrap_or_default(),
-            )
+        // One snapshot: the version reported is the one whose tunnels are read.
+        let report = tokio::task::spawn_blocking(move || {
+            let observed = k.lock().ok().and_then(|mut k| k.observe().ok());
+            status_report(applied.as_ref(), error, ha_role, observed.as_ref())
         })
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-        let report = StatusReport {
-            agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            applied_version: shared
-                .lock()
-                .ok()
-                .and_then(|s| s.applied.as_ref().map(|c| c.version)),
-            config_error: error,
-            ha_role,
-            tunnels,
+        .await;
+        let Ok(report) = report else {
+            continue;
         };
         if let Err(e) = cp.status(&credential, &report).await {
             tracing::warn!(error = %e, "status report not delivered");

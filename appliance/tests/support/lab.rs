@@ -206,3 +206,19 @@ pub fn two_sites_under_ping(dir: &Path, nat_traversal: bool) -> String {
     script += "ip netns exec h1 ping -c 100 -i 0.02 -W 1 10.2.0.10 > ping-restart.txt 2>&1 &\nPING=$!\nsleep 0.5\n";
     script
 }
+
+/// Runs `f` on a thread that has entered the network namespace `name` (made
+/// with `ip netns add`), so that sockets it opens belong to that namespace.
+pub fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{name}");
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        // SAFETY: a valid namespace fd; only this thread moves.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("the namespace thread panicked")
+}

@@ -6,8 +6,6 @@
 pub mod lab;
 pub mod uml;
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -51,16 +49,7 @@ impl Netns {
     /// Runs `f` on a thread that has entered this namespace, so that sockets
     /// it opens belong to the namespace.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: a valid namespace fd; this thread only is moved.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("the namespace thread panicked")
+        lab::in_netns(&self.name, f)
     }
 }
 

@@ -9,8 +9,6 @@ use crate::networks::{appliances, place, World};
 use crate::uml::run_in_guest_on;
 use crate::uml_lab::{self as lab, start_agent_run, topology};
 use serde_json::Value;
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::Duration;
 
@@ -65,18 +63,9 @@ impl LabNetns {
 
     /// A TCP listener on the lab address, created inside the namespace.
     fn listen(&self) -> tokio::net::TcpListener {
-        let path = format!("/run/netns/{}", self.0);
-        let listener = std::thread::spawn(move || {
-            let ns = File::open(&path).expect("the lab namespace");
-            // SAFETY: a valid namespace fd; only this thread moves.
-            assert_eq!(
-                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
+        let listener = lab::in_netns(&self.0, || {
             std::net::TcpListener::bind((LAB_ADDRESS, 0)).expect("bind in the lab namespace")
-        })
-        .join()
-        .expect("listener thread");
+        });
         listener.set_nonblocking(true).expect("nonblocking");
         tokio::net::TcpListener::from_std(listener).expect("tokio listener")
     }
