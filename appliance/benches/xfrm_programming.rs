@@ -6,8 +6,10 @@
 //! `cargo bench -p appliance --bench xfrm_programming` (as root). Sizes can
 //! be set with `VPCMESH_BENCH_TUNNELS=1000,10000`.
 
-use appliance::dataplane::{desired_state, DataKey, Kernel, KernelState, Underlay};
-use appliance::protocol::{DesiredConfig, EpochKey, Member, Tunnel, PROTOCOL_VERSION};
+use appliance::dataplane::{desired_state, DataKey, EpochKeys, Kernel, KernelState, Underlay};
+use appliance::protocol::{
+    DesiredConfig, EpochKey, InboundSa, Member, OutboundSa, Tunnel, PROTOCOL_VERSION,
+};
 use appliance::xfrm::POLICY_PRIORITY;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -98,12 +100,12 @@ fn config(tunnels: u32, moved: Option<u32>) -> DesiredConfig {
         member: Member::A,
         local_address: LOCAL,
         nat_traversal: false,
-        key: EpochKey {
+        keys: vec![EpochKey {
             epoch: 1,
             kms_key_arn: "arn".into(),
             region: "us-east-1".into(),
             ciphertext: "x".into(),
-        },
+        }],
         tunnels: (0..tunnels)
             .map(|i| {
                 let peer = if moved == Some(i) {
@@ -115,8 +117,11 @@ fn config(tunnels: u32, moved: Option<u32>) -> DesiredConfig {
                     peer_site: Uuid::from_u128(1000 + i as u128),
                     peer_address: peer,
                     reqid: 1 + i,
-                    out_spi: 0x10_0000 + i,
-                    in_spis: [0x20_0000 + 2 * i, 0x20_0001 + 2 * i],
+                    out: OutboundSa {
+                        epoch: 1,
+                        spi: 0x10_0000 + i,
+                    },
+                    inbound: InboundSa::pair(1, [0x20_0000 + 2 * i, 0x20_0001 + 2 * i]).to_vec(),
                     local_cidrs: vec!["172.16.0.0/16".parse().expect("literal")],
                     remote_cidrs: vec![ipnet::Ipv4Net::new(
                         Ipv4Addr::from(0x0A00_0000 + (i << 8)),
@@ -214,7 +219,7 @@ fn guest() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let key = DataKey::new(vec![7; 32]);
+    let key: EpochKeys = [(1, DataKey::new(vec![7; 32]))].into_iter().collect();
     println!("XFRM programming in a UML guest (kernel {}), tunnels = 1 out SA + 2 in SAs + out/in/fwd policies + 1 route", uname());
     println!(
         "{:>8} {:>8} | {:>12} {:>10} | {:>12} {:>10} | {:>6}",
@@ -234,7 +239,7 @@ fn guest() {
                 .expect("uplink")
         });
         let underlay = Underlay { oif, prefsrc: None };
-        let desired = desired_state(&config(n, None), &key, underlay);
+        let desired = desired_state(&config(n, None), &key, underlay).expect("epoch 1 has a key");
         let objects = desired.sas.len() + desired.policies.len() + desired.routes.len();
 
         let file = format!("/run/bench-{n}.batch");
@@ -263,7 +268,7 @@ fn guest() {
         );
 
         // One peer moves: read everything back, diff, touch only its objects.
-        let moved = desired_state(&config(n, Some(n / 2)), &key, underlay);
+        let moved = desired_state(&config(n, Some(n / 2)), &key, underlay).expect("epoch 1 has a key");
         let (change_time, report) = lab::in_netns(&agent_ns, move || {
             let mut k = Kernel::open().expect("netlink");
             let started = Instant::now();
@@ -271,7 +276,7 @@ fn guest() {
             (started.elapsed(), report)
         });
         let (noop_time, noop) = {
-            let again = desired_state(&config(n, Some(n / 2)), &key, underlay);
+            let again = desired_state(&config(n, Some(n / 2)), &key, underlay).expect("epoch 1 has a key");
             lab::in_netns(&agent_ns, move || {
                 let mut k = Kernel::open().expect("netlink");
                 let started = Instant::now();

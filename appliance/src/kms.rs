@@ -2,7 +2,8 @@
 //! (its instance role on AWS) under the network's encryption context.
 
 use crate::dataplane::DataKey;
-use crate::protocol::{encryption_context, DesiredConfig};
+use crate::protocol::{encryption_context, EpochKey};
+use uuid::Uuid;
 use aws_config::{BehaviorVersion, Region};
 use aws_smithy_http_client::{tls, Builder};
 use base64::Engine;
@@ -27,9 +28,10 @@ impl Kms {
         Self { endpoint }
     }
 
-    pub async fn data_key(&self, config: &DesiredConfig) -> Result<DataKey, KmsError> {
+    /// Decrypts one epoch's data key of `network`.
+    pub async fn data_key(&self, network: &Uuid, key: &EpochKey) -> Result<DataKey, KmsError> {
         let blob = base64::engine::general_purpose::STANDARD
-            .decode(&config.key.ciphertext)
+            .decode(&key.ciphertext)
             .map_err(|_| KmsError::Ciphertext)?;
         let http = Builder::new()
             .tls_provider(tls::Provider::Rustls(
@@ -38,27 +40,27 @@ impl Kms {
             .build_https();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http)
-            .region(Region::new(config.key.region.clone()));
+            .region(Region::new(key.region.clone()));
         if let Some(endpoint) = &self.endpoint {
             loader = loader.endpoint_url(endpoint.trim_end_matches('/'));
         }
         let client = aws_sdk_kms::Client::new(&loader.load().await);
         let mut req = client
             .decrypt()
-            .key_id(&config.key.kms_key_arn)
+            .key_id(&key.kms_key_arn)
             .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(blob));
-        for (k, v) in encryption_context(&config.network_id, config.key.epoch) {
+        for (k, v) in encryption_context(network, key.epoch) {
             req = req.encryption_context(k, v);
         }
         let out = req.send().await.map_err(|e| KmsError::Decrypt {
-            epoch: config.key.epoch,
+            epoch: key.epoch,
             message: aws_sdk_kms::error::DisplayErrorContext(&e).to_string(),
         })?;
         let plain = out
             .plaintext()
             .map(|b| b.as_ref().to_vec())
             .filter(|b| !b.is_empty())
-            .ok_or(KmsError::Empty(config.key.epoch))?;
+            .ok_or(KmsError::Empty(key.epoch))?;
         Ok(DataKey::new(plain))
     }
 }

@@ -1,7 +1,7 @@
 //! `vpcmesh-agent local`: follow a config file instead of a server.
 
 use crate::config::LocalArgs;
-use crate::dataplane::{status_report, DataKey, Kernel, NatTSocket};
+use crate::dataplane::{status_report, DataKey, EpochKeys, Kernel, NatTSocket};
 use crate::protocol::{DesiredConfig, HaRole};
 use anyhow::Context;
 use base64::Engine;
@@ -15,6 +15,8 @@ const RETRY_EVERY: Duration = Duration::from_secs(1);
 pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     let key_text = std::fs::read_to_string(&args.data_key)
         .with_context(|| format!("reading the data key {}", args.data_key.display()))?;
+    // Labs and benchmarks: one data key stands for every epoch (the SA
+    // keys still differ per epoch, since HKDF's info names the epoch).
     let key = DataKey::new(
         base64::engine::general_purpose::STANDARD
             .decode(key_text.trim())
@@ -48,7 +50,12 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
                         nat_t = Some(NatTSocket::open().context("opening UDP 4500 for NAT-T")?);
                     }
                     let started = Instant::now();
-                    match kernel.apply_config(&config, &key) {
+                    let keys: EpochKeys = config
+                        .epochs()
+                        .into_iter()
+                        .map(|e| (e, key.clone()))
+                        .collect();
+                    match kernel.apply_config(&config, &keys) {
                         Ok(report) => {
                             tracing::info!(
                                 version = config.version,

@@ -11,7 +11,8 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use uuid::Uuid;
 
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: key epochs in play (make-before-break rotation) and per-epoch SAs.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Paths of the appliance API, relative to the server's base URL.
 pub mod paths {
@@ -28,6 +29,17 @@ pub const MAX_CIDRS_PER_SELECTOR: usize = 64;
 /// Reqids the agent owns in the kernel: its SAs and policies carry one of
 /// these, and it never touches state outside the range.
 pub const OWNED_REQIDS: std::ops::Range<u32> = 1..(1 << 30);
+/// At most this many key epochs are in play at once: the active one and,
+/// during a rotation, the one it replaces.
+pub const MAX_EPOCHS_IN_PLAY: usize = 2;
+
+/// The SPI a flow uses in `epoch`: its epoch-independent base SPI (below
+/// 2^31) with the epoch's parity in the top bit. The two epochs in play
+/// differ in parity, so their SAs never share an SPI and both can be
+/// installed side by side during a rotation.
+pub fn spi_for_epoch(base: u32, epoch: u32) -> u32 {
+    (base & 0x7fff_ffff) | ((epoch & 1) << 31)
+}
 
 /// The KMS encryption context that binds an epoch's data key to its network
 /// and epoch: the server generates under it, appliances decrypt under it,
@@ -99,6 +111,33 @@ pub struct EpochKey {
     pub ciphertext: String,
 }
 
+/// The SA an appliance sends with on one tunnel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundSa {
+    pub epoch: u32,
+    pub spi: u32,
+}
+
+/// An SA an appliance accepts on one tunnel: from one of the peer's members,
+/// keyed from one epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct InboundSa {
+    pub epoch: u32,
+    pub member: Member,
+    pub spi: u32,
+}
+
+impl InboundSa {
+    /// The SAs from the peer's members A and B in one epoch.
+    pub fn pair(epoch: u32, spis: [u32; 2]) -> [InboundSa; 2] {
+        Member::BOTH.map(|member| InboundSa {
+            epoch,
+            member,
+            spi: spis[member.index()],
+        })
+    }
+}
+
 /// One IPsec tunnel from this appliance's site to a peer site.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tunnel {
@@ -107,10 +146,11 @@ pub struct Tunnel {
     pub peer_address: Ipv4Addr,
     /// Ties this tunnel's SAs and policies together in the kernel.
     pub reqid: u32,
-    /// The SPI this appliance sends with.
-    pub out_spi: u32,
-    /// SPIs accepted from the peer's members A and B.
-    pub in_spis: [u32; 2],
+    /// What this appliance sends with. During a rotation the server moves
+    /// it to the new epoch only once the peer accepts that epoch.
+    pub out: OutboundSa,
+    /// What it accepts from the peer's members A and B: every epoch in play.
+    pub inbound: Vec<InboundSa>,
     /// What this end sends into the tunnel...
     pub local_cidrs: Vec<Ipv4Net>,
     /// ...and what it receives from it (and routes towards it).
@@ -129,7 +169,8 @@ pub struct DesiredConfig {
     pub local_address: Ipv4Addr,
     /// ESP in UDP 4500 (needed behind AWS's 1:1 NAT of Elastic IPs).
     pub nat_traversal: bool,
-    pub key: EpochKey,
+    /// The key epochs in play, newest first: one, or two during a rotation.
+    pub keys: Vec<EpochKey>,
     pub tunnels: Vec<Tunnel>,
 }
 
@@ -163,11 +204,26 @@ pub enum ConfigError {
     DuplicatePeer(Uuid),
     #[error("peer address {0} is not a usable unicast address")]
     BadPeerAddress(Ipv4Addr),
-    #[error("the key ciphertext is empty")]
-    EmptyKey,
+    #[error("the key ciphertext of epoch {0} is empty")]
+    EmptyKey(u32),
+    #[error("{0} key epochs given; between 1 and {MAX_EPOCHS_IN_PLAY} are in play at once")]
+    EpochCount(usize),
+    #[error("key epoch {0} is given twice")]
+    DuplicateEpoch(u32),
+    #[error("tunnel to {peer}: epoch {epoch} has no key in this config")]
+    UnknownEpoch { peer: Uuid, epoch: u32 },
+    #[error("tunnel to {0}: it accepts nothing, or the same epoch and member twice")]
+    BadInbound(Uuid),
 }
 
 impl DesiredConfig {
+    /// The epochs this config holds keys for, newest first.
+    pub fn epochs(&self) -> Vec<u32> {
+        let mut e: Vec<u32> = self.keys.iter().map(|k| k.epoch).collect();
+        e.sort_unstable_by(|a, b| b.cmp(a));
+        e
+    }
+
     /// Checks the whole config; the first problem refuses all of it.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.protocol != PROTOCOL_VERSION {
@@ -176,8 +232,17 @@ impl DesiredConfig {
         if self.tunnels.len() > MAX_TUNNELS {
             return Err(ConfigError::TooManyTunnels(self.tunnels.len()));
         }
-        if self.key.ciphertext.is_empty() {
-            return Err(ConfigError::EmptyKey);
+        if self.keys.is_empty() || self.keys.len() > MAX_EPOCHS_IN_PLAY {
+            return Err(ConfigError::EpochCount(self.keys.len()));
+        }
+        let mut epochs = BTreeSet::new();
+        for k in &self.keys {
+            if !epochs.insert(k.epoch) {
+                return Err(ConfigError::DuplicateEpoch(k.epoch));
+            }
+            if k.ciphertext.is_empty() {
+                return Err(ConfigError::EmptyKey(k.epoch));
+            }
         }
         let mut peers = BTreeSet::new();
         let mut reqids = BTreeSet::new();
@@ -197,17 +262,32 @@ impl DesiredConfig {
             }
             // Outbound SPIs are unique per destination and inbound ones per
             // this appliance; both sets must be free of repeats.
-            if !out_spis.insert((t.peer_address, t.out_spi)) {
-                return Err(ConfigError::DuplicateSpi { spi: t.out_spi });
+            if !out_spis.insert((t.peer_address, t.out.spi)) {
+                return Err(ConfigError::DuplicateSpi { spi: t.out.spi });
             }
-            for spi in std::iter::once(t.out_spi).chain(t.in_spis) {
+            let mut accepted = BTreeSet::new();
+            if t.inbound.is_empty()
+                || t.inbound.len() > 2 * MAX_EPOCHS_IN_PLAY
+                || !t.inbound.iter().all(|i| accepted.insert((i.epoch, i.member)))
+            {
+                return Err(ConfigError::BadInbound(t.peer_site));
+            }
+            for epoch in std::iter::once(t.out.epoch).chain(t.inbound.iter().map(|i| i.epoch)) {
+                if !epochs.contains(&epoch) {
+                    return Err(ConfigError::UnknownEpoch {
+                        peer: t.peer_site,
+                        epoch,
+                    });
+                }
+            }
+            for spi in std::iter::once(t.out.spi).chain(t.inbound.iter().map(|i| i.spi)) {
                 if spi < 0x100 {
                     return Err(ConfigError::ReservedSpi { spi });
                 }
             }
-            for spi in t.in_spis {
-                if !in_spis.insert(spi) {
-                    return Err(ConfigError::DuplicateSpi { spi });
+            for i in &t.inbound {
+                if !in_spis.insert(i.spi) {
+                    return Err(ConfigError::DuplicateSpi { spi: i.spi });
                 }
             }
             for cidrs in [&t.local_cidrs, &t.remote_cidrs] {
@@ -250,6 +330,9 @@ impl DesiredConfig {
 pub struct TunnelStatus {
     pub peer_site: Uuid,
     pub state: TunnelState,
+    /// The epoch this appliance sends with on the tunnel.
+    #[serde(default)]
+    pub out_epoch: u32,
     pub out_bytes: u64,
     pub out_packets: u64,
     pub in_bytes: u64,
@@ -266,6 +349,9 @@ pub enum TunnelState {
     Pending,
     /// Traffic arrived from the peer.
     Up,
+    /// Up, with a second key epoch in play: new inbound SAs are installed
+    /// next to the old ones until every sender has moved to the new epoch.
+    Rekeying,
     /// The kernel lacks this tunnel's SAs or policies.
     Down,
 }
@@ -287,6 +373,11 @@ pub struct StatusReport {
     #[serde(default)]
     pub config_error: Option<String>,
     pub ha_role: HaRole,
+    /// The key epochs whose inbound SAs the applied config installed: the
+    /// server moves peers' outbound SAs to an epoch only once every live
+    /// appliance of the receiving site lists it.
+    #[serde(default)]
+    pub epochs: Vec<u32>,
     pub tunnels: Vec<TunnelStatus>,
 }
 

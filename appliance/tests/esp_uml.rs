@@ -250,7 +250,7 @@ fn a_hostile_config_is_refused_whole_and_the_kernel_keeps_the_last_good_state() 
     }
     // Version 2 for site 1: a new tunnel that reuses an inbound SPI.
     let mut bad = lab::mesh_config(1, &[1, 2, 3], false, 2);
-    bad.tunnels[1].in_spis[0] = bad.tunnels[0].in_spis[0];
+    bad.tunnels[1].inbound[0].spi = bad.tunnels[0].inbound[0].spi;
     std::fs::write(
         dir.join("s1.bad.json"),
         serde_json::to_vec(&bad).expect("json"),

@@ -5,7 +5,9 @@
 mod support;
 
 use appliance::dataplane::{desired_state, DataKey, Kernel, KernelState, Underlay};
-use appliance::protocol::{DesiredConfig, EpochKey, Member, Tunnel, PROTOCOL_VERSION};
+use appliance::protocol::{
+    DesiredConfig, EpochKey, InboundSa, Member, OutboundSa, Tunnel, PROTOCOL_VERSION,
+};
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -23,19 +25,22 @@ fn config(peers: u32) -> DesiredConfig {
         member: Member::A,
         local_address: LOCAL,
         nat_traversal: false,
-        key: EpochKey {
+        keys: vec![EpochKey {
             epoch: 1,
             kms_key_arn: "arn".into(),
             region: "us-east-1".into(),
             ciphertext: "x".into(),
-        },
+        }],
         tunnels: (0..peers)
             .map(|i| Tunnel {
                 peer_site: Uuid::from_u128(10 + i as u128),
                 peer_address: Ipv4Addr::new(198, 51, 100, 10 + i as u8),
                 reqid: 100 + i,
-                out_spi: 0x1000 + i,
-                in_spis: [0x2000 + 2 * i, 0x2001 + 2 * i],
+                out: OutboundSa {
+                    epoch: 1,
+                    spi: 0x1000 + i,
+                },
+                inbound: InboundSa::pair(1, [0x2000 + 2 * i, 0x2001 + 2 * i]).to_vec(),
                 local_cidrs: vec!["10.0.0.0/16".parse().expect("literal")],
                 remote_cidrs: vec![
                     format!("10.{}.0.0/16", 10 + i).parse().expect("literal"),
@@ -77,9 +82,10 @@ fn appliance_ns() -> (Netns, u32) {
 fn policies_and_routes(c: &DesiredConfig, oif: u32) -> KernelState {
     let mut s = desired_state(
         c,
-        &DataKey::new(vec![1; 32]),
+        &[(1, DataKey::new(vec![1; 32]))].into_iter().collect(),
         Underlay { oif, prefsrc: None },
-    );
+    )
+    .expect("epoch 1 has a key");
     s.sas.clear();
     s
 }

@@ -54,6 +54,10 @@ pub struct Config {
     /// A provisioning step leased by a crashed replica is picked up by another after this long.
     #[arg(long, env = "VPCMESH_STEP_LEASE_SECS", default_value_t = 60)]
     pub step_lease_secs: u64,
+    /// After every live appliance sends with a rotated key, the old key's
+    /// SAs stay accepted this long (packets in flight), then are removed.
+    #[arg(long, env = "VPCMESH_ROTATION_GRACE_SECS", default_value_t = 30)]
+    pub rotation_grace_secs: u64,
     /// Provisioning workers in this process (steps run in parallel across regions).
     #[arg(long, env = "VPCMESH_ENGINE_WORKERS", default_value_t = 4)]
     pub engine_workers: usize,
@@ -80,6 +84,7 @@ pub struct Settings {
     pub aws_endpoint_url: Option<Url>,
     pub step_lease: Duration,
     pub engine_workers: usize,
+    pub rotation_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -132,6 +137,7 @@ impl Config {
             aws_endpoint_url: self.aws_endpoint_url.clone(),
             step_lease: Duration::from_secs(self.step_lease_secs.max(1)),
             engine_workers: self.engine_workers.clamp(1, 64),
+            rotation_grace: Duration::from_secs(self.rotation_grace_secs.min(3600)),
         })
     }
 }
@@ -157,6 +163,7 @@ impl Settings {
             aws_endpoint_url: None,
             step_lease: Duration::from_secs(60),
             engine_workers: 4,
+            rotation_grace: Duration::from_secs(30),
         }
     }
 }

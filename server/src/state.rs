@@ -29,6 +29,7 @@ impl AppState {
     pub fn new(pool: PgPool, settings: Settings, leptos_options: LeptosOptions, aws: Aws) -> Self {
         let routes = leptos_axum::generate_route_list(app::App);
         let config_changes = crate::appliances::listen_for_changes(pool.clone());
+        crate::appliances::rotation::spawn_sweeper(pool.clone(), settings.rotation_grace);
         AppState {
             pool,
             settings: Arc::new(settings),

@@ -147,8 +147,22 @@ pub struct SiteSummary {
 pub struct KeyEpochSummary {
     pub epoch: i32,
     pub kms_key_arn: String,
+    /// "active", "retiring" (a rotation moves off it), "retired" or "invalidated".
     pub state: String,
     pub created_at: String,
+    /// On the active epoch while a rotation to it is in progress.
+    #[serde(default)]
+    pub rotation: Option<RotationProgress>,
+}
+
+/// How far a rotation has come over the network's live appliances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationProgress {
+    pub live: i64,
+    /// Appliances that accept the new epoch.
+    pub accepting: i64,
+    /// Appliances that send with it on every tunnel.
+    pub sending: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,8 +204,11 @@ pub struct ApplianceSummary {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TunnelLive {
     pub peer_site: String,
-    /// "pending", "up" or "down".
+    /// "pending", "up", "rekeying" or "down".
     pub state: String,
+    /// The key epoch the appliance sends with on this tunnel.
+    #[serde(default)]
+    pub out_epoch: u32,
     pub out_bytes: u64,
     pub out_packets: u64,
     pub in_bytes: u64,

@@ -1,7 +1,7 @@
 //! The kernel objects one config asks for. Pure: no I/O.
 
 use super::keys::{direction_key, DataKey};
-use crate::protocol::{DesiredConfig, Member};
+use crate::protocol::DesiredConfig;
 use crate::route::Route;
 use crate::xfrm::{Direction, Policy, PolicyId, Sa, SaId};
 use ipnet::Ipv4Net;
@@ -23,41 +23,52 @@ pub struct Underlay {
     pub prefsrc: Option<Ipv4Addr>,
 }
 
-pub fn desired_state(config: &DesiredConfig, key: &DataKey, underlay: Underlay) -> KernelState {
+/// Plaintext data keys by epoch, as the agent decrypted them.
+pub type EpochKeys = BTreeMap<u32, DataKey>;
+
+/// A config names an epoch whose key the agent does not hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no data key for epoch {0}")]
+pub struct MissingKey(pub u32);
+
+pub fn desired_state(
+    config: &DesiredConfig,
+    keys: &EpochKeys,
+    underlay: Underlay,
+) -> Result<KernelState, MissingKey> {
     let mut state = KernelState::default();
     let local = config.local_address;
-    let epoch = config.key.epoch;
+    let key = |epoch: u32| keys.get(&epoch).ok_or(MissingKey(epoch));
     for t in &config.tunnels {
         let out = Sa {
             src: local,
             dst: t.peer_address,
-            spi: t.out_spi,
+            spi: t.out.spi,
             reqid: t.reqid,
             key: direction_key(
-                key,
+                key(t.out.epoch)?,
                 config.network_id,
-                epoch,
+                t.out.epoch,
                 (config.site_id, config.member),
                 t.peer_site,
-                t.out_spi,
+                t.out.spi,
             ),
             nat_traversal: config.nat_traversal,
         };
         state.sas.insert(out.id(), out);
-        for member in Member::BOTH {
-            let spi = t.in_spis[member.index()];
+        for i in &t.inbound {
             let inbound = Sa {
                 src: t.peer_address,
                 dst: local,
-                spi,
+                spi: i.spi,
                 reqid: t.reqid,
                 key: direction_key(
-                    key,
+                    key(i.epoch)?,
                     config.network_id,
-                    epoch,
-                    (t.peer_site, member),
+                    i.epoch,
+                    (t.peer_site, i.member),
                     config.site_id,
-                    spi,
+                    i.spi,
                 ),
                 nat_traversal: config.nat_traversal,
             };
@@ -108,5 +119,5 @@ pub fn desired_state(config: &DesiredConfig, key: &DataKey, underlay: Underlay) 
             );
         }
     }
-    state
+    Ok(state)
 }

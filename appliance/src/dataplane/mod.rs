@@ -8,7 +8,7 @@ mod nat_t;
 mod reconcile;
 mod status;
 
-pub use desired::{desired_state, KernelState, Underlay};
+pub use desired::{desired_state, EpochKeys, KernelState, MissingKey, Underlay};
 pub use keys::{direction_key, DataKey};
 pub use nat_t::{NatTSocket, NAT_T_PORT};
 pub use reconcile::{diff, ChangeSet, Kernel, ObservedState, ReconcileError, ReconcileReport};

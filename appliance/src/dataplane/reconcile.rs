@@ -3,8 +3,7 @@
 //! the desired state, apply only the difference, in an order that never
 //! leaves a policy without its SAs.
 
-use super::desired::{desired_state, KernelState, Underlay};
-use super::keys::DataKey;
+use super::desired::{desired_state, EpochKeys, KernelState, MissingKey, Underlay};
 use crate::netlink::NetlinkError;
 use crate::protocol::DesiredConfig;
 use crate::protocol::OWNED_REQIDS;
@@ -54,6 +53,8 @@ pub enum ReconcileError {
     Read(NetlinkError),
     #[error("turning on IPv4 forwarding: {0}")]
     Forwarding(std::io::Error),
+    #[error(transparent)]
+    MissingKey(#[from] MissingKey),
     #[error("the interface holding the local address {0} was not found")]
     NoUnderlay(std::net::Ipv4Addr),
     #[error("{failed} of {total} kernel changes failed; first: {first}")]
@@ -174,14 +175,15 @@ impl Kernel {
         Ok(Underlay { oif, prefsrc })
     }
 
-    /// Takes the kernel to what `config` asks for, with SA keys from `key`.
+    /// Takes the kernel to what `config` asks for, with SA keys derived
+    /// from each epoch's data key in `keys`.
     pub fn apply_config(
         &mut self,
         config: &DesiredConfig,
-        key: &DataKey,
+        keys: &EpochKeys,
     ) -> Result<ReconcileReport, ReconcileError> {
         let underlay = self.underlay(config)?;
-        self.reconcile(&desired_state(config, key, underlay))
+        self.reconcile(&desired_state(config, keys, underlay)?)
     }
 
     /// Takes the kernel to `desired`, touching only what differs. Also turns

@@ -3,6 +3,7 @@
 use super::reconcile::ObservedState;
 use crate::protocol::{DesiredConfig, HaRole, StatusReport, TunnelState, TunnelStatus};
 use crate::xfrm::SaId;
+use std::collections::BTreeSet;
 
 pub fn tunnel_status(config: &DesiredConfig, observed: &ObservedState) -> Vec<TunnelStatus> {
     config
@@ -11,20 +12,21 @@ pub fn tunnel_status(config: &DesiredConfig, observed: &ObservedState) -> Vec<Tu
         .map(|t| {
             let out = observed.sas.get(&SaId {
                 dst: t.peer_address,
-                spi: t.out_spi,
+                spi: t.out.spi,
             });
             let ins: Vec<_> = t
-                .in_spis
+                .inbound
                 .iter()
-                .map(|spi| {
+                .map(|i| {
                     observed.sas.get(&SaId {
                         dst: config.local_address,
-                        spi: *spi,
+                        spi: i.spi,
                     })
                 })
                 .collect();
             let mut status = TunnelStatus {
                 peer_site: t.peer_site,
+                out_epoch: t.out.epoch,
                 ..Default::default()
             };
             if let Some(o) = out {
@@ -36,12 +38,20 @@ pub fn tunnel_status(config: &DesiredConfig, observed: &ObservedState) -> Vec<Tu
                 status.in_packets += i.counters.packets;
                 status.in_errors += i.counters.replay_drops + i.counters.integrity_failures;
             }
+            let epochs: BTreeSet<u32> = t
+                .inbound
+                .iter()
+                .map(|i| i.epoch)
+                .chain([t.out.epoch])
+                .collect();
             status.state = if out.is_none() || ins.iter().any(Option::is_none) {
                 TunnelState::Down
-            } else if status.in_packets > 0 {
-                TunnelState::Up
-            } else {
+            } else if status.in_packets == 0 {
                 TunnelState::Pending
+            } else if epochs.len() > 1 {
+                TunnelState::Rekeying
+            } else {
+                TunnelState::Up
             };
             status
         })
@@ -65,6 +75,7 @@ pub fn status_report(
         applied_version: applied.map(|c| c.version),
         config_error,
         ha_role,
+        epochs: applied.map(DesiredConfig::epochs).unwrap_or_default(),
         tunnels,
     }
 }

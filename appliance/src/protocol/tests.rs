@@ -9,19 +9,22 @@ pub(crate) fn sample_config(tunnels: usize) -> DesiredConfig {
         member: Member::A,
         local_address: Ipv4Addr::new(198, 51, 100, 1),
         nat_traversal: false,
-        key: EpochKey {
+        keys: vec![EpochKey {
             epoch: 1,
             kms_key_arn: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
             region: "us-east-1".into(),
             ciphertext: "Y2lwaGVy".into(),
-        },
+        }],
         tunnels: (0..tunnels as u32)
             .map(|i| Tunnel {
                 peer_site: Uuid::from_u128(100 + i as u128),
                 peer_address: Ipv4Addr::from(0xC633_6400 + 2 + i),
                 reqid: 1 + i,
-                out_spi: 0x1000 + i,
-                in_spis: [0x2000 + 2 * i, 0x2001 + 2 * i],
+                out: OutboundSa {
+                    epoch: 1,
+                    spi: 0x1000 + i,
+                },
+                inbound: InboundSa::pair(1, [0x2000 + 2 * i, 0x2001 + 2 * i]).to_vec(),
                 local_cidrs: vec!["10.0.0.0/16".parse().expect("literal")],
                 remote_cidrs: vec![Ipv4Net::new(Ipv4Addr::from(0x0A01_0000 + (i << 16)), 16)
                     .expect("prefix 16 is valid")],
@@ -57,14 +60,14 @@ fn hostile_configs_are_refused_as_a_whole() {
     );
 
     let mut c = sample_config(2);
-    c.tunnels[1].in_spis[0] = c.tunnels[0].in_spis[1];
+    c.tunnels[1].inbound[0].spi = c.tunnels[0].inbound[1].spi;
     assert!(matches!(
         c.validate(),
         Err(ConfigError::DuplicateSpi { .. })
     ));
 
     let mut c = sample_config(2);
-    c.tunnels[1].out_spi = 7;
+    c.tunnels[1].out.spi = 7;
     assert_eq!(c.validate(), Err(ConfigError::ReservedSpi { spi: 7 }));
 
     let mut c = sample_config(2);
@@ -109,8 +112,94 @@ fn hostile_configs_are_refused_as_a_whole() {
     assert!(matches!(c.validate(), Err(ConfigError::BadPeerAddress(_))));
 
     let mut c = sample_config(1);
-    c.key.ciphertext.clear();
-    assert_eq!(c.validate(), Err(ConfigError::EmptyKey));
+    c.keys[0].ciphertext.clear();
+    assert_eq!(c.validate(), Err(ConfigError::EmptyKey(1)));
+}
+
+#[test]
+fn epochs_in_play_are_checked() {
+    let mut c = sample_config(1);
+    c.keys.clear();
+    assert_eq!(c.validate(), Err(ConfigError::EpochCount(0)));
+
+    let mut c = sample_config(1);
+    c.keys.push(c.keys[0].clone());
+    assert_eq!(c.validate(), Err(ConfigError::DuplicateEpoch(1)));
+
+    let mut c = sample_config(1);
+    for epoch in [2, 3] {
+        let mut k = c.keys[0].clone();
+        k.epoch = epoch;
+        c.keys.push(k);
+    }
+    assert_eq!(c.validate(), Err(ConfigError::EpochCount(3)));
+
+    // Sending with, or accepting, an epoch the config holds no key for.
+    let mut c = sample_config(1);
+    c.tunnels[0].out.epoch = 2;
+    assert!(matches!(
+        c.validate(),
+        Err(ConfigError::UnknownEpoch { epoch: 2, .. })
+    ));
+    let mut c = sample_config(1);
+    c.tunnels[0].inbound[1].epoch = 2;
+    assert!(matches!(
+        c.validate(),
+        Err(ConfigError::UnknownEpoch { epoch: 2, .. })
+    ));
+
+    // The same (epoch, member) twice, or nothing accepted at all.
+    let mut c = sample_config(1);
+    c.tunnels[0].inbound[1].member = Member::A;
+    assert!(matches!(c.validate(), Err(ConfigError::BadInbound(_))));
+    let mut c = sample_config(1);
+    c.tunnels[0].inbound.clear();
+    assert!(matches!(c.validate(), Err(ConfigError::BadInbound(_))));
+}
+
+/// A rotation in progress: two epochs, both accepted, sending on either.
+pub(crate) fn rotating(mut c: DesiredConfig, out_epoch: u32) -> DesiredConfig {
+    let mut next = c.keys[0].clone();
+    next.epoch = 2;
+    next.ciphertext = "bmV4dA==".into();
+    c.keys.insert(0, next);
+    for t in &mut c.tunnels {
+        let old: Vec<InboundSa> = t.inbound.clone();
+        for i in old {
+            t.inbound.push(InboundSa {
+                epoch: 2,
+                // The fixtures' epoch-1 SPIs ignore the parity convention:
+                // flip the top bit, as spi_for_epoch does between epochs.
+                spi: i.spi ^ (1 << 31),
+                ..i
+            });
+        }
+        if out_epoch == 2 {
+            t.out = OutboundSa {
+                epoch: 2,
+                spi: t.out.spi ^ (1 << 31),
+            };
+        }
+    }
+    c
+}
+
+#[test]
+fn a_rotation_in_progress_is_a_valid_config() {
+    for out in [1, 2] {
+        let c = rotating(sample_config(3), out);
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.epochs(), vec![2, 1]);
+    }
+}
+
+#[test]
+fn the_two_epochs_in_play_never_share_an_spi() {
+    for base in [0x100, 0x1234_5678, 0x7fff_ffff, 0xffff_ffff] {
+        assert_ne!(spi_for_epoch(base, 1), spi_for_epoch(base, 2));
+        assert_eq!(spi_for_epoch(base, 1), spi_for_epoch(base, 3));
+        assert!(spi_for_epoch(base, 2) >= 0x100);
+    }
 }
 
 #[test]

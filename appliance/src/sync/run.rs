@@ -3,7 +3,8 @@
 use super::backoff::Backoff;
 use super::{BootConfig, ControlPlane, Identity, StoredCredential, SyncError};
 use crate::config::RunArgs;
-use crate::dataplane::{status_report, DataKey, Kernel, NatTSocket, ReconcileReport};
+use crate::dataplane::{status_report, DataKey, EpochKeys, Kernel, NatTSocket, ReconcileReport};
+use std::collections::BTreeMap;
 use crate::kms::Kms;
 use crate::protocol::{DesiredConfig, HaRole, Member, RegisterRequest};
 use anyhow::Context;
@@ -127,7 +128,9 @@ async fn follow_config(
         .ok();
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut after: Option<u64> = None;
-    let mut key: Option<((u32, String), DataKey)> = None;
+    // Decrypted keys by epoch, with the ciphertext they came from; epochs
+    // that leave the config are dropped (and wiped) with it.
+    let mut keys: BTreeMap<u32, (String, DataKey)> = BTreeMap::new();
     let wait = Duration::from_secs(args.long_poll_secs.clamp(1, 30));
     let set_error = |e: String| {
         if let Ok(mut s) = shared.lock() {
@@ -159,23 +162,35 @@ async fn follow_config(
             set_error(format!("config {} refused: {e}", config.version));
             continue;
         }
-        let wanted = (config.key.epoch, config.key.ciphertext.clone());
-        let data_key = match &key {
-            Some((k, dk)) if *k == wanted => dk.clone(),
-            _ => match kms.data_key(&config).await {
+        keys.retain(|epoch, (ciphertext, _)| {
+            config
+                .keys
+                .iter()
+                .any(|k| k.epoch == *epoch && k.ciphertext == *ciphertext)
+        });
+        let mut failed = None;
+        for k in &config.keys {
+            if keys.contains_key(&k.epoch) {
+                continue;
+            }
+            match kms.data_key(&config.network_id, k).await {
                 Ok(dk) => {
-                    key = Some((wanted, dk.clone()));
-                    dk
+                    keys.insert(k.epoch, (k.ciphertext.clone(), dk));
                 }
                 Err(e) => {
-                    tracing::warn!(epoch = config.key.epoch, error = %e, "cannot decrypt the epoch key");
-                    set_error(e.to_string());
-                    after = None;
-                    tokio::time::sleep(backoff.next_wait()).await;
-                    continue;
+                    tracing::warn!(epoch = k.epoch, error = %e, "cannot decrypt the epoch key");
+                    failed = Some(e);
+                    break;
                 }
-            },
-        };
+            }
+        }
+        if let Some(e) = failed {
+            set_error(e.to_string());
+            after = None;
+            tokio::time::sleep(backoff.next_wait()).await;
+            continue;
+        }
+        let data_keys: EpochKeys = keys.iter().map(|(e, (_, dk))| (*e, dk.clone())).collect();
         if config.nat_traversal && nat_t.is_none() {
             match NatTSocket::open() {
                 Ok(s) => nat_t = Some(s),
@@ -187,11 +202,12 @@ async fn follow_config(
                 }
             }
         }
-        match apply(kernel.clone(), config.clone(), data_key).await {
+        match apply(kernel.clone(), config.clone(), data_keys).await {
             Ok(report) => {
                 backoff.reset();
                 tracing::info!(
                     version = config.version,
+                    epochs = ?config.epochs(),
                     added = report.added,
                     replaced = report.replaced,
                     deleted = report.deleted,
@@ -216,14 +232,14 @@ async fn follow_config(
 async fn apply(
     kernel: SharedKernel,
     config: DesiredConfig,
-    key: DataKey,
+    keys: EpochKeys,
 ) -> anyhow::Result<ReconcileReport> {
     tokio::task::spawn_blocking(move || {
         let mut k = kernel
             .lock()
             .map_err(|_| anyhow::anyhow!("the kernel handle is poisoned"))?;
         let started = Instant::now();
-        let report = k.apply_config(&config, &key)?;
+        let report = k.apply_config(&config, &keys)?;
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "reconciled");
         Ok(report)
     })

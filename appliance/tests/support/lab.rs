@@ -3,7 +3,9 @@
 //! behind it. Site `i` has WAN address 198.51.100.i, VPC 10.i.0.0/16, its
 //! appliance at 10.i.0.1 and a host at 10.i.0.10.
 
-use appliance::protocol::{DesiredConfig, EpochKey, Member, Tunnel, PROTOCOL_VERSION};
+use appliance::protocol::{
+    DesiredConfig, EpochKey, InboundSa, Member, OutboundSa, Tunnel, PROTOCOL_VERSION,
+};
 use std::fmt::Write;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -53,12 +55,12 @@ pub fn mesh_config_with(
         member: Member::A,
         local_address: wan_of(i),
         nat_traversal,
-        key: EpochKey {
+        keys: vec![EpochKey {
             epoch: 1,
             kms_key_arn: "arn:aws:kms:us-east-1:111122223333:key/lab".into(),
             region: "us-east-1".into(),
             ciphertext: "bGFi".into(),
-        },
+        }],
         tunnels: sites
             .iter()
             .filter(|j| **j != i)
@@ -66,8 +68,11 @@ pub fn mesh_config_with(
                 peer_site: site_id(j),
                 peer_address: wan_of(j),
                 reqid: reqid(i, j),
-                out_spi: spi(i, Member::A, j),
-                in_spis: [spi(j, Member::A, i), spi(j, Member::B, i)],
+                out: OutboundSa {
+                    epoch: 1,
+                    spi: spi(i, Member::A, j),
+                },
+                inbound: InboundSa::pair(1, [spi(j, Member::A, i), spi(j, Member::B, i)]).to_vec(),
                 local_cidrs: vec![format!("10.{i}.0.0/16").parse().expect("literal")],
                 remote_cidrs: vec![format!("10.{j}.0.0/16").parse().expect("literal")],
             })

@@ -4,7 +4,10 @@
 
 use super::{store::ApplianceRow, ApplianceError};
 use crate::networks::{model, store as networks};
-use appliance::protocol::{DesiredConfig, EpochKey, Tunnel, PROTOCOL_VERSION};
+use super::rotation;
+use appliance::protocol::{
+    spi_for_epoch, DesiredConfig, EpochKey, InboundSa, OutboundSa, Tunnel, PROTOCOL_VERSION,
+};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -24,14 +27,15 @@ pub async fn desired_config(
     let plan = plans
         .get(&appliance.site_id)
         .ok_or(ApplianceError::SiteGone)?;
-    let (epoch, kms_key_arn, ciphertext) = super::store::active_epoch(pool, net.id)
+    let epochs = rotation::in_play(pool, net.id)
         .await?
         .ok_or(ApplianceError::Internal)?;
-    let region = kms_key_arn
-        .split(':')
-        .nth(3)
-        .unwrap_or_default()
-        .to_string();
+    // During a rotation a tunnel sends with the new epoch once every live
+    // appliance of the peer site accepts it (see `rotation`).
+    let peer_accepts_new = match &epochs.retiring {
+        None => None,
+        Some(_) => Some(rotation::sites_accepting(pool, net.id, epochs.active.epoch).await?),
+    };
     let member = appliance.member.index();
     let tunnels = plan
         .tunnels
@@ -41,12 +45,27 @@ pub async fn desired_config(
             // later version.
             let peer = sites.iter().find(|s| s.id == t.peer)?;
             let peer_address = peer.output("PublicIp")?.parse().ok()?;
+            let out_epoch = match (&epochs.retiring, &peer_accepts_new) {
+                (Some(old), Some(ready)) if !ready.get(&t.peer).copied().unwrap_or(true) => {
+                    old.epoch
+                }
+                _ => epochs.active.epoch,
+            } as u32;
             Some(Tunnel {
                 peer_site: t.peer,
                 peer_address,
                 reqid: t.reqid,
-                out_spi: t.out_spis[member],
-                in_spis: t.in_spis,
+                out: OutboundSa {
+                    epoch: out_epoch,
+                    spi: spi_for_epoch(t.out_spis[member], out_epoch),
+                },
+                inbound: epochs
+                    .all()
+                    .flat_map(|e| {
+                        let e = e.epoch as u32;
+                        InboundSa::pair(e, t.in_spis.map(|spi| spi_for_epoch(spi, e)))
+                    })
+                    .collect(),
                 local_cidrs: t.local_cidrs.clone(),
                 remote_cidrs: t.remote_cidrs.clone(),
             })
@@ -60,12 +79,15 @@ pub async fn desired_config(
         member: appliance.member,
         local_address: appliance.private_ip,
         nat_traversal: net.options.nat_t,
-        key: EpochKey {
-            epoch: epoch as u32,
-            kms_key_arn,
-            region,
-            ciphertext: base64::engine::general_purpose::STANDARD.encode(ciphertext),
-        },
+        keys: epochs
+            .all()
+            .map(|e| EpochKey {
+                epoch: e.epoch as u32,
+                region: e.kms_key_arn.split(':').nth(3).unwrap_or_default().to_string(),
+                kms_key_arn: e.kms_key_arn.clone(),
+                ciphertext: base64::engine::general_purpose::STANDARD.encode(&e.ciphertext),
+            })
+            .collect(),
         tunnels,
     };
     config.version = content_version(&config);

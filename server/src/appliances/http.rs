@@ -104,6 +104,12 @@ async fn report_status(
     body: Result<Json<StatusReport>, JsonRejection>,
 ) -> Result<StatusCode, ApplianceError> {
     let appliance = authenticate(&state, &headers).await?;
-    status::record(&state.pool, &appliance, json_body(body)?).await?;
+    status::record(
+        &state.pool,
+        &appliance,
+        json_body(body)?,
+        state.settings.rotation_grace,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

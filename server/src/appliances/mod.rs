@@ -7,6 +7,7 @@ mod config;
 mod error;
 mod http;
 mod register;
+pub mod rotation;
 mod status;
 mod store;
 

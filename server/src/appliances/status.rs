@@ -1,13 +1,16 @@
-//! Status reports: what the appliance's kernel has, stored for the console.
+//! Status reports: what the appliance's kernel has, stored for the console
+//! and for the rotation decisions they drive.
 
-use super::{store, store::ApplianceRow, ApplianceError};
-use appliance::protocol::{StatusReport, MAX_TUNNELS};
+use super::{rotation, store, store::ApplianceRow, ApplianceError};
+use appliance::protocol::{StatusReport, MAX_EPOCHS_IN_PLAY, MAX_TUNNELS};
 use sqlx::PgPool;
+use std::time::Duration;
 
 pub async fn record(
     pool: &PgPool,
     appliance: &ApplianceRow,
     report: StatusReport,
+    rotation_grace: Duration,
 ) -> Result<(), ApplianceError> {
     if report.tunnels.len() > MAX_TUNNELS {
         return Err(ApplianceError::InvalidInput {
@@ -33,6 +36,18 @@ pub async fn record(
             message: "not a version this server issued".into(),
         });
     }
+    let epoch_ok = |e: &u32| (1..=i32::MAX as u32).contains(e);
+    if report.epochs.len() > MAX_EPOCHS_IN_PLAY
+        || !report.epochs.iter().all(epoch_ok)
+        // 0: an agent that did not say (counts as not sending with any).
+        || !report.tunnels.iter().all(|t| t.out_epoch <= i32::MAX as u32)
+    {
+        return Err(ApplianceError::InvalidInput {
+            field: "epochs",
+            message: format!("at most {MAX_EPOCHS_IN_PLAY} key epochs, each a positive number"),
+        });
+    }
     store::record_status(pool, appliance.id, &report).await?;
+    rotation::advance(pool, appliance.network_id, rotation_grace).await?;
     Ok(())
 }

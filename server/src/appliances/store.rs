@@ -144,7 +144,7 @@ pub async fn record_status(
     };
     sqlx::query(
         "UPDATE appliances SET last_seen_at = now(), agent_version = $2, applied_version = $3,
-                config_error = $4, ha_role = $5, tunnels = $6
+                config_error = $4, ha_role = $5, tunnels = $6, epochs = $7
           WHERE id = $1",
     )
     .bind(id)
@@ -153,23 +153,10 @@ pub async fn record_status(
     .bind(&report.config_error)
     .bind(role)
     .bind(sqlx::types::Json(&report.tunnels))
+    .bind(report.epochs.iter().map(|e| *e as i32).collect::<Vec<i32>>())
     .execute(pool)
     .await?;
     Ok(())
-}
-
-/// The active key epoch's number, KMS key and ciphertext.
-pub async fn active_epoch(
-    db: impl PgExecutor<'_>,
-    network_id: Uuid,
-) -> Result<Option<(i32, String, Vec<u8>)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT epoch, kms_key_arn, ciphertext FROM key_epochs
-          WHERE network_id = $1 AND state = 'active' ORDER BY epoch DESC LIMIT 1",
-    )
-    .bind(network_id)
-    .fetch_optional(db)
-    .await
 }
 
 /// The live appliances of a network for the console, by site and member.

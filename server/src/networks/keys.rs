@@ -1,8 +1,10 @@
 //! Key epochs: rotation creates the next epoch with the customer's KMS key
-//! (ciphertext only) and retires the previous one; invalidation revokes an
-//! epoch at once. Appliances act on the states (make-before-break).
+//! (ciphertext only) and makes the previous one `retiring`, which appliances
+//! keep accepting until every sender moved on (`appliances::rotation`);
+//! invalidation revokes an epoch at once.
 
 use super::{store, view};
+use crate::appliances::rotation;
 use crate::{
     accounts, audit,
     aws::{kms, KmsKeyArn},
@@ -39,6 +41,13 @@ pub async fn rotate(
         .ok_or_else(|| ConsoleError::Conflict {
             message: format!("The key's account {} is no longer registered.", key.account),
         })?;
+    if let Some(old) = rotation::in_play(pool, id)
+        .await
+        .or_internal("load the key epochs")?
+        .and_then(|e| e.retiring)
+    {
+        return Err(rotation_in_progress(old.epoch));
+    }
     let access = accounts::org_access(pool, user.org_id, &record.role_arn).await?;
     let next: i32 = sqlx::query_scalar(
         "SELECT coalesce(max(epoch), 0) + 1 FROM key_epochs WHERE network_id = $1",
@@ -56,13 +65,30 @@ pub async fn rotate(
         .await
         .map_err(|e| accounts::aws_error_for_user(e, &access, None))?;
     let mut tx = pool.begin().await.or_internal("begin a transaction")?;
+    // With no live appliance nobody sends with the old key: retire it now.
+    // Otherwise it is accepted next to the new one until all moved on.
+    let live = rotation::progress(&mut *tx, id, next)
+        .await
+        .or_internal("count live appliances")?
+        .live;
     sqlx::query(
-        "UPDATE key_epochs SET state = 'retired' WHERE network_id = $1 AND state = 'active'",
+        "UPDATE key_epochs
+            SET state = CASE WHEN $2 THEN 'retiring' ELSE 'retired' END,
+                retired_at = CASE WHEN $2 THEN NULL ELSE now() END
+          WHERE network_id = $1 AND state = 'active'",
     )
     .bind(id)
+    .bind(live > 0)
     .execute(&mut *tx)
     .await
-    .or_internal("retire the active epoch")?;
+    .map_err(|e| match e {
+        // A concurrent rotation made its own retiring epoch first.
+        sqlx::Error::Database(d) if d.is_unique_violation() => rotation_in_progress(next - 1),
+        e => {
+            tracing::error!(error = %e, "retire the active epoch");
+            ConsoleError::Internal
+        }
+    })?;
     // A concurrent rotation took this number: the primary key refuses it.
     store::insert_key_epoch(&mut *tx, id, next, &net.kms_key_arn, &ciphertext)
         .await
@@ -85,8 +111,17 @@ pub async fn rotate(
     .await
     .or_internal("audit a rotation")?;
     tx.commit().await.or_internal("commit a rotation")?;
-    tracing::info!(network_id = %id, epoch = next, "key rotated");
+    tracing::info!(network_id = %id, epoch = next, live_appliances = live, "key rotated");
     view::summary(pool, user.org_id, id).await
+}
+
+fn rotation_in_progress(retiring: i32) -> ConsoleError {
+    ConsoleError::Conflict {
+        message: format!(
+            "A rotation is still in progress: appliances are moving off epoch {retiring}. \
+             Wait until it is retired, or invalidate it to end the rotation at once."
+        ),
+    }
 }
 
 #[tracing::instrument(skip_all, fields(org_id = %user.org_id))]

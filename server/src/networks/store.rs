@@ -316,6 +316,7 @@ pub async fn key_epochs(
             kms_key_arn,
             state,
             created_at: rfc3339(at),
+            rotation: None,
         })
         .collect())
 }

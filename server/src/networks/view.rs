@@ -50,9 +50,21 @@ pub async fn summary(
 
 async fn summary_of(pool: &PgPool, row: store::NetworkRow) -> Result<NetworkSummary, ConsoleError> {
     let sites = store::sites(pool, row.id).await.or_internal("load sites")?;
-    let key_epochs = store::key_epochs(pool, row.id)
+    let mut key_epochs = store::key_epochs(pool, row.id)
         .await
         .or_internal("load key epochs")?;
+    if key_epochs.iter().any(|k| k.state == "retiring") {
+        if let Some(active) = key_epochs.iter_mut().find(|k| k.state == "active") {
+            let p = crate::appliances::rotation::progress(pool, row.id, active.epoch)
+                .await
+                .or_internal("load a rotation's progress")?;
+            active.rotation = Some(app::api::RotationProgress {
+                live: p.live,
+                accepting: p.accepting,
+                sending: p.sending,
+            });
+        }
+    }
     let appliances = crate::appliances::summaries(pool, row.id)
         .await
         .or_internal("load appliances")?;

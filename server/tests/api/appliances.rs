@@ -4,7 +4,7 @@
 
 use crate::networks::{place, World};
 use crate::support::Client;
-use appliance::protocol::{DesiredConfig, Member, RegisterResponse, TunnelState};
+use appliance::protocol::{DesiredConfig, InboundSa, Member, RegisterResponse, TunnelState};
 use axum::body::Body;
 use axum::http::{header, Method, StatusCode};
 use base64::Engine;
@@ -56,21 +56,21 @@ pub(crate) async fn tokens(w: &World, region: &str) -> BTreeMap<char, String> {
     out
 }
 
-fn registration(token: &str, instance: &str, ip: &str) -> Value {
+pub(crate) fn registration(token: &str, instance: &str, ip: &str) -> Value {
     json!({
         "bootstrap_token": token, "instance_id": instance, "availability_zone": "us-east-1a",
         "private_ip": ip, "agent_version": "0.1.0"
     })
 }
 
-async fn register(c: &mut Client, body: Value) -> (StatusCode, Value) {
+pub(crate) async fn register(c: &mut Client, body: Value) -> (StatusCode, Value) {
     let r = c
         .json(Method::POST, "/api/appliance/v1/register", Some(body))
         .await;
     (r.status, r.json())
 }
 
-async fn config(
+pub(crate) async fn config(
     c: &mut Client,
     credential: &str,
     query: &str,
@@ -86,7 +86,7 @@ async fn config(
     (r.status, config)
 }
 
-async fn status(c: &mut Client, credential: &str, body: &str) -> StatusCode {
+pub(crate) async fn status(c: &mut Client, credential: &str, body: &str) -> StatusCode {
     let req = c
         .request(Method::POST, "/api/appliance/v1/status")
         .header(header::AUTHORIZATION, format!("Bearer {credential}"))
@@ -211,13 +211,19 @@ async fn appliances_register_once_get_matching_configs_and_report_status() {
         assert_eq!(cfg.validate(), Ok(()));
         assert_eq!(cfg.tunnels.len(), 1);
         assert!(cfg.nat_traversal);
-        assert_eq!(cfg.key.epoch, 1);
+        assert_eq!(cfg.epochs(), vec![1]);
     }
     assert_eq!(east_cfg.local_address.to_string(), "10.1.0.5");
     let (et, wt) = (&east_cfg.tunnels[0], &west_cfg.tunnels[0]);
     assert_eq!(et.reqid, wt.reqid);
-    assert_eq!(wt.in_spis[Member::A.index()], et.out_spi);
-    assert_eq!(et.in_spis[Member::B.index()], wt.out_spi);
+    assert_eq!(et.out.epoch, 1);
+    assert_eq!(
+        wt.inbound,
+        InboundSa::pair(1, [et.out.spi, wt.inbound[1].spi]).to_vec()
+    );
+    assert!(et
+        .inbound
+        .contains(&InboundSa { epoch: 1, member: Member::B, spi: wt.out.spi }));
     assert_eq!(et.remote_cidrs, wt.local_cidrs);
     assert_eq!(et.local_cidrs[0].to_string(), "10.1.0.0/16");
     assert_eq!(et.peer_site, west_cfg.site_id);
@@ -260,7 +266,9 @@ async fn appliances_register_once_get_matching_configs_and_report_status() {
         "woken after {waited:?}"
     );
     let rotated = rotated.expect("config");
-    assert_eq!(rotated.key.epoch, 2);
+    // No appliance had reported yet (none live), so nobody sends with epoch
+    // 1: it is retired at once and only epoch 2 is in play.
+    assert_eq!(rotated.epochs(), vec![2]);
     assert_ne!(rotated.version, east_cfg.version);
 
     // Status is stored for the console; strangers are refused.

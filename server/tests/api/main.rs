@@ -15,6 +15,7 @@ mod lab;
 mod networks;
 mod pages;
 mod replicas;
+mod rotation;
 mod roles;
 mod sessions;
 mod sign_in;

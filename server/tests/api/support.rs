@@ -89,6 +89,8 @@ impl TestApp {
         let pool = db::connect(&url).await.expect("connect test database");
         db::migrate(&pool).await.expect("migrations apply");
         let mut settings = Settings::local(ORIGIN);
+        // Rotations finish in seconds, not the production half minute.
+        settings.rotation_grace = std::time::Duration::from_secs(2);
         change(&mut settings);
         let options = LeptosOptions::builder()
             .output_name("vpcmesh")

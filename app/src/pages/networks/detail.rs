@@ -358,6 +358,15 @@ fn KeysPanel(
     );
     let id = network.id.clone();
     let rotate_id = network.id.clone();
+    let rotating = network
+        .key_epochs
+        .iter()
+        .find_map(|k| k.rotation.map(|p| (k.epoch, p)));
+    let retiring = network
+        .key_epochs
+        .iter()
+        .find(|k| k.state == "retiring")
+        .map(|k| k.epoch);
     let error = move || {
         rotate
             .value()
@@ -369,7 +378,7 @@ fn KeysPanel(
         <section class="panel" aria-labelledby="keys-title">
             <div class="panel-header">
                 <h2 id="keys-title">"Key epochs"</h2>
-                {(is_admin && live).then(|| view! {
+                {(is_admin && live && rotating.is_none()).then(|| view! {
                     <ActionForm action=rotate attr:class="inline confirm-form" attr:id="rotate-form">
                         <input type="hidden" name="id" value=rotate_id />
                         <label class="small"><input type="checkbox" required id="confirm-rotate" />" new key for every tunnel"</label>
@@ -378,12 +387,30 @@ fn KeysPanel(
                 })}
             </div>
             {move || error().map(|e| view! { <p class="field-error" role="alert" id="keys-error">{e.to_string()}</p> })}
+            {rotating.map(|(epoch, p)| view! {
+                <p class="notice notice-warn" id="rotation-progress" role="status">
+                    <strong>{format!("Rotating to epoch {epoch}. ")}</strong>
+                    {format!(
+                        "{} of {} live appliances accept it, {} of {} send with it.",
+                        p.accepting, p.live, p.sending, p.live
+                    )}
+                    {retiring.map(|old| format!(
+                        " Epoch {old} keeps being accepted until every appliance sends with epoch {epoch}, then a short grace period passes; nothing is dropped on the way."
+                    ))}
+                </p>
+            })}
             <table class="table" id="keys-table">
                 <thead><tr><th scope="col">"Epoch"</th><th scope="col">"State"</th><th scope="col">"KMS key"</th><th scope="col">"Created"</th><th scope="col"><span class="visually-hidden">"Actions"</span></th></tr></thead>
                 <tbody>
                     {network.key_epochs.iter().rev().map(|k| {
-                        let class = match k.state.as_str() { "active" => "badge badge-ok", "invalidated" => "badge badge-bad", _ => "badge" };
-                        let revocable = is_admin && k.state == "retired";
+                        let class = match k.state.as_str() {
+                            "active" => "badge badge-ok",
+                            "retiring" => "badge badge-warn",
+                            "invalidated" => "badge badge-bad",
+                            _ => "badge",
+                        };
+                        let revocable = is_admin && (k.state == "retired" || k.state == "retiring");
+                        let confirm = if k.state == "retiring" { " end the rotation now" } else { " revoke now" };
                         let id = id.clone();
                         let epoch = k.epoch;
                         view! {
@@ -397,7 +424,7 @@ fn KeysPanel(
                                         <ActionForm action=invalidate attr:class="inline confirm-form">
                                             <input type="hidden" name="id" value=id />
                                             <input type="hidden" name="epoch" value=epoch />
-                                            <label class="small"><input type="checkbox" required />" revoke now"</label>
+                                            <label class="small"><input type="checkbox" required />{confirm}</label>
                                             <button type="submit" class="ghost danger">"Invalidate"</button>
                                         </ActionForm>
                                     })}
@@ -407,7 +434,7 @@ fn KeysPanel(
                     }).collect_view()}
                 </tbody>
             </table>
-            <p class="muted small">"vpcmesh stores only the KMS-encrypted data key; appliances decrypt it in your account. After a rotation every appliance derives new SA keys from the new epoch and re-creates its SAs."</p>
+            <p class="muted small">"vpcmesh stores only the KMS-encrypted data key; appliances decrypt it in your account. Rotation is make-before-break: every appliance first accepts the new epoch next to the old one, each sender moves to it once its peers accept it, and the old epoch's SAs go once every appliance sends with the new one. Invalidating an epoch revokes it at once, even mid-rotation."</p>
         </section>
     }
 }

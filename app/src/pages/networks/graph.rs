@@ -5,8 +5,9 @@ use crate::api::{NetworkSummary, SiteRole, TopologyKind};
 use leptos::prelude::*;
 
 /// The state of the tunnel between sites `a` and `b` from what the sites'
-/// active appliances report about each other: down if either says down, up
-/// when every report says up, pending before any report.
+/// active appliances report about each other: down if either says down,
+/// rekeying while either has two key epochs in play, up when every report
+/// says up, pending before any report.
 pub fn tunnel_state(network: &NetworkSummary, a: &str, b: &str) -> &'static str {
     if network.status == crate::api::NetworkStatus::Failed {
         return "down";
@@ -29,6 +30,8 @@ pub fn tunnel_state(network: &NetworkSummary, a: &str, b: &str) -> &'static str 
         .collect();
     if reports.contains(&"down") {
         "down"
+    } else if reports.contains(&"rekeying") {
+        "rekeying"
     } else if !reports.is_empty() && reports.iter().all(|s| *s == "up") {
         "up"
     } else {
@@ -107,7 +110,7 @@ pub fn TopologyGraph(network: NetworkSummary) -> impl IntoView {
                 <span class="swatch swatch-pending"></span>"pending"
                 <span class="swatch swatch-up"></span>"up"
                 <span class="swatch swatch-down"></span>"down"
-                <span class="swatch swatch-rekey"></span>"rekeying"
+                <span class="swatch swatch-rekeying"></span>"rekeying"
                 <span class="muted">" · as the appliances report (dashed: leaf attachment)"</span>
             </figcaption>
         </figure>

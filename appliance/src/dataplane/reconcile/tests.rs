@@ -10,14 +10,20 @@ fn config(peers: u32) -> DesiredConfig {
 }
 
 fn state(c: &DesiredConfig) -> KernelState {
+    let keys = c
+        .epochs()
+        .into_iter()
+        .map(|e| (e, DataKey::new(vec![5; 32])))
+        .collect();
     desired_state(
         c,
-        &DataKey::new(vec![5; 32]),
+        &keys,
         Underlay {
             oif: 2,
             prefsrc: None,
         },
     )
+    .expect("every epoch has a key")
 }
 
 /// What the kernel would report after `s` was applied.
@@ -97,4 +103,84 @@ fn an_sa_the_kernel_has_in_another_shape_is_recreated() {
         changes.sas,
         vec![Change::Delete(first), Change::Add(s.sas[&first].clone())]
     );
+}
+
+/// Make-before-break in three configs: accept the new epoch next to the old,
+/// then send with it, then drop the old. No step deletes an SA still in use,
+/// and policies and routes never change.
+#[test]
+fn a_rotation_adds_before_it_removes_and_never_touches_policies() {
+    use crate::protocol::tests::rotating;
+    let steady = config(3);
+    let accept = rotating(steady.clone(), 1);
+    let send = rotating(steady.clone(), 2);
+    let mut done = send.clone();
+    done.keys.truncate(1);
+    for t in &mut done.tunnels {
+        t.inbound.retain(|i| i.epoch == 2);
+    }
+    assert_eq!(done.validate(), Ok(()));
+
+    // 1. Two new inbound SAs per tunnel; nothing else.
+    let c = diff(&state(&accept), &as_observed(&state(&steady)));
+    assert_eq!(c.sas.len(), 3 * 2);
+    assert!(c.sas.iter().all(|c| matches!(c, Change::Add(_))));
+    assert!(c.policies.is_empty() && c.routes.is_empty());
+
+    // 2. The new outbound SA is added before the old one is deleted, and
+    //    the delete waits until after every add.
+    let c = diff(&state(&send), &as_observed(&state(&accept)));
+    assert_eq!(c.sas.len(), 3 * 2);
+    let first_delete = c
+        .sas
+        .iter()
+        .position(|c| matches!(c, Change::Delete(_)))
+        .expect("old outbound SAs go");
+    assert!(c.sas[..first_delete]
+        .iter()
+        .all(|c| matches!(c, Change::Add(_))));
+    assert_eq!(first_delete, 3);
+    assert!(c.policies.is_empty() && c.routes.is_empty());
+    let (deletes, puts) = split_trailing_deletes(c.sas);
+    assert_eq!((deletes.len(), puts.len()), (3, 3));
+
+    // 3. The old epoch's inbound SAs go.
+    let c = diff(&state(&done), &as_observed(&state(&send)));
+    assert_eq!(c.sas.len(), 3 * 2);
+    assert!(c.sas.iter().all(|c| matches!(c, Change::Delete(_))));
+    assert!(c.policies.is_empty() && c.routes.is_empty());
+}
+
+#[test]
+fn a_config_naming_an_epoch_without_its_key_programs_nothing() {
+    let c = crate::protocol::tests::rotating(config(1), 2);
+    let only_old = [(1, DataKey::new(vec![5; 32]))].into_iter().collect();
+    let underlay = Underlay {
+        oif: 2,
+        prefsrc: None,
+    };
+    assert_eq!(
+        desired_state(&c, &only_old, underlay).map(|_| ()),
+        Err(crate::dataplane::MissingKey(2))
+    );
+}
+
+#[test]
+fn status_says_rekeying_while_two_epochs_are_in_play() {
+    use crate::dataplane::tunnel_status;
+    use crate::protocol::TunnelState;
+    let mark = |c: &DesiredConfig| {
+        let mut o = as_observed(&state(c));
+        for s in o.sas.values_mut() {
+            s.counters.packets = 4;
+        }
+        tunnel_status(c, &o)
+    };
+    let steady = config(2);
+    assert!(mark(&steady).iter().all(|t| t.state == TunnelState::Up));
+    let rotating = crate::protocol::tests::rotating(steady, 2);
+    let status = mark(&rotating);
+    assert!(status
+        .iter()
+        .all(|t| t.state == TunnelState::Rekeying && t.out_epoch == 2));
 }

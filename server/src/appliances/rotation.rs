@@ -1,0 +1,250 @@
+//! Make-before-break key rotation, the server's half. A rotation leaves two
+//! epochs in play: the new active one and the retiring one it replaces.
+//!
+//! 1. Every appliance is told to accept both epochs (inbound SAs of each).
+//! 2. A tunnel's sender moves to the new epoch once every live appliance of
+//!    the receiving site reports that it accepts it.
+//! 3. Once every live appliance of the network sends with the new epoch for
+//!    a grace period, the retiring epoch is retired and its SAs removed.
+//!
+//! An appliance is live when it reported within [`LIVE_WITHIN`]: a dead
+//! instance cannot hold a rotation up forever, and when it comes back its
+//! config accepts every epoch in play.
+
+use sqlx::{PgExecutor, PgPool};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Appliances report every 10 s by default; three missed reports and an
+/// appliance no longer counts for rotation decisions.
+pub const LIVE_WITHIN: Duration = Duration::from_secs(45);
+
+/// One key epoch with what an appliance needs to decrypt it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct EpochRow {
+    pub epoch: i32,
+    pub kms_key_arn: String,
+    pub ciphertext: Vec<u8>,
+}
+
+/// The epochs in play: the active one and, during a rotation, the retiring one.
+#[derive(Clone, Debug)]
+pub struct InPlay {
+    pub active: EpochRow,
+    pub retiring: Option<EpochRow>,
+}
+
+impl InPlay {
+    /// Newest first.
+    pub fn all(&self) -> impl Iterator<Item = &EpochRow> {
+        std::iter::once(&self.active).chain(self.retiring.as_ref())
+    }
+}
+
+pub async fn in_play(
+    db: impl PgExecutor<'_>,
+    network_id: Uuid,
+) -> Result<Option<InPlay>, sqlx::Error> {
+    let rows: Vec<(String, i32, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT state, epoch, kms_key_arn, ciphertext FROM key_epochs
+          WHERE network_id = $1 AND state IN ('active', 'retiring')",
+    )
+    .bind(network_id)
+    .fetch_all(db)
+    .await?;
+    let mut active = None;
+    let mut retiring = None;
+    for (state, epoch, kms_key_arn, ciphertext) in rows {
+        let row = EpochRow {
+            epoch,
+            kms_key_arn,
+            ciphertext,
+        };
+        match state.as_str() {
+            "active" => active = Some(row),
+            _ => retiring = Some(row),
+        }
+    }
+    Ok(active.map(|active| InPlay { active, retiring }))
+}
+
+/// Per site of the network: do all its live appliances accept `epoch`?
+/// Sites without live appliances are absent (nobody there to lose packets;
+/// an appliance that comes back accepts every epoch in play).
+pub async fn sites_accepting(
+    db: impl PgExecutor<'_>,
+    network_id: Uuid,
+    epoch: i32,
+) -> Result<BTreeMap<Uuid, bool>, sqlx::Error> {
+    let rows: Vec<(Uuid, bool)> = sqlx::query_as(
+        "SELECT a.site_id, bool_and($2 = ANY (a.epochs))
+           FROM appliances a JOIN sites s ON s.id = a.site_id
+          WHERE s.network_id = $1 AND a.retired_at IS NULL
+            AND a.last_seen_at > now() - make_interval(secs => $3)
+          GROUP BY a.site_id",
+    )
+    .bind(network_id)
+    .bind(epoch)
+    .bind(LIVE_WITHIN.as_secs_f64())
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// How far a rotation has come, over the network's live appliances.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub live: i64,
+    /// Appliances whose kernel accepts the new epoch.
+    pub accepting: i64,
+    /// Appliances that send with the new epoch on every tunnel.
+    pub sending: i64,
+}
+
+impl Progress {
+    pub fn complete(&self) -> bool {
+        self.accepting == self.live && self.sending == self.live
+    }
+}
+
+pub async fn progress(
+    db: impl PgExecutor<'_>,
+    network_id: Uuid,
+    epoch: i32,
+) -> Result<Progress, sqlx::Error> {
+    let (live, accepting, sending): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*),
+                count(*) FILTER (WHERE $2 = ANY (a.epochs)),
+                count(*) FILTER (WHERE NOT EXISTS (
+                    SELECT 1 FROM jsonb_array_elements(a.tunnels) t
+                     WHERE coalesce((t->>'out_epoch')::integer, 0) <> $2))
+           FROM appliances a JOIN sites s ON s.id = a.site_id
+          WHERE s.network_id = $1 AND a.retired_at IS NULL
+            AND a.last_seen_at > now() - make_interval(secs => $3)",
+    )
+    .bind(network_id)
+    .bind(epoch)
+    .bind(LIVE_WITHIN.as_secs_f64())
+    .fetch_one(db)
+    .await?;
+    Ok(Progress {
+        live,
+        accepting,
+        sending,
+    })
+}
+
+/// Moves a rotation on after a status report (or a rotation): notes when
+/// every live appliance first sent with the new epoch, and retires the old
+/// epoch once that has held for `grace`. Returns the epoch it retired.
+#[tracing::instrument(skip(pool))]
+pub async fn advance(
+    pool: &PgPool,
+    network_id: Uuid,
+    grace: Duration,
+) -> Result<Option<i32>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // One replica at a time per network: the retiring row is the lock.
+    let retiring: Option<(i32, Option<time::OffsetDateTime>)> = sqlx::query_as(
+        "SELECT epoch, switched_at FROM key_epochs
+          WHERE network_id = $1 AND state = 'retiring' FOR UPDATE",
+    )
+    .bind(network_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((old, switched_at)) = retiring else {
+        return Ok(None);
+    };
+    let Some(active): Option<i32> = sqlx::query_scalar(
+        "SELECT epoch FROM key_epochs WHERE network_id = $1 AND state = 'active'",
+    )
+    .bind(network_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let p = progress(&mut *tx, network_id, active).await?;
+    let retired = if !p.complete() {
+        if switched_at.is_some() {
+            // Someone fell back (a replaced instance): the grace starts over.
+            set_switched(&mut *tx, network_id, old, false).await?;
+        }
+        None
+    } else {
+        match switched_at {
+            None => {
+                set_switched(&mut *tx, network_id, old, true).await?;
+                tracing::info!(epoch = active, live = p.live, "every live appliance sends with the new epoch; grace period started");
+                None
+            }
+            Some(at) if at + grace <= time::OffsetDateTime::now_utc() => {
+                sqlx::query(
+                    "UPDATE key_epochs SET state = 'retired', retired_at = now()
+                      WHERE network_id = $1 AND epoch = $2",
+                )
+                .bind(network_id)
+                .bind(old)
+                .execute(&mut *tx)
+                .await?;
+                tracing::info!(retired = old, active, "rotation complete; old epoch retired");
+                Some(old)
+            }
+            Some(_) => None,
+        }
+    };
+    tx.commit().await?;
+    Ok(retired)
+}
+
+async fn set_switched(
+    db: impl PgExecutor<'_>,
+    network_id: Uuid,
+    epoch: i32,
+    switched: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE key_epochs SET switched_at = CASE WHEN $3 THEN now() END
+          WHERE network_id = $1 AND epoch = $2",
+    )
+    .bind(network_id)
+    .bind(epoch)
+    .bind(switched)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Moves rotations on without waiting for a status report: when a site's
+/// appliances all died, when none exist yet, or once the grace has passed.
+pub fn spawn_sweeper(pool: PgPool, grace: Duration) {
+    let every = (grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(5));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if pool.is_closed() {
+                return;
+            }
+            let networks: Vec<Uuid> = match sqlx::query_scalar(
+                "SELECT network_id FROM key_epochs WHERE state = 'retiring'",
+            )
+            .fetch_all(&pool)
+            .await
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing rotations in progress failed");
+                    continue;
+                }
+            };
+            for id in networks {
+                if let Err(e) = advance(&pool, id, grace).await {
+                    tracing::warn!(network_id = %id, error = %e, "moving a rotation on failed");
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,257 @@
+//! Make-before-break key rotation through the appliance API: senders move to
+//! the new epoch only after every live appliance of the receiving site
+//! accepts it, the old epoch is retired after everyone sends with the new
+//! one, a dead appliance does not hold a rotation up, and invalidation ends
+//! one at once.
+
+use crate::appliances::{config, register, registration, status, tokens};
+use crate::networks::{place, World};
+use crate::support::Client;
+use appliance::protocol::{spi_for_epoch, DesiredConfig, RegisterResponse};
+use axum::http::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// What an agent reports after applying `cfg`: the epochs it accepts, and
+/// per tunnel the state and the epoch it sends with.
+fn report(cfg: &DesiredConfig, state: &str) -> String {
+    let tunnels: Vec<Value> = cfg
+        .tunnels
+        .iter()
+        .map(|t| {
+            json!({"peer_site": t.peer_site, "state": state, "out_epoch": t.out.epoch,
+                   "out_bytes": 840, "out_packets": 10, "in_bytes": 840, "in_packets": 10, "in_errors": 0})
+        })
+        .collect();
+    json!({"agent_version": "0.1.0", "applied_version": cfg.version, "ha_role": "active",
+           "epochs": cfg.epochs(), "tunnels": tunnels})
+    .to_string()
+}
+
+struct Appliance {
+    credential: String,
+}
+
+impl Appliance {
+    async fn config(&self, c: &mut Client) -> DesiredConfig {
+        let (s, cfg) = config(c, &self.credential, "").await;
+        assert_eq!(s, StatusCode::OK);
+        let cfg = cfg.expect("a config");
+        assert_eq!(cfg.validate(), Ok(()));
+        cfg
+    }
+
+    /// Fetches its config, "applies" it and reports, as the agent does.
+    async fn apply_and_report(&self, c: &mut Client, state: &str) -> DesiredConfig {
+        let cfg = self.config(c).await;
+        assert_eq!(
+            status(c, &self.credential, &report(&cfg, state)).await,
+            StatusCode::NO_CONTENT
+        );
+        cfg
+    }
+}
+
+async fn join(c: &mut Client, token: &str, instance: &str, ip: &str) -> Appliance {
+    let (s, r) = register(c, registration(token, instance, ip)).await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let r: RegisterResponse = serde_json::from_value(r).expect("response");
+    Appliance {
+        credential: r.credential,
+    }
+}
+
+fn epoch_states(net: &Value) -> Vec<(i64, String)> {
+    net["key_epochs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|k| {
+            (
+                k["epoch"].as_i64().unwrap_or_default(),
+                k["state"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_rotation_moves_senders_only_after_their_peers_accept_and_then_retires_the_old_key() {
+    let mut w = World::new().await;
+    let placed = place(
+        &w,
+        &[
+            ("us-east-1", "10.1.0.0/16", true),
+            ("eu-west-1", "10.2.0.0/16", true),
+        ],
+    )
+    .await;
+    let (id, _, _) = w.full_mesh("rotation", &placed, "us-east-1").await;
+    w.run(&id, "apply", "ready").await;
+    let east = tokens(&w, "us-east-1").await;
+    let west = tokens(&w, "eu-west-1").await;
+    let mut c = w.app.client();
+    let ea = join(&mut c, &east[&'a'], "i-0aaaaaaaaaaaaaaa1", "10.1.0.5").await;
+    let wa = join(&mut c, &west[&'a'], "i-0bbbbbbbbbbbbbbb1", "10.2.0.5").await;
+    let wb = join(&mut c, &west[&'b'], "i-0bbbbbbbbbbbbbbb2", "10.2.0.6").await;
+    let before = ea.apply_and_report(&mut c, "up").await;
+    wa.apply_and_report(&mut c, "up").await;
+    wb.apply_and_report(&mut c, "up").await;
+    let net_path = format!("/api/v1/networks/{id}");
+    let rotate_path = format!("/api/v1/networks/{id}/keys/rotate");
+
+    // Rotate: epoch 1 keeps being accepted while epoch 2 comes in.
+    let r = w.admin.json(Method::POST, &rotate_path, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let net = r.json();
+    assert_eq!(
+        epoch_states(&net),
+        vec![(1, "retiring".into()), (2, "active".into())]
+    );
+    assert_eq!(
+        net["key_epochs"][1]["rotation"],
+        json!({"live": 3, "accepting": 0, "sending": 0})
+    );
+    // One rotation at a time.
+    let r = w.admin.json(Method::POST, &rotate_path, None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(r.text().contains("rotation is still in progress"), "{}", r.text());
+
+    // Every appliance now accepts both epochs, on SPIs that differ in the
+    // top bit; the east sender stays on epoch 1: the west accepts only 1.
+    let e1 = ea.config(&mut c).await;
+    assert_eq!(e1.epochs(), vec![2, 1]);
+    let t = &e1.tunnels[0];
+    assert_eq!(t.inbound.len(), 4);
+    assert_eq!((t.out.epoch, t.out.spi), (1, before.tunnels[0].out.spi));
+    for i in t.inbound.iter().filter(|i| i.epoch == 2) {
+        let old = t
+            .inbound
+            .iter()
+            .find(|o| o.epoch == 1 && o.member == i.member)
+            .expect("the same member in epoch 1");
+        assert_eq!(i.spi, spi_for_epoch(old.spi, 2));
+        assert_ne!(i.spi, old.spi);
+    }
+    ea.apply_and_report(&mut c, "rekeying").await;
+
+    // West A accepts epoch 2; west B does not yet: east still sends with 1.
+    wa.apply_and_report(&mut c, "rekeying").await;
+    assert_eq!(ea.config(&mut c).await.tunnels[0].out.epoch, 1);
+
+    // West B's report wakes east's waiting long-poll with the switch.
+    let version = ea.config(&mut c).await.version;
+    let mut waiting = w.app.client();
+    let credential = ea.credential.clone();
+    let poll = tokio::spawn(async move {
+        let started = Instant::now();
+        let answer = config(
+            &mut waiting,
+            &credential,
+            &format!("?after={version}&wait=30"),
+        )
+        .await;
+        (answer, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let w_cfg = wb.apply_and_report(&mut c, "rekeying").await;
+    let ((s, switched), waited) = poll.await.expect("the long-poll");
+    assert_eq!(s, StatusCode::OK);
+    assert!(waited < Duration::from_secs(10), "woken after {waited:?}");
+    let switched = switched.expect("a config");
+    let out = switched.tunnels[0].out;
+    assert_eq!(out.epoch, 2);
+    // What east now sends with is what the west accepts from east A in epoch 2.
+    assert!(w_cfg.tunnels[0]
+        .inbound
+        .iter()
+        .any(|i| i.epoch == 2 && i.spi == out.spi));
+    // East reported accepting 2 before: the west sends with 2 as well.
+    assert_eq!(wa.config(&mut c).await.tunnels[0].out.epoch, 2);
+
+    // The graph shows the tunnel rekeying while both epochs are in play.
+    ea.apply_and_report(&mut c, "rekeying").await;
+    let page = w.admin.page(&format!("/networks/{id}")).await.text();
+    assert!(page.contains("data-tunnel=\"rekeying\""), "{page}");
+    assert!(page.contains("id=\"rotation-progress\""), "{page}");
+
+    // Everyone sends with 2: after the grace (2 s in tests) epoch 1 retires
+    // and leaves every config.
+    wa.apply_and_report(&mut c, "rekeying").await;
+    wb.apply_and_report(&mut c, "rekeying").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let net = w.admin.get(&net_path).await.json();
+        if epoch_states(&net) == vec![(1, "retired".into()), (2, "active".into())] {
+            assert_eq!(net["key_epochs"][1]["rotation"], Value::Null);
+            break;
+        }
+        assert!(Instant::now() < deadline, "epoch 1 never retired: {net}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for a in [&ea, &wa, &wb] {
+        let cfg = a.apply_and_report(&mut c, "up").await;
+        assert_eq!(cfg.epochs(), vec![2]);
+        assert!(cfg.tunnels.iter().all(|t| t.out.epoch == 2
+            && t.inbound.len() == 2
+            && t.inbound.iter().all(|i| i.epoch == 2)));
+    }
+    let page = w.admin.page(&format!("/networks/{id}")).await.text();
+    assert!(page.contains("data-tunnel=\"up\""), "{page}");
+
+    // A dead appliance does not hold a rotation up: west B stops reporting;
+    // once west A accepts epoch 3, east sends with it.
+    sqlx::query(
+        "UPDATE appliances SET last_seen_at = now() - interval '10 minutes'
+          WHERE instance_id = 'i-0bbbbbbbbbbbbbbb2'",
+    )
+    .execute(&w.app.state.pool)
+    .await
+    .expect("age west B");
+    let r = w.admin.json(Method::POST, &rotate_path, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        r.json()["key_epochs"][2]["rotation"],
+        json!({"live": 2, "accepting": 0, "sending": 0})
+    );
+    assert_eq!(ea.config(&mut c).await.tunnels[0].out.epoch, 2);
+    wa.apply_and_report(&mut c, "rekeying").await;
+    assert_eq!(ea.config(&mut c).await.tunnels[0].out.epoch, 3);
+
+    // Invalidating the retiring epoch ends the rotation at once.
+    let r = w
+        .admin
+        .json(
+            Method::POST,
+            &format!("/api/v1/networks/{id}/keys/2/invalidate"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        epoch_states(&r.json()),
+        vec![
+            (1, "retired".into()),
+            (2, "invalidated".into()),
+            (3, "active".into())
+        ]
+    );
+    for a in [&ea, &wa] {
+        let cfg = a.config(&mut c).await;
+        assert_eq!(cfg.epochs(), vec![3]);
+        assert!(cfg.tunnels.iter().all(|t| t.out.epoch == 3));
+    }
+
+    // Reports naming impossible epochs are refused.
+    let bad = json!({"agent_version": "0.1.0", "ha_role": "active", "epochs": [1, 2, 3], "tunnels": []});
+    assert_eq!(
+        status(&mut c, &ea.credential, &bad.to_string()).await,
+        StatusCode::BAD_REQUEST
+    );
+    let bad = json!({"agent_version": "0.1.0", "ha_role": "active", "epochs": [0], "tunnels": []});
+    assert_eq!(
+        status(&mut c, &ea.credential, &bad.to_string()).await,
+        StatusCode::BAD_REQUEST
+    );
+}
