@@ -268,7 +268,8 @@ fn guest() {
         );
 
         // One peer moves: read everything back, diff, touch only its objects.
-        let moved = desired_state(&config(n, Some(n / 2)), &key, underlay).expect("epoch 1 has a key");
+        let moved =
+            desired_state(&config(n, Some(n / 2)), &key, underlay).expect("epoch 1 has a key");
         let (change_time, report) = lab::in_netns(&agent_ns, move || {
             let mut k = Kernel::open().expect("netlink");
             let started = Instant::now();
@@ -276,7 +277,8 @@ fn guest() {
             (started.elapsed(), report)
         });
         let (noop_time, noop) = {
-            let again = desired_state(&config(n, Some(n / 2)), &key, underlay).expect("epoch 1 has a key");
+            let again =
+                desired_state(&config(n, Some(n / 2)), &key, underlay).expect("epoch 1 has a key");
             lab::in_netns(&agent_ns, move || {
                 let mut k = Kernel::open().expect("netlink");
                 let started = Instant::now();

@@ -3,10 +3,10 @@
 
 use crate::dataplane::DataKey;
 use crate::protocol::{encryption_context, EpochKey};
-use uuid::Uuid;
 use aws_config::{BehaviorVersion, Region};
 use aws_smithy_http_client::{tls, Builder};
 use base64::Engine;
+use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KmsError {

@@ -268,7 +268,10 @@ impl DesiredConfig {
             let mut accepted = BTreeSet::new();
             if t.inbound.is_empty()
                 || t.inbound.len() > 2 * MAX_EPOCHS_IN_PLAY
-                || !t.inbound.iter().all(|i| accepted.insert((i.epoch, i.member)))
+                || !t
+                    .inbound
+                    .iter()
+                    .all(|i| accepted.insert((i.epoch, i.member)))
             {
                 return Err(ConfigError::BadInbound(t.peer_site));
             }

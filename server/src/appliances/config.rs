@@ -2,9 +2,9 @@
 //! The version is derived from the content, so any change anywhere (a peer's
 //! address, a rotated key, a new site) yields a new version.
 
+use super::rotation;
 use super::{store::ApplianceRow, ApplianceError};
 use crate::networks::{model, store as networks};
-use super::rotation;
 use appliance::protocol::{
     spi_for_epoch, DesiredConfig, EpochKey, InboundSa, OutboundSa, Tunnel, PROTOCOL_VERSION,
 };
@@ -83,7 +83,12 @@ pub async fn desired_config(
             .all()
             .map(|e| EpochKey {
                 epoch: e.epoch as u32,
-                region: e.kms_key_arn.split(':').nth(3).unwrap_or_default().to_string(),
+                region: e
+                    .kms_key_arn
+                    .split(':')
+                    .nth(3)
+                    .unwrap_or_default()
+                    .to_string(),
                 kms_key_arn: e.kms_key_arn.clone(),
                 ciphertext: base64::engine::general_purpose::STANDARD.encode(&e.ciphertext),
             })

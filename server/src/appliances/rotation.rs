@@ -176,7 +176,11 @@ pub async fn advance(
         match switched_at {
             None => {
                 set_switched(&mut *tx, network_id, old, true).await?;
-                tracing::info!(epoch = active, live = p.live, "every live appliance sends with the new epoch; grace period started");
+                tracing::info!(
+                    epoch = active,
+                    live = p.live,
+                    "every live appliance sends with the new epoch; grace period started"
+                );
                 None
             }
             Some(at) if at + grace <= time::OffsetDateTime::now_utc() => {
@@ -188,7 +192,11 @@ pub async fn advance(
                 .bind(old)
                 .execute(&mut *tx)
                 .await?;
-                tracing::info!(retired = old, active, "rotation complete; old epoch retired");
+                tracing::info!(
+                    retired = old,
+                    active,
+                    "rotation complete; old epoch retired"
+                );
                 Some(old)
             }
             Some(_) => None,

@@ -153,7 +153,13 @@ pub async fn record_status(
     .bind(&report.config_error)
     .bind(role)
     .bind(sqlx::types::Json(&report.tunnels))
-    .bind(report.epochs.iter().map(|e| *e as i32).collect::<Vec<i32>>())
+    .bind(
+        report
+            .epochs
+            .iter()
+            .map(|e| *e as i32)
+            .collect::<Vec<i32>>(),
+    )
     .execute(pool)
     .await?;
     Ok(())

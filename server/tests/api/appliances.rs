@@ -221,9 +221,11 @@ async fn appliances_register_once_get_matching_configs_and_report_status() {
         wt.inbound,
         InboundSa::pair(1, [et.out.spi, wt.inbound[1].spi]).to_vec()
     );
-    assert!(et
-        .inbound
-        .contains(&InboundSa { epoch: 1, member: Member::B, spi: wt.out.spi }));
+    assert!(et.inbound.contains(&InboundSa {
+        epoch: 1,
+        member: Member::B,
+        spi: wt.out.spi
+    }));
     assert_eq!(et.remote_cidrs, wt.local_cidrs);
     assert_eq!(et.local_cidrs[0].to_string(), "10.1.0.0/16");
     assert_eq!(et.peer_site, west_cfg.site_id);

@@ -101,6 +101,9 @@ fn site_by_vpc<'a>(net: &'a Value, vpc: &str) -> &'a Value {
         .expect("the site of the VPC")
 }
 
+/// Pings per pair during the rotation, at 50 per second.
+const ROTATION_PINGS: u64 = 1500;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn agents_register_with_the_server_decrypt_with_kms_and_carry_esp() {
     let mut w = World::new().await;
@@ -204,7 +207,15 @@ export AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} AWS_SESSION_TOKEN=
     script += "n=0; until ip netns exec h1 ping -c 1 -W 1 10.33.0.10 > /dev/null 2>&1; do n=$((n+1)); [ $n -gt 60 ] && echo 'the new CIDR never became reachable' && break; sleep 0.5; done\n";
     script += "sleep 1; kill $MON\n";
     script += &ping(1, "10.33.0.10", "ping-1-33");
-    // Phase 3: the control plane disappears; forwarding goes on (fail static).
+    // Phase 3: the key is rotated under two 50/s pings (1,500 each, 30 s):
+    // make-before-break loses none of them.
+    script += "ip -n s1 xfrm monitor SA policy > s1.rotate.monitor.txt 2>&1 &\nMON=$!\n";
+    for (a, b) in [(1, 2), (2, 3)] {
+        script += &format!("ip netns exec h{a} ping -q -c {ROTATION_PINGS} -i 0.02 -W 2 10.{b}.0.10 > rotate-{a}-{b}.txt 2>&1 &\nP{a}=$!\n");
+    }
+    script += "sleep 1; touch phase2.done\nwait $P1 $P2\nkill $MON\nip -n s1 xfrm state > s1.xfrm.rotated.txt\n";
+    script += "n=0; until [ -f go3 ]; do n=$((n+1)); [ $n -gt 300 ] && break; sleep 0.2; done\n";
+    // Phase 4: the control plane disappears; forwarding goes on (fail static).
     script += "ip -n wan link set vec0 down\nsleep 9\n";
     script += &ping(1, "10.2.0.10", "ping-static");
     let guest_dir = dir.clone();
@@ -213,7 +224,7 @@ export AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} AWS_SESSION_TOKEN=
         run_in_guest_on(
             &guest_dir,
             &script,
-            Duration::from_secs(300),
+            Duration::from_secs(420),
             Some(&ns_name),
         )
     });
@@ -230,6 +241,65 @@ export AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} AWS_SESSION_TOKEN=
         .await
         .expect("a new CIDR for VPC 3");
     std::fs::write(dir.join("go2"), "").expect("go2");
+
+    // Rotate once the pings run; watch the appliances report rekeying, then
+    // every one accept and send with epoch 2 only, and epoch 1 retire.
+    while !dir.join("phase2.done").exists()
+        && std::time::Instant::now() < deadline
+        && !guest.is_finished()
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rotated_at = std::time::Instant::now();
+    let r = w
+        .admin
+        .json(
+            axum::http::Method::POST,
+            &format!("/api/v1/networks/{id}/keys/rotate"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, axum::http::StatusCode::OK, "{}", r.text());
+    let mut saw_rekeying = false;
+    let rotation_took = loop {
+        let rows: Vec<(Vec<i32>, Value)> = sqlx::query_as(
+            "SELECT a.epochs, a.tunnels FROM appliances a JOIN sites s ON s.id = a.site_id
+              WHERE s.network_id = $1::uuid AND a.retired_at IS NULL",
+        )
+        .bind(&id)
+        .fetch_all(&w.app.state.pool)
+        .await
+        .expect("appliances");
+        saw_rekeying |= rows
+            .iter()
+            .any(|(_, t)| t.to_string().contains("\"rekeying\""));
+        let old: String = sqlx::query_scalar(
+            "SELECT state FROM key_epochs WHERE network_id = $1::uuid AND epoch = 1",
+        )
+        .bind(&id)
+        .fetch_one(&w.app.state.pool)
+        .await
+        .expect("epoch 1");
+        let done = old == "retired"
+            && rows.iter().all(|(e, t)| {
+                e == &[2]
+                    && t.as_array().is_some_and(|t| {
+                        // The 1-3 tunnel carries nothing now: pending is fine.
+                        t.iter().all(|t| {
+                            t["out_epoch"] == 2 && (t["state"] == "up" || t["state"] == "pending")
+                        })
+                    })
+            });
+        if done {
+            break rotated_at.elapsed();
+        }
+        if rotated_at.elapsed() > Duration::from_secs(90) || guest.is_finished() {
+            panic!("the rotation did not finish: epoch 1 is {old}; appliances {rows:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("rotation: epoch 1 retired and all appliances on epoch 2 after {rotation_took:?}");
+    std::fs::write(dir.join("go3"), "").expect("go3");
     let run = guest.await.expect("guest thread");
 
     let logs = || {
@@ -271,7 +341,11 @@ export AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} AWS_SESSION_TOKEN=
         "{xfrm}"
     );
 
-    // The server heard from both: registered, applied its current config, tunnel up.
+    // The server heard from all three: registered, applied its current
+    // config, and (as last reported, after the rotation) the pinged tunnels
+    // 1-2 and 2-3 up on both ends with their traffic counted; 1-3, idle
+    // since its SAs were re-keyed, pending.
+    let mut up = 0;
     let rows: Vec<(String, Option<i64>, Value)> = sqlx::query_as(
         "SELECT a.instance_id, a.applied_version, a.tunnels FROM appliances a
            JOIN sites s ON s.id = a.site_id WHERE s.network_id = $1::uuid AND a.retired_at IS NULL",
@@ -289,13 +363,21 @@ export AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} AWS_SESSION_TOKEN=
         let tunnels = tunnels.as_array().cloned().unwrap_or_default();
         assert_eq!(tunnels.len(), 2, "{instance}: {tunnels:?}");
         for t in tunnels {
-            assert_eq!(t["state"], "up", "{instance}: {t}");
-            assert!(
-                t["in_packets"].as_u64().unwrap_or(0) >= 4,
-                "{instance}: {t}"
-            );
+            assert_eq!(t["out_epoch"], 2, "{instance}: {t}");
+            match t["state"].as_str() {
+                Some("up") => {
+                    up += 1;
+                    assert!(
+                        t["in_packets"].as_u64().unwrap_or(0) >= 4,
+                        "{instance}: {t}"
+                    );
+                }
+                Some("pending") => {}
+                _ => panic!("{instance}: {t}"),
+            }
         }
     }
+    assert_eq!(up, 4, "tunnels up after the rotation");
     // The CIDR change touched only site 1's tunnel to site 3: 3 policies
     // and a route added, nothing replaced or removed, no SA touched.
     let log = run.file("s1.agent.log");
@@ -310,6 +392,46 @@ export AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} AWS_SESSION_TOKEN=
         !monitor.contains("10.2.0.0/16"),
         "the tunnel to site 2 was touched:\n{monitor}"
     );
+    // The rotation: the console could see it, it finished while the pings
+    // ran, and not one of their packets was lost.
+    assert!(saw_rekeying, "no appliance ever reported rekeying");
+    assert!(
+        rotation_took < Duration::from_secs(ROTATION_PINGS / 50 - 5),
+        "the rotation took {rotation_took:?}, longer than the pings ran"
+    );
+    for name in ["rotate-1-2", "rotate-2-3"] {
+        let text = run.file(&format!("{name}.txt"));
+        assert!(
+            text.contains(&format!(
+                "{ROTATION_PINGS} packets transmitted, {ROTATION_PINGS} received"
+            )),
+            "{name} lost packets during the rotation:\n{text}\n{}",
+            logs()
+        );
+    }
+    // Site 1 accepted both epochs, then only the new one; no policy changed.
+    assert!(
+        log.contains("epochs=[2, 1]") && log.contains("epochs=[2]"),
+        "{log}"
+    );
+    let monitor = run.file("s1.rotate.monitor.txt");
+    assert!(monitor.contains("proto esp spi"), "{monitor}");
+    assert!(
+        !monitor.contains("priority"),
+        "a policy was touched:\n{monitor}"
+    );
+    // Before: epoch 1's SPIs (odd: top bit set); after: only epoch 2's.
+    let spis = |text: &str| -> Vec<u32> {
+        text.split("spi 0x")
+            .skip(1)
+            .filter_map(|s| u32::from_str_radix(s.split_whitespace().next()?, 16).ok())
+            .collect()
+    };
+    let (before, after) = (spis(&xfrm), spis(&run.file("s1.xfrm.rotated.txt")));
+    assert_eq!((before.len(), after.len()), (6, 6), "{xfrm}");
+    assert!(before.iter().all(|s| s >> 31 == 1), "{before:x?}");
+    assert!(after.iter().all(|s| s >> 31 == 0), "{after:x?}");
+
     // Fail static: the server went away, the agent said so, traffic flowed.
     assert!(log.contains("keeping the last one"), "{log}");
     for i in sites {

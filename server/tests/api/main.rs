@@ -15,8 +15,8 @@ mod lab;
 mod networks;
 mod pages;
 mod replicas;
-mod rotation;
 mod roles;
+mod rotation;
 mod sessions;
 mod sign_in;
 

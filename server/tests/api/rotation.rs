@@ -116,7 +116,11 @@ async fn a_rotation_moves_senders_only_after_their_peers_accept_and_then_retires
     // One rotation at a time.
     let r = w.admin.json(Method::POST, &rotate_path, None).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
-    assert!(r.text().contains("rotation is still in progress"), "{}", r.text());
+    assert!(
+        r.text().contains("rotation is still in progress"),
+        "{}",
+        r.text()
+    );
 
     // Every appliance now accepts both epochs, on SPIs that differ in the
     // top bit; the east sender stays on epoch 1: the west accepts only 1.
@@ -244,7 +248,8 @@ async fn a_rotation_moves_senders_only_after_their_peers_accept_and_then_retires
     }
 
     // Reports naming impossible epochs are refused.
-    let bad = json!({"agent_version": "0.1.0", "ha_role": "active", "epochs": [1, 2, 3], "tunnels": []});
+    let bad =
+        json!({"agent_version": "0.1.0", "ha_role": "active", "epochs": [1, 2, 3], "tunnels": []});
     assert_eq!(
         status(&mut c, &ea.credential, &bad.to_string()).await,
         StatusCode::BAD_REQUEST
