@@ -30,23 +30,39 @@ export async function memberA(customer, region, siteId) {
 async function call(server, path, body, credential) {
   const headers = { 'content-type': 'application/json' };
   if (credential) headers.authorization = `Bearer ${credential}`;
-  const res = await fetch(`${server.url}/api/appliance/v1${path}`, { method: 'POST', headers, body: JSON.stringify(body) });
+  const res = await fetch(`${server.url}/api/appliance/v1${path}`, {
+    method: body === undefined ? 'GET' : 'POST', headers, body: body === undefined ? undefined : JSON.stringify(body),
+  });
   if (!res.ok) throw new Error(`${path}: ${res.status} ${await res.text()}`);
   return res.status === 204 ? null : res.json();
 }
 
-/** Registers member A of a site and reports its tunnels to `peers` as up. */
-export async function reportUp(server, customer, site, peers, privateIp) {
+/**
+ * Member A of a site, registered the way the agent registers. `follow()`
+ * does what the agent does after a config change: fetch the config, "apply"
+ * it, and report the epochs it accepts, the epoch each tunnel sends with,
+ * and the tunnels as rekeying while two epochs are in play, else up.
+ */
+export async function registerAgent(server, customer, site, privateIp) {
   const { token, instanceId, az } = await memberA(customer, site.region, site.id);
   const reg = await call(server, '/register', {
     bootstrap_token: token, instance_id: instanceId, availability_zone: az,
     private_ip: privateIp, agent_version: 'e2e',
   });
-  await call(server, '/status', {
-    agent_version: 'e2e', applied_version: 1, ha_role: 'active',
-    tunnels: peers.map((p, i) => ({
-      peer_site: p.id, state: 'up', out_bytes: 8400 + i, out_packets: 100 + i, in_bytes: 8400, in_packets: 100, in_errors: 0,
-    })),
-  }, reg.credential);
-  return instanceId;
+  let packets = 100;
+  const follow = async () => {
+    const config = await call(server, '/config', undefined, reg.credential);
+    const epochs = config.keys.map((k) => k.epoch).sort((a, b) => b - a);
+    packets += 1;
+    await call(server, '/status', {
+      agent_version: 'e2e', applied_version: config.version, ha_role: 'active', epochs,
+      tunnels: config.tunnels.map((t) => ({
+        peer_site: t.peer_site, state: epochs.length > 1 ? 'rekeying' : 'up', out_epoch: t.out.epoch,
+        out_bytes: 84 * packets, out_packets: packets, in_bytes: 84 * packets, in_packets: packets, in_errors: 0,
+      })),
+    }, reg.credential);
+    return config;
+  };
+  await follow();
+  return { instanceId, follow };
 }

@@ -32,7 +32,9 @@ export async function startServer({ aws } = {}) {
   const child = spawn(
     bin,
     ['--embedded-postgres', `${dir}/pg`, '--listen', `127.0.0.1:${port}`, '--site-root', siteRoot,
-     '--demo-admin', ADMIN_EMAIL, ...(aws ? ['--aws-endpoint-url', aws] : [])],
+     '--demo-admin', ADMIN_EMAIL, ...(aws ? ['--aws-endpoint-url', aws] : []),
+     // Rotations finish in seconds here, not the production half minute.
+     '--rotation-grace-secs', '2'],
     { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' } },
   );
   let output = '';

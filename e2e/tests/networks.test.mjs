@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { withStack } from '../lib/stack.mjs';
 import { Customer } from '../lib/moto.mjs';
-import { reportUp } from '../lib/appliance.mjs';
+import { registerAgent } from '../lib/appliance.mjs';
 import { watchErrors, signIn, hydrated, ARTIFACTS } from '../lib/browser.mjs';
 
 const stack = withStack();
@@ -86,24 +86,44 @@ test('a 3-region full mesh from the wizard to ready, then deleted', async () => 
   // and turns the tunnels green by itself (live refresh, no reload).
   const networkId = page.url().split('/').pop();
   const net = await page.evaluate(async (id) => (await fetch(`/api/v1/networks/${id}`)).json(), networkId);
-  const instances = [];
+  const agents = [];
   for (const site of net.sites) {
-    const peers = net.sites.filter((s) => s.id !== site.id);
-    instances.push(await reportUp(stack.server, customer, site, peers, site.cidrs[0].replace('.0.0/16', '.0.5')));
+    agents.push(await registerAgent(stack.server, customer, site, site.cidrs[0].replace('.0.0/16', '.0.5')));
   }
   await page.waitForSelector('#topology-graph line[data-tunnel="up"] >> nth=2', { state: 'attached', timeout: 15_000 });
   assert.equal(await page.locator('#appliances-table tbody tr').count(), 3);
-  for (const id of instances) {
-    assert.match(await page.textContent(`#appliances-table tr[data-appliance="${id}"]`), /active.*up · 100 \/ 10[01]/s);
+  for (const { instanceId } of agents) {
+    assert.match(await page.textContent(`#appliances-table tr[data-appliance="${instanceId}"]`), /active.*up · 101 \/ 101/s);
   }
   await page.screenshot({ path: `${ARTIFACTS}/23a-appliances-up.png`, fullPage: true });
 
-  // Rotate the key: confirmed first, then epoch 2 is active and 1 retired.
+  // Rotate the key, make-before-break: confirmed first; epoch 1 keeps being
+  // accepted (retiring) while the appliances take epoch 2 on.
   await page.check('#confirm-rotate');
   await page.click('#rotate-key');
   await page.waitForSelector('#keys-table tr[data-epoch="2"]:has-text("active")');
-  assert.match(await page.textContent('#keys-table tr[data-epoch="1"]'), /retired/);
-  await page.screenshot({ path: `${ARTIFACTS}/23b-rotated.png`, fullPage: true });
+  assert.match(await page.textContent('#keys-table tr[data-epoch="1"]'), /retiring/);
+  assert.match(await page.textContent('#rotation-progress'), /0 of 3 live appliances accept it/);
+  assert.equal(await page.locator('#rotate-key').count(), 0, 'one rotation at a time');
+  // The appliances accept both epochs: the page turns every tunnel rekeying
+  // by itself; a second round moves every sender to epoch 2.
+  for (const a of agents) await a.follow();
+  await page.waitForSelector('#topology-graph line[data-tunnel="rekeying"] >> nth=2', { state: 'attached', timeout: 15_000 });
+  await page.waitForSelector('#rotation-progress:has-text("3 of 3 live appliances accept it")', { timeout: 15_000 });
+  await page.screenshot({ path: `${ARTIFACTS}/23b-rekeying.png`, fullPage: true });
+  for (const a of agents) assert.ok((await a.follow()).tunnels.every((t) => t.out.epoch === 2));
+  // Everyone sends with epoch 2: after the grace period epoch 1 retires,
+  // the appliances drop it, and the tunnels are up again.
+  const rotated = Date.now();
+  while (!(await page.textContent('#keys-table tr[data-epoch="1"]')).includes('retired')) {
+    assert.ok(Date.now() - rotated < 30_000, 'epoch 1 never retired');
+    for (const a of agents) await a.follow();
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+  for (const a of agents) assert.deepEqual((await a.follow()).keys.map((k) => k.epoch), [2]);
+  await page.waitForSelector('#topology-graph line[data-tunnel="up"] >> nth=2', { state: 'attached', timeout: 15_000 });
+  assert.equal(await page.locator('#rotation-progress').count(), 0);
+  await page.screenshot({ path: `${ARTIFACTS}/23c-rotated.png`, fullPage: true });
 
   await page.fill('#confirm-name', 'global mesh');
   await page.click('#delete-network');

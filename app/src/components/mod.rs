@@ -1,7 +1,8 @@
-//! Pieces shared by pages: the signed-in layout and error display.
+//! Pieces shared by pages: the signed-in layout, error display and times.
 
 mod error_panel;
 mod layout;
+pub mod time;
 
 pub use error_panel::{set_http_status, ErrorPanel};
 pub use layout::ConsoleLayout;

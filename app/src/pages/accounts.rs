@@ -2,7 +2,7 @@ use crate::api::{
     get_account_setup, list_accounts, AccountSetup, AccountStatus, AccountSummary, AddAccount,
     RemoveAccount, VerifyAccount, Viewer,
 };
-use crate::components::ErrorPanel;
+use crate::components::{time, ErrorPanel};
 use leptos::prelude::*;
 use leptos_meta::Title;
 
@@ -88,7 +88,7 @@ fn AccountsTable(
                             AccountStatus::Verified => ("badge badge-ok", "Verified"),
                             AccountStatus::Failed => ("badge badge-bad", "Verify failed"),
                         };
-                        let checked = a.last_checked.replace('T', " ").get(..16).unwrap_or_default().to_string();
+                        let checked = time::to_minute(&a.last_checked);
                         let in_use = a.networks > 0;
                         let (verify_id, remove_id) = (a.id.clone(), a.id.clone());
                         view! {

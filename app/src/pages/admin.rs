@@ -1,7 +1,7 @@
 use crate::api::{
     audit_log, list_users, AuditEntry, CreateUser, RenameOrg, SetUserRole, UserSummary, Viewer,
 };
-use crate::components::ErrorPanel;
+use crate::components::{time, ErrorPanel};
 use leptos::prelude::*;
 use leptos_meta::Title;
 
@@ -149,7 +149,7 @@ fn AuditTable(entries: Vec<AuditEntry>) -> impl IntoView {
                 <tbody>
                     {move || entries.with_value(|all| all.iter().filter(|e| matches(e)).cloned().collect::<Vec<_>>()).into_iter().map(|e| view! {
                         <tr>
-                            <td><time datetime=e.at.clone()>{e.at.replace('T', " ").get(..19).unwrap_or_default().to_string()}</time></td>
+                            <td><time datetime=e.at.clone()>{time::to_second(&e.at)}</time></td>
                             <td>{e.actor.unwrap_or_else(|| "—".into())}</td>
                             <td><code>{e.action}</code></td>
                             <td>{e.target.unwrap_or_default()}</td>

@@ -1,5 +1,5 @@
 use crate::api::list_networks;
-use crate::components::ErrorPanel;
+use crate::components::{time, ErrorPanel};
 use leptos::prelude::*;
 use leptos_meta::Title;
 
@@ -39,7 +39,7 @@ pub fn KeysPage() -> impl IntoView {
                                                     <td>{k.epoch}</td>
                                                     <td><span class=class>{k.state}</span></td>
                                                     <td><code class="wrap">{k.kms_key_arn}</code></td>
-                                                    <td>{k.created_at.replace('T', " ").get(..16).unwrap_or_default().to_string()}</td>
+                                                    <td>{time::to_minute(&k.created_at)}</td>
                                                 </tr>
                                             }
                                         })

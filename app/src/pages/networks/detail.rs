@@ -7,7 +7,7 @@ use crate::api::{
     get_network, network_events, network_job, network_plan, start_job, ChangeAction, ConsoleError,
     InvalidateKey, JobView, NetworkStatus, NetworkSummary, Plan, ProgressEvent, RotateKey, Viewer,
 };
-use crate::components::ErrorPanel;
+use crate::components::{time, ErrorPanel};
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::use_params_map;
@@ -296,7 +296,7 @@ fn AppliancesPanel(network: NetworkSummary) -> impl IntoView {
                                     <td>{a.role.clone().unwrap_or_else(|| "—".into())}</td>
                                     <td><code>{a.instance_id.clone()}</code><br /><span class="muted small">{a.availability_zone.clone()}</span></td>
                                     <td>{a.private_ip.clone()}{a.public_ip.clone().map(|p| format!(" / {p}"))}</td>
-                                    <td>{a.last_seen_at.clone().unwrap_or_else(|| "never".into())}</td>
+                                    <td>{a.last_seen_at.as_deref().map_or_else(|| "never".to_string(), time::to_second)}</td>
                                     <td>
                                         {a.applied_version.map(|v| format!("{:012x}", v as u64 & 0xffff_ffff_ffff)).unwrap_or_else(|| "none applied".into())}
                                         {a.config_error.clone().map(|e| view! { <br /><span class="field-error small" role="alert">{e}</span> })}
@@ -418,7 +418,7 @@ fn KeysPanel(
                                 <td>{k.epoch}</td>
                                 <td><span class=class>{k.state.clone()}</span></td>
                                 <td><code class="wrap">{k.kms_key_arn.clone()}</code></td>
-                                <td>{k.created_at.replace('T', " ").get(..16).unwrap_or_default().to_string()}</td>
+                                <td>{time::to_minute(&k.created_at)}</td>
                                 <td class="actions">
                                     {revocable.then(|| view! {
                                         <ActionForm action=invalidate attr:class="inline confirm-form">
