@@ -1,0 +1,41 @@
+// One first-load measurement in a fresh headless Chromium (cold cache), run
+// inside the client namespace of ./first-load.sh:
+//   node first-load.mjs URL EMAIL PASSWORD
+// Prints one JSON line: the sign-in page cold (time to first byte, DOM
+// ready, load, hydrated, bytes over the wire), then the networks page after
+// signing in (bundle cached: what every later page costs).
+import { launch } from '../lib/browser.mjs';
+
+const [url, email, password] = process.argv.slice(2);
+const browser = await launch();
+
+async function measure(page, path) {
+  await page.goto(`${url}${path}`, { waitUntil: 'load' });
+  await page.waitForFunction(() => document.documentElement.dataset.hydrated === 'true', null, { polling: 'raf', timeout: 120_000 });
+  return page.evaluate(() => {
+    const nav = performance.getEntriesByType('navigation')[0];
+    const resources = performance.getEntriesByType('resource');
+    const bytes = nav.transferSize + resources.reduce((n, r) => n + r.transferSize, 0);
+    return {
+      ttfb: Math.round(nav.responseStart),
+      dom: Math.round(nav.domContentLoadedEventEnd),
+      load: Math.round(nav.loadEventEnd),
+      hydrated: Math.round(performance.now()),
+      bytes,
+      requests: resources.length + 1,
+    };
+  });
+}
+
+try {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const cold = await measure(page, '/sign-in');
+  await page.fill('#email', email);
+  await page.fill('#password', password);
+  await Promise.all([page.waitForURL(`${url}/`), page.click('button[type=submit]')]);
+  const warm = await measure(page, '/networks');
+  console.log(JSON.stringify({ cold, warm }));
+} finally {
+  await browser.close();
+}
