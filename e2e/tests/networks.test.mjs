@@ -124,6 +124,13 @@ test('a 3-region full mesh from the wizard to ready, then deleted', async () => 
   await page.waitForSelector('#topology-graph line[data-tunnel="up"] >> nth=2', { state: 'attached', timeout: 15_000 });
   assert.equal(await page.locator('#rotation-progress').count(), 0);
   await page.screenshot({ path: `${ARTIFACTS}/23c-rotated.png`, fullPage: true });
+  // The retired epoch can be revoked, after a confirmation.
+  const retired = page.locator('#keys-table tr[data-epoch="1"]');
+  await retired.locator('button:text("Invalidate")').click();
+  assert.match(await retired.textContent(), /retired/, 'nothing happens unconfirmed');
+  await retired.locator('input[type=checkbox]').check();
+  await retired.locator('button:text("Invalidate")').click();
+  await page.waitForSelector('#keys-table tr[data-epoch="1"]:has-text("invalidated")');
 
   await page.fill('#confirm-name', 'global mesh');
   await page.click('#delete-network');
