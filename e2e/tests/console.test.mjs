@@ -117,6 +117,29 @@ test('an admin adds a user from the Admin page and the list updates in place', a
   // The refused duplicate is a 409 the browser logs; nothing else may fail.
   assert.deepEqual(errors.filter((e) => !e.includes('status of 409')), []);
   await context.close();
+
+  // Grace is a member: no Admin link, a clear refusal on the admin page and
+  // its API, and a network that is not hers is simply not found.
+  const memberContext = await browser.newContext();
+  const member = await memberContext.newPage();
+  await member.goto(`${server.url}/sign-in`);
+  await member.fill('#email', 'grace@demo.vpcmesh.dev');
+  await member.fill('#password', 'correct horse battery staple');
+  await Promise.all([member.waitForURL(`${server.url}/`), member.click('button[type=submit]')]);
+  await member.waitForSelector('h1:text("Dashboard")');
+  assert.equal(await member.locator('nav >> text=Admin').count(), 0);
+  const forbidden = await member.goto(`${server.url}/admin`);
+  assert.equal(forbidden.status(), 403);
+  await member.waitForSelector('text=Only organization admins can do this.');
+  assert.ok(!(await member.content()).includes(server.email), 'no user data leaks to members');
+  for (const path of ['/api/v1/users', '/api/v1/audit']) {
+    assert.equal((await member.request.get(`${server.url}${path}`)).status(), 403, path);
+  }
+  const elsewhere = await member.goto(`${server.url}/networks/3f0c5a8e-1d2b-4c6d-9e7f-0a1b2c3d4e5f`);
+  assert.equal(elsewhere.status(), 404);
+  await member.waitForSelector('text=Network was not found.');
+  await member.screenshot({ path: `${ARTIFACTS}/07-member-forbidden.png`, fullPage: true });
+  await memberContext.close();
 });
 
 test('pages read without JavaScript, and the sign-in form works as a plain form', async () => {
