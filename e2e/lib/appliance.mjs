@@ -24,7 +24,7 @@ export async function memberA(customer, region, siteId) {
     const az = instances.match(/<availabilityZone>([^<]*)<\/availabilityZone>/)[1];
     return { token, instanceId, az };
   }
-  throw new Error(`no member-A launch template for site ${siteId} in ${region}`);
+  throw new Error(`no member-A launch template for site ${siteId} in ${region} among ${JSON.stringify(templates)}`);
 }
 
 async function call(server, path, body, credential) {
