@@ -48,6 +48,12 @@ pub trait Console: Send + Sync {
     ) -> Result<Vec<ProgressEvent>, ConsoleError>;
     /// A new key epoch from the customer's KMS key; the previous one retires.
     async fn rotate_key(&self, id: &str) -> Result<NetworkSummary, ConsoleError>;
+    /// Automatic rotation every `every_days` days, or off.
+    async fn set_rotation_schedule(
+        &self,
+        id: &str,
+        every_days: Option<u32>,
+    ) -> Result<NetworkSummary, ConsoleError>;
     /// Revokes a (non-active) key epoch at once.
     async fn invalidate_key(&self, id: &str, epoch: i32) -> Result<NetworkSummary, ConsoleError>;
     /// VPCs in a registered account (vpcmesh's id for it) and region.

@@ -131,6 +131,12 @@ test('a 3-region full mesh from the wizard to ready, then deleted', async () => 
   await retired.locator('input[type=checkbox]').check();
   await retired.locator('button:text("Invalidate")').click();
   await page.waitForSelector('#keys-table tr[data-epoch="1"]:has-text("invalidated")');
+  // Automatic rotation: every 30 days, the next one dated from epoch 2.
+  assert.match(await page.textContent('#rotation-schedule'), /Automatic rotation is off/);
+  await page.fill('#rotate-every', '30');
+  await page.click('#save-schedule');
+  await page.waitForSelector('#rotation-schedule:has-text("Rotates automatically every 30 days; next at")');
+  await page.screenshot({ path: `${ARTIFACTS}/23d-schedule.png`, fullPage: true });
 
   await page.fill('#confirm-name', 'global mesh');
   await page.click('#delete-network');

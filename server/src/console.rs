@@ -416,6 +416,15 @@ impl Console for ConsoleSession {
         networks::keys::rotate(&self.state, &admin, id).await
     }
 
+    async fn set_rotation_schedule(
+        &self,
+        id: &str,
+        every_days: Option<u32>,
+    ) -> Result<NetworkSummary, ConsoleError> {
+        let admin = self.admin().await?;
+        networks::schedule::set(&self.state, &admin, id, every_days).await
+    }
+
     async fn invalidate_key(&self, id: &str, epoch: i32) -> Result<NetworkSummary, ConsoleError> {
         let admin = self.admin().await?;
         networks::keys::invalidate(&self.state, &admin, id, epoch).await

@@ -56,6 +56,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state = AppState::new(pool.clone(), settings, leptos_options, aws);
     let owner = provisioning::engine::spawn(state.clone(), workers);
     tracing::info!(%owner, workers, "provisioning engine started");
+    crate::networks::schedule::spawn(state.clone());
     if let (true, Some(email)) = (config.demo_network, &config.demo_admin) {
         // A failed demo seed is worth a warning, not a refusal to start.
         match demo::seed_demo_network(&state, email).await {

@@ -179,6 +179,12 @@ pub struct NetworkSummary {
     /// Registered appliances with their latest status reports.
     #[serde(default)]
     pub appliances: Vec<ApplianceSummary>,
+    /// Automatic key rotation: every this many days (None: off).
+    #[serde(default)]
+    pub rotate_every_days: Option<u32>,
+    /// When the schedule rotates next (the active epoch's age reaching it).
+    #[serde(default)]
+    pub next_rotation_at: Option<String>,
 }
 
 /// One appliance as it registered and last reported.

@@ -62,6 +62,24 @@ pub async fn rotate_key(id: String) -> Result<NetworkSummary, ConsoleError> {
     crate::backend::console()?.rotate_key(&id).await
 }
 
+/// `every_days` as typed in the form: empty turns automatic rotation off.
+#[server(endpoint = "set_rotation_schedule")]
+pub async fn set_rotation_schedule(
+    id: String,
+    every_days: String,
+) -> Result<NetworkSummary, ConsoleError> {
+    let every_days =
+        match every_days.trim() {
+            "" => None,
+            d => Some(d.parse::<u32>().map_err(|_| {
+                ConsoleError::invalid("every_days", "must be a whole number of days")
+            })?),
+        };
+    crate::backend::console()?
+        .set_rotation_schedule(&id, every_days)
+        .await
+}
+
 #[server(endpoint = "invalidate_key")]
 pub async fn invalidate_key(id: String, epoch: i32) -> Result<NetworkSummary, ConsoleError> {
     crate::backend::console()?.invalidate_key(&id, epoch).await

@@ -10,7 +10,7 @@ use axum::{
     extract::{rejection::JsonRejection, FromRequest, Path, Query, Request},
     http::StatusCode,
     response::IntoResponse,
-    routing::{delete, get, patch, post},
+    routing::{delete, get, patch, post, put},
     Json, Router,
 };
 use serde::{de::DeserializeOwned, Deserialize};
@@ -38,6 +38,7 @@ pub fn routes() -> Router<crate::state::AppState> {
         .route("/networks/{id}/job", get(network_job))
         .route("/networks/{id}/events", get(network_events))
         .route("/networks/{id}/keys/rotate", post(rotate_key))
+        .route("/networks/{id}/keys/schedule", put(set_rotation_schedule))
         .route(
             "/networks/{id}/keys/{epoch}/invalidate",
             post(invalidate_key),
@@ -299,6 +300,21 @@ async fn rotate_key(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(console.rotate_key(&id).await?))
+}
+
+#[derive(Deserialize)]
+struct ScheduleBody {
+    every_days: Option<u32>,
+}
+
+async fn set_rotation_schedule(
+    console: ConsoleSession,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ScheduleBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(
+        console.set_rotation_schedule(&id, body.every_days).await?,
+    ))
 }
 
 async fn invalidate_key(

@@ -21,11 +21,23 @@ pub async fn rotate(
     id: &str,
 ) -> Result<NetworkSummary, ConsoleError> {
     let id = view::parse_id(id)?;
-    let pool = &state.pool;
-    let net = store::find(pool, user.org_id, id)
+    let net = store::find(&state.pool, user.org_id, id)
         .await
         .or_internal("load a network")?
         .ok_or_else(|| ConsoleError::not_found("Network"))?;
+    rotate_network(state, &net, Some(user.id)).await?;
+    view::summary(&state.pool, user.org_id, id).await
+}
+
+/// Rotates `net`'s key: a new epoch from the customer's KMS key, the active
+/// one made `retiring`. `actor` is who asked (None: the schedule). Returns
+/// the new epoch.
+pub async fn rotate_network(
+    state: &AppState,
+    net: &store::NetworkRow,
+    actor: Option<uuid::Uuid>,
+) -> Result<i32, ConsoleError> {
+    let (pool, id) = (&state.pool, net.id);
     if matches!(net.status, NetworkStatus::Deleting | NetworkStatus::Deleted) {
         return Err(ConsoleError::Conflict {
             message: "The network is being deleted; its keys can no longer change.".into(),
@@ -35,7 +47,7 @@ pub async fn rotate(
         .kms_key_arn
         .parse()
         .map_err(|e: String| ConsoleError::invalid("kms_key_arn", e))?;
-    let record = accounts::store::find_by_account_id(pool, user.org_id, &key.account.to_string())
+    let record = accounts::store::find_by_account_id(pool, net.org_id, &key.account.to_string())
         .await
         .or_internal("look up the key's account")?
         .ok_or_else(|| ConsoleError::Conflict {
@@ -48,7 +60,7 @@ pub async fn rotate(
     {
         return Err(rotation_in_progress(old.epoch));
     }
-    let access = accounts::org_access(pool, user.org_id, &record.role_arn).await?;
+    let access = accounts::org_access(pool, net.org_id, &record.role_arn).await?;
     let next: i32 = sqlx::query_scalar(
         "SELECT coalesce(max(epoch), 0) + 1 FROM key_epochs WHERE network_id = $1",
     )
@@ -101,18 +113,19 @@ pub async fn rotate(
                 ConsoleError::Internal
             }
         })?;
+    let how = if actor.is_some() { "" } else { " (scheduled)" };
     audit::record(
         &mut *tx,
-        user.org_id,
-        Some(user.id),
+        net.org_id,
+        actor,
         "network.key.rotated",
-        Some(&format!("{} epoch {next}", net.name)),
+        Some(&format!("{} epoch {next}{how}", net.name)),
     )
     .await
     .or_internal("audit a rotation")?;
     tx.commit().await.or_internal("commit a rotation")?;
-    tracing::info!(network_id = %id, epoch = next, live_appliances = live, "key rotated");
-    view::summary(pool, user.org_id, id).await
+    tracing::info!(network_id = %id, epoch = next, live_appliances = live, scheduled = actor.is_none(), "key rotated");
+    Ok(next)
 }
 
 fn rotation_in_progress(retiring: i32) -> ConsoleError {

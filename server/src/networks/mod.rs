@@ -6,5 +6,6 @@ pub mod keys;
 pub mod model;
 pub mod plan;
 pub mod request;
+pub mod schedule;
 pub mod store;
 pub mod view;

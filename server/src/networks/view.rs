@@ -68,6 +68,17 @@ async fn summary_of(pool: &PgPool, row: store::NetworkRow) -> Result<NetworkSumm
     let appliances = crate::appliances::summaries(pool, row.id)
         .await
         .or_internal("load appliances")?;
+    let (rotate_every_days, next_rotation_at): (Option<i32>, Option<time::OffsetDateTime>) =
+        sqlx::query_as(
+            "SELECT n.rotate_every_days, e.created_at + make_interval(days => n.rotate_every_days)
+               FROM networks n
+               LEFT JOIN key_epochs e ON e.network_id = n.id AND e.state = 'active'
+              WHERE n.id = $1",
+        )
+        .bind(row.id)
+        .fetch_one(pool)
+        .await
+        .or_internal("load the rotation schedule")?;
     Ok(NetworkSummary {
         id: row.id.to_string(),
         name: row.name,
@@ -79,6 +90,8 @@ async fn summary_of(pool: &PgPool, row: store::NetworkRow) -> Result<NetworkSumm
         key_epochs,
         created_at: rfc3339(row.created_at),
         appliances,
+        rotate_every_days: rotate_every_days.map(|d| d as u32),
+        next_rotation_at: next_rotation_at.map(rfc3339),
     })
 }
 

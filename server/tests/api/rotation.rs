@@ -260,3 +260,121 @@ async fn a_rotation_moves_senders_only_after_their_peers_accept_and_then_retires
         StatusCode::BAD_REQUEST
     );
 }
+
+#[tokio::test]
+async fn keys_rotate_on_their_schedule_and_bad_schedules_are_refused() {
+    let mut w = World::new().await;
+    let placed = place(
+        &w,
+        &[
+            ("us-east-1", "10.1.0.0/16", true),
+            ("eu-west-1", "10.2.0.0/16", true),
+        ],
+    )
+    .await;
+    let (id, _, _) = w.full_mesh("scheduled", &placed, "us-east-1").await;
+    w.run(&id, "apply", "ready").await;
+    let path = format!("/api/v1/networks/{id}/keys/schedule");
+    let net_path = format!("/api/v1/networks/{id}");
+
+    // Bad values are refused with the field, and change nothing.
+    for body in [
+        json!({"every_days": 0}),
+        json!({"every_days": 366}),
+        json!({"every_days": "monthly"}),
+    ] {
+        let r = w.admin.json(Method::PUT, &path, Some(body.clone())).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text());
+        assert!(r.text().contains("every_days"), "{body}: {}", r.text());
+    }
+    assert_eq!(
+        w.admin.get(&net_path).await.json()["rotate_every_days"],
+        Value::Null
+    );
+    // Members cannot set it; other organizations do not see the network.
+    let acme: uuid::Uuid = sqlx::query_scalar("SELECT id FROM organizations WHERE name = 'Acme'")
+        .fetch_one(&w.app.pool)
+        .await
+        .expect("acme");
+    w.app
+        .add_user(acme, "max@acme.test", app::api::Role::Member)
+        .await;
+    let mut max = w.app.signed_in("max@acme.test").await;
+    let r = max
+        .json(Method::PUT, &path, Some(json!({"every_days": 30})))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    w.app.org_with_admin("Globex", "hank@globex.test").await;
+    let mut hank = w.app.signed_in("hank@globex.test").await;
+    let r = hank
+        .json(Method::PUT, &path, Some(json!({"every_days": 30})))
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+
+    // Every 30 days: the next rotation is 30 days after the active epoch.
+    let r = w
+        .admin
+        .json(Method::PUT, &path, Some(json!({"every_days": 30})))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let net = r.json();
+    assert_eq!(net["rotate_every_days"], 30);
+    let created = net["key_epochs"][0]["created_at"]
+        .as_str()
+        .expect("created")
+        .to_string();
+    let next = net["next_rotation_at"].as_str().expect("next rotation");
+    let parse = |t: &str| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .expect("an RFC 3339 time")
+    };
+    assert_eq!(parse(next) - parse(&created), time::Duration::days(30));
+    let page = w.admin.page(&format!("/networks/{id}")).await.text();
+    assert!(
+        page.contains("Rotates automatically every 30 days"),
+        "{page}"
+    );
+
+    // Not due yet: nothing happens. Once the epoch is 31 days old the
+    // sweeper rotates it, audited as scheduled (no user), exactly once.
+    assert!(server::networks::schedule::rotate_due(&w.app.state)
+        .await
+        .is_empty());
+    sqlx::query(
+        "UPDATE key_epochs SET created_at = now() - interval '31 days' WHERE network_id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(&w.app.state.pool)
+    .await
+    .expect("age the key");
+    let done = server::networks::schedule::rotate_due(&w.app.state).await;
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].1.as_ref().ok(), Some(&2));
+    assert!(server::networks::schedule::rotate_due(&w.app.state)
+        .await
+        .is_empty());
+    let (actor, target): (Option<uuid::Uuid>, String) = sqlx::query_as(
+        "SELECT actor_id, target FROM audit_events WHERE action = 'network.key.rotated'",
+    )
+    .fetch_one(&w.app.state.pool)
+    .await
+    .expect("one rotation audited");
+    assert_eq!(actor, None);
+    assert!(target.ends_with("epoch 2 (scheduled)"), "{target}");
+    let net = w.admin.get(&net_path).await.json();
+    // No appliance was live, so epoch 1 retired at once.
+    assert_eq!(
+        epoch_states(&net),
+        vec![(1, "retired".into()), (2, "active".into())]
+    );
+
+    // Off again.
+    let r = w
+        .admin
+        .json(Method::PUT, &path, Some(json!({"every_days": null})))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["rotate_every_days"], Value::Null);
+    let page = w.admin.page(&format!("/networks/{id}")).await.text();
+    assert!(page.contains("Automatic rotation is off."), "{page}");
+}

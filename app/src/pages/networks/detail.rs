@@ -2,10 +2,14 @@
 //! (steps and stack events, polled while a job runs), sites, key epochs, and
 //! Delete with a typed confirmation.
 
-use super::{graph::TopologyGraph, status_badge, topology_name};
+use super::{
+    graph::TopologyGraph,
+    keys_panel::{KeyActions, KeysPanel},
+    status_badge, topology_name,
+};
 use crate::api::{
     get_network, network_events, network_job, network_plan, start_job, ChangeAction, ConsoleError,
-    InvalidateKey, JobView, NetworkStatus, NetworkSummary, Plan, ProgressEvent, RotateKey, Viewer,
+    JobView, NetworkStatus, NetworkSummary, Plan, ProgressEvent,
 };
 use crate::components::{time, ErrorPanel};
 use leptos::prelude::*;
@@ -24,15 +28,14 @@ pub fn NetworkPage() -> impl IntoView {
         let plan = network_plan(id(), true).await?;
         start_job(id(), true, plan.fingerprint).await
     });
-    let rotate = ServerAction::<RotateKey>::new();
-    let invalidate = ServerAction::<InvalidateKey>::new();
+    let keys = KeyActions::new();
     let network = Resource::new(
         move || {
             (
                 id(),
                 tick.get(),
                 provision.version().get() + teardown.version().get(),
-                rotate.version().get() + invalidate.version().get(),
+                keys.version(),
             )
         },
         |(id, _, _, _)| get_network(id),
@@ -86,7 +89,7 @@ pub fn NetworkPage() -> impl IntoView {
         <Transition fallback=|| view! { <p class="muted">"Loading the network…"</p> }>
             {move || Suspend::new(async move {
                 match network.await {
-                    Ok(n) => view! { <NetworkView network=n job events provision teardown rotate invalidate /> }.into_any(),
+                    Ok(n) => view! { <NetworkView network=n job events provision teardown keys /> }.into_any(),
                     Err(e) => view! { <Title text="Network" /><ErrorPanel error=e /> }.into_any(),
                 }
             })}
@@ -101,8 +104,7 @@ fn NetworkView(
     events: Resource<Result<Vec<ProgressEvent>, ConsoleError>>,
     provision: Action<String, Result<JobView, ConsoleError>>,
     teardown: Action<(), Result<JobView, ConsoleError>>,
-    rotate: ServerAction<RotateKey>,
-    invalidate: ServerAction<InvalidateKey>,
+    keys: KeyActions,
 ) -> impl IntoView {
     let (class, text) = status_badge(network.status);
     let can_provision = matches!(
@@ -129,7 +131,7 @@ fn NetworkView(
         <ProgressPanel job events />
         <SitesPanel network=network.clone() />
         <AppliancesPanel network=network.clone() />
-        <KeysPanel network=network.clone() rotate invalidate />
+        <KeysPanel network=network.clone() actions=keys />
         {can_delete.then(|| view! { <DeletePanel name teardown /> })}
     }
 }
@@ -341,100 +343,6 @@ fn DeletePanel(name: String, teardown: Action<(), Result<JobView, ConsoleError>>
                 </button>
             </div>
             {move || teardown.value().get().and_then(|r| r.err()).map(|e| view! { <p class="field-error" role="alert">{e.to_string()}</p> })}
-        </section>
-    }
-}
-
-#[component]
-fn KeysPanel(
-    network: NetworkSummary,
-    rotate: ServerAction<RotateKey>,
-    invalidate: ServerAction<InvalidateKey>,
-) -> impl IntoView {
-    let is_admin = use_context::<Viewer>().is_some_and(|v| v.is_admin());
-    let live = !matches!(
-        network.status,
-        NetworkStatus::Deleting | NetworkStatus::Deleted
-    );
-    let id = network.id.clone();
-    let rotate_id = network.id.clone();
-    let rotating = network
-        .key_epochs
-        .iter()
-        .find_map(|k| k.rotation.map(|p| (k.epoch, p)));
-    let retiring = network
-        .key_epochs
-        .iter()
-        .find(|k| k.state == "retiring")
-        .map(|k| k.epoch);
-    let error = move || {
-        rotate
-            .value()
-            .get()
-            .and_then(|r| r.err())
-            .or_else(|| invalidate.value().get().and_then(|r| r.err()))
-    };
-    view! {
-        <section class="panel" aria-labelledby="keys-title">
-            <div class="panel-header">
-                <h2 id="keys-title">"Key epochs"</h2>
-                {(is_admin && live && rotating.is_none()).then(|| view! {
-                    <ActionForm action=rotate attr:class="inline confirm-form" attr:id="rotate-form">
-                        <input type="hidden" name="id" value=rotate_id />
-                        <label class="small"><input type="checkbox" required id="confirm-rotate" />" new key for every tunnel"</label>
-                        <button type="submit" class="secondary" id="rotate-key" disabled=move || rotate.pending().get()>"Rotate now"</button>
-                    </ActionForm>
-                })}
-            </div>
-            {move || error().map(|e| view! { <p class="field-error" role="alert" id="keys-error">{e.to_string()}</p> })}
-            {rotating.map(|(epoch, p)| view! {
-                <p class="notice notice-warn" id="rotation-progress" role="status">
-                    <strong>{format!("Rotating to epoch {epoch}. ")}</strong>
-                    {format!(
-                        "{} of {} live appliances accept it, {} of {} send with it.",
-                        p.accepting, p.live, p.sending, p.live
-                    )}
-                    {retiring.map(|old| format!(
-                        " Epoch {old} keeps being accepted until every appliance sends with epoch {epoch}, then a short grace period passes; nothing is dropped on the way."
-                    ))}
-                </p>
-            })}
-            <table class="table" id="keys-table">
-                <thead><tr><th scope="col">"Epoch"</th><th scope="col">"State"</th><th scope="col">"KMS key"</th><th scope="col">"Created"</th><th scope="col"><span class="visually-hidden">"Actions"</span></th></tr></thead>
-                <tbody>
-                    {network.key_epochs.iter().rev().map(|k| {
-                        let class = match k.state.as_str() {
-                            "active" => "badge badge-ok",
-                            "retiring" => "badge badge-warn",
-                            "invalidated" => "badge badge-bad",
-                            _ => "badge",
-                        };
-                        let revocable = is_admin && (k.state == "retired" || k.state == "retiring");
-                        let confirm = if k.state == "retiring" { " end the rotation now" } else { " revoke now" };
-                        let id = id.clone();
-                        let epoch = k.epoch;
-                        view! {
-                            <tr data-epoch=k.epoch>
-                                <td>{k.epoch}</td>
-                                <td><span class=class>{k.state.clone()}</span></td>
-                                <td><code class="wrap">{k.kms_key_arn.clone()}</code></td>
-                                <td>{time::to_minute(&k.created_at)}</td>
-                                <td class="actions">
-                                    {revocable.then(|| view! {
-                                        <ActionForm action=invalidate attr:class="inline confirm-form">
-                                            <input type="hidden" name="id" value=id />
-                                            <input type="hidden" name="epoch" value=epoch />
-                                            <label class="small"><input type="checkbox" required />{confirm}</label>
-                                            <button type="submit" class="ghost danger">"Invalidate"</button>
-                                        </ActionForm>
-                                    })}
-                                </td>
-                            </tr>
-                        }
-                    }).collect_view()}
-                </tbody>
-            </table>
-            <p class="muted small">"vpcmesh stores only the KMS-encrypted data key; appliances decrypt it in your account. Rotation is make-before-break: every appliance first accepts the new epoch next to the old one, each sender moves to it once its peers accept it, and the old epoch's SAs go once every appliance sends with the new one. Invalidating an epoch revokes it at once, even mid-rotation."</p>
         </section>
     }
 }

@@ -3,6 +3,7 @@
 mod cidr;
 mod detail;
 mod graph;
+mod keys_panel;
 mod wizard;
 
 pub use detail::NetworkPage;
