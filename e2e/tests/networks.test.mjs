@@ -104,6 +104,7 @@ test('a 3-region full mesh from the wizard to ready, then deleted', async () => 
   await page.waitForSelector('#keys-table tr[data-epoch="2"]:has-text("active")');
   assert.match(await page.textContent('#keys-table tr[data-epoch="1"]'), /retiring/);
   assert.match(await page.textContent('#rotation-progress'), /0 of 3 live appliances accept it/);
+  assert.match(await page.textContent('#rotation-waiting summary'), /Waiting for 3 appliance/);
   assert.equal(await page.locator('#rotate-key').count(), 0, 'one rotation at a time');
   // The appliances accept both epochs: the page turns every tunnel rekeying
   // by itself; a second round moves every sender to epoch 2.

@@ -156,13 +156,26 @@ pub struct KeyEpochSummary {
 }
 
 /// How far a rotation has come over the network's live appliances.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RotationProgress {
     pub live: i64,
     /// Appliances that accept the new epoch.
     pub accepting: i64,
     /// Appliances that send with it on every tunnel.
     pub sending: i64,
+    /// The live appliances the rotation still waits for, and why.
+    #[serde(default)]
+    pub waiting: Vec<RotationLaggard>,
+}
+
+/// A live appliance a rotation waits for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationLaggard {
+    pub instance_id: String,
+    pub region: String,
+    pub member: String,
+    /// What it has not done yet, with its last config error if any.
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

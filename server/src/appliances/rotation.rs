@@ -135,6 +135,49 @@ pub async fn progress(
     })
 }
 
+/// The live appliances that do not yet accept or send with `epoch`, with
+/// why, for the console (at most 20).
+pub async fn laggards(
+    db: impl PgExecutor<'_>,
+    network_id: Uuid,
+    epoch: i32,
+) -> Result<Vec<app::api::RotationLaggard>, sqlx::Error> {
+    let rows: Vec<(String, String, String, bool, Option<String>)> = sqlx::query_as(
+        "SELECT a.instance_id, s.region, upper(a.member), $2 = ANY (a.epochs), a.config_error
+           FROM appliances a JOIN sites s ON s.id = a.site_id
+          WHERE s.network_id = $1 AND a.retired_at IS NULL
+            AND a.last_seen_at > now() - make_interval(secs => $3)
+            AND (NOT $2 = ANY (a.epochs) OR EXISTS (
+                 SELECT 1 FROM jsonb_array_elements(a.tunnels) t
+                  WHERE coalesce((t->>'out_epoch')::integer, 0) <> $2))
+          ORDER BY s.region, a.member LIMIT 20",
+    )
+    .bind(network_id)
+    .bind(epoch)
+    .bind(LIVE_WITHIN.as_secs_f64())
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(instance_id, region, member, accepts, error)| {
+            let mut reason = if accepts {
+                format!("still sends with the old epoch on some tunnels (waits for its peers to accept epoch {epoch})")
+            } else {
+                format!("does not accept epoch {epoch} yet")
+            };
+            if let Some(e) = error {
+                reason.push_str(&format!("; last config error: {e}"));
+            }
+            app::api::RotationLaggard {
+                instance_id,
+                region,
+                member,
+                reason,
+            }
+        })
+        .collect())
+}
+
 /// Moves a rotation on after a status report (or a rotation): notes when
 /// every live appliance first sent with the new epoch, and retires the old
 /// epoch once that has held for `grace`. Returns the epoch it retired.

@@ -58,10 +58,14 @@ async fn summary_of(pool: &PgPool, row: store::NetworkRow) -> Result<NetworkSumm
             let p = crate::appliances::rotation::progress(pool, row.id, active.epoch)
                 .await
                 .or_internal("load a rotation's progress")?;
+            let waiting = crate::appliances::rotation::laggards(pool, row.id, active.epoch)
+                .await
+                .or_internal("load who a rotation waits for")?;
             active.rotation = Some(app::api::RotationProgress {
                 live: p.live,
                 accepting: p.accepting,
                 sending: p.sending,
+                waiting,
             });
         }
     }

@@ -109,9 +109,28 @@ async fn a_rotation_moves_senders_only_after_their_peers_accept_and_then_retires
         epoch_states(&net),
         vec![(1, "retiring".into()), (2, "active".into())]
     );
+    let progress = &net["key_epochs"][1]["rotation"];
     assert_eq!(
-        net["key_epochs"][1]["rotation"],
-        json!({"live": 3, "accepting": 0, "sending": 0})
+        (
+            &progress["live"],
+            &progress["accepting"],
+            &progress["sending"]
+        ),
+        (&json!(3), &json!(0), &json!(0))
+    );
+    // The console names whom the rotation waits for, and why.
+    let waiting = progress["waiting"].as_array().cloned().unwrap_or_default();
+    assert_eq!(waiting.len(), 3, "{progress}");
+    assert!(waiting
+        .iter()
+        .any(|l| l["instance_id"] == "i-0bbbbbbbbbbbbbbb2"
+            && l["region"] == "eu-west-1"
+            && l["member"] == "B"
+            && l["reason"] == "does not accept epoch 2 yet"));
+    let page = w.admin.page(&format!("/networks/{id}")).await.text();
+    assert!(
+        page.contains("id=\"rotation-waiting\"") && page.contains("i-0bbbbbbbbbbbbbbb2"),
+        "{page}"
     );
     // One rotation at a time.
     let r = w.admin.json(Method::POST, &rotate_path, None).await;
@@ -179,6 +198,14 @@ async fn a_rotation_moves_senders_only_after_their_peers_accept_and_then_retires
     let page = w.admin.page(&format!("/networks/{id}")).await.text();
     assert!(page.contains("data-tunnel=\"rekeying\""), "{page}");
     assert!(page.contains("id=\"rotation-progress\""), "{page}");
+    // Every live appliance now accepts and sends epoch 2: nobody is waited
+    // for, only the grace period runs.
+    let net = w.admin.get(&net_path).await.json();
+    assert_eq!(
+        net["key_epochs"][1]["rotation"]["waiting"],
+        json!([]),
+        "{net}"
+    );
 
     // Everyone sends with 2: after the grace (2 s in tests) epoch 1 retires
     // and leaves every config.
@@ -215,9 +242,14 @@ async fn a_rotation_moves_senders_only_after_their_peers_accept_and_then_retires
     .expect("age west B");
     let r = w.admin.json(Method::POST, &rotate_path, None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let progress = &r.json()["key_epochs"][2]["rotation"];
     assert_eq!(
-        r.json()["key_epochs"][2]["rotation"],
-        json!({"live": 2, "accepting": 0, "sending": 0})
+        (
+            &progress["live"],
+            &progress["accepting"],
+            &progress["sending"]
+        ),
+        (&json!(2), &json!(0), &json!(0))
     );
     assert_eq!(ea.config(&mut c).await.tunnels[0].out.epoch, 2);
     wa.apply_and_report(&mut c, "rekeying").await;

@@ -59,7 +59,7 @@ pub fn KeysPanel(network: NetworkSummary, actions: KeyActions) -> impl IntoView 
     let rotating = network
         .key_epochs
         .iter()
-        .find_map(|k| k.rotation.map(|p| (k.epoch, p)));
+        .find_map(|k| k.rotation.clone().map(|p| (k.epoch, p)));
     let retiring = network
         .key_epochs
         .iter()
@@ -100,6 +100,16 @@ pub fn KeysPanel(network: NetworkSummary, actions: KeyActions) -> impl IntoView 
                         " Epoch {old} keeps being accepted until every appliance sends with epoch {epoch}, then a short grace period passes; nothing is dropped on the way."
                     ))}
                 </p>
+                {(!p.waiting.is_empty()).then(|| view! {
+                    <details class="small" id="rotation-waiting">
+                        <summary>{format!("Waiting for {} appliance(s)", p.waiting.len())}</summary>
+                        <ul>
+                            {p.waiting.iter().map(|w| view! {
+                                <li><code>{w.instance_id.clone()}</code>{format!(" ({}, member {}): {}", w.region, w.member, w.reason)}</li>
+                            }).collect_view()}
+                        </ul>
+                    </details>
+                })}
             })}
             <table class="table" id="keys-table">
                 <thead><tr><th scope="col">"Epoch"</th><th scope="col">"State"</th><th scope="col">"KMS key"</th><th scope="col">"Created"</th><th scope="col"><span class="visually-hidden">"Actions"</span></th></tr></thead>
