@@ -56,6 +56,23 @@ pub(crate) async fn tokens(w: &World, region: &str) -> BTreeMap<char, String> {
     out
 }
 
+/// A World with a ready two-site full mesh (us-east-1 10.1/16, eu-west-1
+/// 10.2/16, HA), provisioned in moto; returns it and the network id.
+pub(crate) async fn ready_east_west(name: &str) -> (World, String) {
+    let mut w = World::new().await;
+    let placed = place(
+        &w,
+        &[
+            ("us-east-1", "10.1.0.0/16", true),
+            ("eu-west-1", "10.2.0.0/16", true),
+        ],
+    )
+    .await;
+    let (id, _, _) = w.full_mesh(name, &placed, "us-east-1").await;
+    w.run(&id, "apply", "ready").await;
+    (w, id)
+}
+
 pub(crate) fn registration(token: &str, instance: &str, ip: &str) -> Value {
     json!({
         "bootstrap_token": token, "instance_id": instance, "availability_zone": "us-east-1a",
@@ -98,17 +115,7 @@ pub(crate) async fn status(c: &mut Client, credential: &str, body: &str) -> Stat
 
 #[tokio::test]
 async fn appliances_register_once_get_matching_configs_and_report_status() {
-    let mut w = World::new().await;
-    let placed = place(
-        &w,
-        &[
-            ("us-east-1", "10.1.0.0/16", true),
-            ("eu-west-1", "10.2.0.0/16", true),
-        ],
-    )
-    .await;
-    let (id, _, _) = w.full_mesh("appliances", &placed, "us-east-1").await;
-    w.run(&id, "apply", "ready").await;
+    let (mut w, id) = ready_east_west("appliances").await;
     let east = tokens(&w, "us-east-1").await;
     let west = tokens(&w, "eu-west-1").await;
     assert_eq!(

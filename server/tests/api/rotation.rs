@@ -4,8 +4,7 @@
 //! one, a dead appliance does not hold a rotation up, and invalidation ends
 //! one at once.
 
-use crate::appliances::{config, register, registration, status, tokens};
-use crate::networks::{place, World};
+use crate::appliances::{config, ready_east_west, register, registration, status, tokens};
 use crate::support::Client;
 use appliance::protocol::{spi_for_epoch, DesiredConfig, RegisterResponse};
 use axum::http::{Method, StatusCode};
@@ -78,17 +77,7 @@ fn epoch_states(net: &Value) -> Vec<(i64, String)> {
 
 #[tokio::test]
 async fn a_rotation_moves_senders_only_after_their_peers_accept_and_then_retires_the_old_key() {
-    let mut w = World::new().await;
-    let placed = place(
-        &w,
-        &[
-            ("us-east-1", "10.1.0.0/16", true),
-            ("eu-west-1", "10.2.0.0/16", true),
-        ],
-    )
-    .await;
-    let (id, _, _) = w.full_mesh("rotation", &placed, "us-east-1").await;
-    w.run(&id, "apply", "ready").await;
+    let (mut w, id) = ready_east_west("rotation").await;
     let east = tokens(&w, "us-east-1").await;
     let west = tokens(&w, "eu-west-1").await;
     let mut c = w.app.client();
@@ -295,17 +284,7 @@ async fn a_rotation_moves_senders_only_after_their_peers_accept_and_then_retires
 
 #[tokio::test]
 async fn keys_rotate_on_their_schedule_and_bad_schedules_are_refused() {
-    let mut w = World::new().await;
-    let placed = place(
-        &w,
-        &[
-            ("us-east-1", "10.1.0.0/16", true),
-            ("eu-west-1", "10.2.0.0/16", true),
-        ],
-    )
-    .await;
-    let (id, _, _) = w.full_mesh("scheduled", &placed, "us-east-1").await;
-    w.run(&id, "apply", "ready").await;
+    let (mut w, id) = ready_east_west("scheduled").await;
     let path = format!("/api/v1/networks/{id}/keys/schedule");
     let net_path = format!("/api/v1/networks/{id}");
 
