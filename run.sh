@@ -24,9 +24,12 @@ say "building the console"
 leptos_build
 say "building the size-optimized WebAssembly bundle"
 wasm_release_bundle
+say "building the appliance agent (appliances download it from the server)"
+(cd "$VPCMESH_ROOT" && cargo build --quiet -p appliance --bin vpcmesh-agent)
 
 args=(--site-root "$VPCMESH_SITE_ROOT" --listen "${VPCMESH_LISTEN:-127.0.0.1:3000}"
-      --demo-admin "${VPCMESH_DEMO_ADMIN:-admin@demo.vpcmesh.dev}")
+      --demo-admin "${VPCMESH_DEMO_ADMIN:-admin@demo.vpcmesh.dev}"
+      --agent-binary "$CARGO_TARGET_DIR/debug/vpcmesh-agent")
 [ -n "${DATABASE_URL:-}" ] || args+=(--embedded-postgres "$VPCMESH_ROOT/.data/pg")
 
 if [ -n "$aws_profile" ]; then

@@ -95,7 +95,8 @@ SH
 }
 
 setup_runtime() {
-  apt_ensure postgresql util-linux
+  # curl and systemd-analyze: the user-data installer tests run the real script.
+  apt_ensure postgresql util-linux curl systemd
   local venv="$VPCMESH_CACHE/venv"
   if [ "$("$venv/bin/python" -c 'import moto; print(moto.__version__)' 2>/dev/null)" != "$MOTO_VERSION" ]; then
     say "creating the moto venv ($MOTO_VERSION) in $venv"

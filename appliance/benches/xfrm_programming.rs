@@ -94,6 +94,7 @@ fn host() {
 fn config(tunnels: u32, moved: Option<u32>) -> DesiredConfig {
     DesiredConfig {
         protocol: PROTOCOL_VERSION,
+        generation: 1,
         version: 1,
         network_id: Uuid::from_u128(1),
         site_id: Uuid::from_u128(2),
@@ -120,6 +121,7 @@ fn config(tunnels: u32, moved: Option<u32>) -> DesiredConfig {
                     out: OutboundSa {
                         epoch: 1,
                         spi: 0x10_0000 + i,
+                        carried: false,
                     },
                     inbound: InboundSa::pair(1, [0x20_0000 + 2 * i, 0x20_0001 + 2 * i]).to_vec(),
                     local_cidrs: vec!["172.16.0.0/16".parse().expect("literal")],

@@ -12,6 +12,8 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug, Clone)]
+// Parsed once at start-up: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Register with the control plane and keep the kernel in sync with it.
     Run(RunArgs),
@@ -31,15 +33,31 @@ pub struct RunArgs {
     /// Overrides the bootstrap file's server URL.
     #[arg(long, env = "VPCMESH_SERVER_URL")]
     pub server_url: Option<Url>,
-    /// This instance's ID, AZ and addresses.
+    /// Lets the agent speak plain HTTP to a server that is not on loopback
+    /// (labs only: the bootstrap token and the credential cross in clear).
+    #[arg(long, env = "VPCMESH_ALLOW_INSECURE_HTTP", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_insecure_http: bool,
+    /// The instance metadata service (IMDSv2) the instance facts come from.
+    #[arg(long, env = "VPCMESH_IMDS_URL", default_value = crate::imds::DEFAULT_URL)]
+    pub imds_url: Url,
+    /// Instance facts that override IMDS. When the instance id, zone and
+    /// private address are all given (and the region is given or follows
+    /// from the zone), IMDS is not asked at all; unset optional facts (public
+    /// address, MAC, interface) then stay unknown.
     #[arg(long, env = "VPCMESH_INSTANCE_ID")]
-    pub instance_id: String,
+    pub instance_id: Option<String>,
     #[arg(long, env = "VPCMESH_AVAILABILITY_ZONE")]
-    pub availability_zone: String,
+    pub availability_zone: Option<String>,
+    #[arg(long, env = "VPCMESH_REGION")]
+    pub region: Option<String>,
     #[arg(long, env = "VPCMESH_PRIVATE_IP")]
-    pub private_ip: std::net::Ipv4Addr,
+    pub private_ip: Option<std::net::Ipv4Addr>,
     #[arg(long, env = "VPCMESH_PUBLIC_IP")]
     pub public_ip: Option<std::net::Ipv4Addr>,
+    #[arg(long, env = "VPCMESH_MAC")]
+    pub mac: Option<String>,
+    #[arg(long, env = "VPCMESH_INTERFACE_ID")]
+    pub interface_id: Option<String>,
     /// An AWS endpoint override for KMS (a local emulator).
     #[arg(long, env = "VPCMESH_AWS_ENDPOINT_URL")]
     pub aws_endpoint_url: Option<String>,
@@ -72,14 +90,50 @@ pub struct LocalArgs {
 pub enum AgentConfigError {
     #[error("--server-url must be http or https, got '{0}'")]
     Scheme(String),
+    #[error("the server URL {0} is plain HTTP to a host that is not loopback: the bootstrap token and the credential would cross the network in clear; use an https:// URL (the bootstrap file's server_url or --server-url), or pass --allow-insecure-http in a lab")]
+    InsecureHttp(String),
+    #[error("--imds-url must be http (IMDS has no TLS), got '{0}'")]
+    ImdsScheme(String),
 }
 
 impl RunArgs {
     pub fn validate(&self) -> Result<(), AgentConfigError> {
-        match self.server_url.as_ref().map(Url::scheme) {
-            None | Some("http") | Some("https") => Ok(()),
-            Some(other) => Err(AgentConfigError::Scheme(other.to_string())),
+        if let Some(url) = &self.server_url {
+            self.require_tls(url)?;
         }
+        match self.imds_url.scheme() {
+            "http" => Ok(()),
+            other => Err(AgentConfigError::ImdsScheme(other.to_string())),
+        }
+    }
+
+    /// The rule for every server URL, from the flag or the bootstrap file.
+    pub fn require_tls(&self, server: &Url) -> Result<(), AgentConfigError> {
+        require_tls(server, self.allow_insecure_http)
+    }
+}
+
+/// The control plane is spoken to over TLS; plain HTTP only to loopback
+/// (the traffic never leaves the host) or when a lab says so.
+pub fn require_tls(server: &Url, allow_insecure_http: bool) -> Result<(), AgentConfigError> {
+    match server.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http || is_loopback(server) => Ok(()),
+        "http" => Err(AgentConfigError::InsecureHttp(format!(
+            "http://{}",
+            server.host_str().unwrap_or_default()
+        ))),
+        other => Err(AgentConfigError::Scheme(other.to_string())),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        // RFC 6761: localhost names loopback.
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
     }
 }
 
@@ -115,5 +169,83 @@ mod tests {
             Err(AgentConfigError::Scheme("ftp".into()))
         );
         assert!(run_args("https://cp.example").validate().is_ok());
+    }
+
+    fn url(text: &str) -> Url {
+        Url::parse(text).expect("a URL")
+    }
+
+    #[test]
+    fn plain_http_to_a_remote_server_is_refused() {
+        let refused = require_tls(&url("http://cp.example:8080/"), false);
+        assert_eq!(
+            refused,
+            Err(AgentConfigError::InsecureHttp("http://cp.example".into()))
+        );
+        let message = refused.expect_err("refused").to_string();
+        assert!(message.contains("https://") && message.contains("--allow-insecure-http"));
+        assert!(require_tls(&url("http://100.64.0.1:3000/"), false).is_err());
+        assert!(require_tls(&url("http://[2001:db8::1]/"), false).is_err());
+        assert!(run_args("http://cp.example").validate().is_err());
+    }
+
+    #[test]
+    fn plain_http_is_allowed_to_loopback_or_by_the_lab_flag() {
+        for loopback in [
+            "http://127.0.0.1:3000/",
+            "http://127.1.2.3/",
+            "http://[::1]:3000/",
+            "http://localhost:3000/",
+        ] {
+            assert!(require_tls(&url(loopback), false).is_ok(), "{loopback}");
+        }
+        assert!(require_tls(&url("http://100.64.0.1:3000/"), true).is_ok());
+        assert!(require_tls(&url("https://cp.example/"), false).is_ok());
+        assert!(require_tls(&url("ftp://cp.example/"), true).is_err());
+    }
+
+    #[test]
+    fn the_lab_flag_reaches_the_run_args() {
+        let args = match Cli::try_parse_from([
+            "a",
+            "run",
+            "--allow-insecure-http",
+            "--server-url",
+            "http://100.64.0.1:3000",
+        ])
+        .expect("parses")
+        .command
+        {
+            Command::Run(r) => r,
+            other => panic!("expected run, got {other:?}"),
+        };
+        assert!(args.allow_insecure_http);
+        assert!(args.validate().is_ok());
+    }
+
+    #[test]
+    fn instance_facts_are_optional_and_imds_has_a_default() {
+        let args = match Cli::try_parse_from(["a", "run"]).expect("parses").command {
+            Command::Run(r) => r,
+            other => panic!("expected run, got {other:?}"),
+        };
+        assert_eq!(args.instance_id, None);
+        assert_eq!(args.imds_url.as_str(), "http://169.254.169.254/");
+        assert!(!args.allow_insecure_http);
+    }
+
+    #[test]
+    fn imds_url_must_be_http() {
+        let args = match Cli::try_parse_from(["a", "run", "--imds-url", "https://169.254.169.254"])
+            .expect("parses")
+            .command
+        {
+            Command::Run(r) => r,
+            other => panic!("expected run, got {other:?}"),
+        };
+        assert_eq!(
+            args.validate(),
+            Err(AgentConfigError::ImdsScheme("https".into()))
+        );
     }
 }

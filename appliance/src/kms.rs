@@ -3,8 +3,6 @@
 
 use crate::dataplane::DataKey;
 use crate::protocol::{encryption_context, EpochKey};
-use aws_config::{BehaviorVersion, Region};
-use aws_smithy_http_client::{tls, Builder};
 use base64::Engine;
 use uuid::Uuid;
 
@@ -33,18 +31,8 @@ impl Kms {
         let blob = base64::engine::general_purpose::STANDARD
             .decode(&key.ciphertext)
             .map_err(|_| KmsError::Ciphertext)?;
-        let http = Builder::new()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
-            .region(Region::new(key.region.clone()));
-        if let Some(endpoint) = &self.endpoint {
-            loader = loader.endpoint_url(endpoint.trim_end_matches('/'));
-        }
-        let client = aws_sdk_kms::Client::new(&loader.load().await);
+        let config = crate::aws::sdk_config(&key.region, self.endpoint.as_deref(), None).await;
+        let client = aws_sdk_kms::Client::new(&config);
         let mut req = client
             .decrypt()
             .key_id(&key.kms_key_arn)

@@ -5,9 +5,15 @@
 pub mod protocol;
 
 #[cfg(feature = "agent")]
+pub mod address;
+#[cfg(feature = "agent")]
+pub mod aws;
+#[cfg(feature = "agent")]
 pub mod config;
 #[cfg(feature = "agent")]
 pub mod dataplane;
+#[cfg(feature = "agent")]
+pub mod imds;
 #[cfg(feature = "agent")]
 pub mod kms;
 #[cfg(feature = "agent")]

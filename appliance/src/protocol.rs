@@ -12,13 +12,23 @@ use std::net::Ipv4Addr;
 use uuid::Uuid;
 
 /// 2: key epochs in play (make-before-break rotation) and per-epoch SAs.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: SA generations: every SPI carries its flow's generation, which grows
+/// whenever a kernel at either end of the flow lost its state (a new
+/// instance, a reboot, SAs deleted behind the agent's back), so no (key,
+/// SPI) pair is ever installed twice with a reset sequence number; SAs kept
+/// from an earlier generation while peers switch are marked `carried`.
+pub const PROTOCOL_VERSION: u16 = 3;
+/// The protocol agents spoke before this one. The server keeps serving it
+/// (an agent that does not ask for a protocol gets this one), so agents of
+/// the previous release keep working during an upgrade.
+pub const PREVIOUS_PROTOCOL_VERSION: u16 = 2;
 
 /// Paths of the appliance API, relative to the server's base URL.
 pub mod paths {
     pub const REGISTER: &str = "/api/appliance/v1/register";
     pub const CONFIG: &str = "/api/appliance/v1/config";
     pub const STATUS: &str = "/api/appliance/v1/status";
+    pub const GENERATION: &str = "/api/appliance/v1/generation";
 }
 
 /// Limits a config must stay within; the agent refuses anything larger as a
@@ -33,12 +43,37 @@ pub const OWNED_REQIDS: std::ops::Range<u32> = 1..(1 << 30);
 /// during a rotation, the one it replaces.
 pub const MAX_EPOCHS_IN_PLAY: usize = 2;
 
-/// The SPI a flow uses in `epoch`: its epoch-independent base SPI (below
-/// 2^31) with the epoch's parity in the top bit. The two epochs in play
-/// differ in parity, so their SAs never share an SPI and both can be
-/// installed side by side during a rotation.
-pub fn spi_for_epoch(base: u32, epoch: u32) -> u32 {
-    (base & 0x7fff_ffff) | ((epoch & 1) << 31)
+/// Bits of an SPI: the key epoch's parity on top, then the flow's
+/// generation, then the flow's base (unique per receiving site).
+const SPI_GENERATION_SHIFT: u32 = 16;
+const SPI_GENERATION_MASK: u32 = 0x7fff;
+pub const SPI_BASE_MASK: u32 = 0xffff;
+
+/// A member's generation never exceeds this: a flow's generation is the sum
+/// of three member generations (the sender's and the receiving site's two),
+/// so it always fits the SPI's 15 generation bits without wrapping, and an
+/// SPI (and with it the HKDF-derived key) is never used for two generations
+/// of one flow in one epoch.
+pub const MAX_MEMBER_GENERATION: u32 = SPI_GENERATION_MASK / 3;
+
+/// The SPI of a flow (`base`, below 2^16 and at least 0x100) in `epoch` and
+/// flow `generation`. The two epochs in play differ in parity and two
+/// generations of a flow differ in the generation bits, so such SAs never
+/// share an SPI and can be installed side by side.
+pub fn spi_for(base: u32, epoch: u32, generation: u32) -> u32 {
+    ((epoch & 1) << 31)
+        | ((generation & SPI_GENERATION_MASK) << SPI_GENERATION_SHIFT)
+        | (base & SPI_BASE_MASK)
+}
+
+/// The flow generation an SPI was made for (see [`spi_for`]).
+pub fn spi_generation(spi: u32) -> u32 {
+    (spi >> SPI_GENERATION_SHIFT) & SPI_GENERATION_MASK
+}
+
+/// The parity bit of the epoch an SPI was made for.
+pub fn spi_epoch_parity(spi: u32) -> u32 {
+    spi >> 31
 }
 
 /// The KMS encryption context that binds an epoch's data key to its network
@@ -98,6 +133,28 @@ pub struct RegisterResponse {
     pub network_id: Uuid,
     pub site_id: Uuid,
     pub member: Member,
+    /// The appliance's first SA generation: fresh, never used by any
+    /// instance of this member before (0 from a server that predates it).
+    #[serde(default)]
+    pub generation: u32,
+}
+
+/// Asks for a fresh SA generation: sent by an agent whose kernel lost SAs
+/// of `above` (a reboot, or SAs deleted behind its back), which it must not
+/// install again with reset sequence numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationRequest {
+    pub above: u32,
+}
+
+/// The appliance's new generation: greater than `above` and than any it had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationResponse {
+    pub generation: u32,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The key epoch an appliance derives its SA keys from. Only the KMS
@@ -116,6 +173,10 @@ pub struct EpochKey {
 pub struct OutboundSa {
     pub epoch: u32,
     pub spi: u32,
+    /// Kept from an earlier generation while the peers install the new one:
+    /// the agent keeps it if the kernel still has it but never installs it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub carried: bool,
 }
 
 /// An SA an appliance accepts on one tunnel: from one of the peer's members,
@@ -125,6 +186,11 @@ pub struct InboundSa {
     pub epoch: u32,
     pub member: Member,
     pub spi: u32,
+    /// What the peer member still sends with from an earlier generation:
+    /// kept if the kernel has it, never installed anew (its replay state
+    /// would start over).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub carried: bool,
 }
 
 impl InboundSa {
@@ -134,6 +200,7 @@ impl InboundSa {
             epoch,
             member,
             spi: spis[member.index()],
+            carried: false,
         })
     }
 }
@@ -165,6 +232,10 @@ pub struct DesiredConfig {
     pub network_id: Uuid,
     pub site_id: Uuid,
     pub member: Member,
+    /// This appliance's SA generation: every SA of this config that is not
+    /// `carried` was made for it (0 in protocol 2).
+    #[serde(default)]
+    pub generation: u32,
     /// This appliance's own underlay address: the outer source of its SAs.
     pub local_address: Ipv4Addr,
     /// ESP in UDP 4500 (needed behind AWS's 1:1 NAT of Elastic IPs).
@@ -214,6 +285,8 @@ pub enum ConfigError {
     UnknownEpoch { peer: Uuid, epoch: u32 },
     #[error("tunnel to {0}: it accepts nothing, or the same epoch and member twice")]
     BadInbound(Uuid),
+    #[error("this config is for {got}, but this appliance is {expected}")]
+    NotOurs { expected: String, got: String },
 }
 
 impl DesiredConfig {
@@ -222,6 +295,26 @@ impl DesiredConfig {
         let mut e: Vec<u32> = self.keys.iter().map(|k| k.epoch).collect();
         e.sort_unstable_by(|a, b| b.cmp(a));
         e
+    }
+
+    /// Refuses a config meant for another network, site or HA member: a
+    /// confused or hostile server must not make an appliance program
+    /// another appliance's tunnels.
+    pub fn check_owner(
+        &self,
+        network_id: Uuid,
+        site_id: Uuid,
+        member: Member,
+    ) -> Result<(), ConfigError> {
+        let name =
+            |n: Uuid, s: Uuid, m: Member| format!("network {n}, site {s}, member {}", m.as_str());
+        if (self.network_id, self.site_id, self.member) != (network_id, site_id, member) {
+            return Err(ConfigError::NotOurs {
+                expected: name(network_id, site_id, member),
+                got: name(self.network_id, self.site_id, self.member),
+            });
+        }
+        Ok(())
     }
 
     /// Checks the whole config; the first problem refuses all of it.
@@ -265,13 +358,15 @@ impl DesiredConfig {
             if !out_spis.insert((t.peer_address, t.out.spi)) {
                 return Err(ConfigError::DuplicateSpi { spi: t.out.spi });
             }
+            // Per epoch and peer member: the current SA and, while the peer
+            // member switches generations, the one it still sends with.
             let mut accepted = BTreeSet::new();
             if t.inbound.is_empty()
-                || t.inbound.len() > 2 * MAX_EPOCHS_IN_PLAY
+                || t.inbound.len() > 4 * MAX_EPOCHS_IN_PLAY
                 || !t
                     .inbound
                     .iter()
-                    .all(|i| accepted.insert((i.epoch, i.member)))
+                    .all(|i| accepted.insert((i.epoch, i.member, i.carried)))
             {
                 return Err(ConfigError::BadInbound(t.peer_site));
             }
@@ -342,6 +437,14 @@ pub struct TunnelStatus {
     pub in_packets: u64,
     /// Replay-window drops plus integrity failures on inbound SAs.
     pub in_errors: u64,
+    /// The outbound SA the kernel has for the tunnel (protocol 3): the
+    /// server keeps it in the peers' configs until the sender has moved on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_spi: Option<u32>,
+    /// The tunnel's inbound SAs the kernel has (protocol 3): a sender moves
+    /// to a new generation only once every live receiver lists it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_spis: Option<Vec<u32>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,6 +19,7 @@ const LOCAL: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 fn config(peers: u32) -> DesiredConfig {
     DesiredConfig {
         protocol: PROTOCOL_VERSION,
+        generation: 1,
         version: 1,
         network_id: Uuid::from_u128(1),
         site_id: Uuid::from_u128(2),
@@ -39,6 +40,7 @@ fn config(peers: u32) -> DesiredConfig {
                 out: OutboundSa {
                     epoch: 1,
                     spi: 0x1000 + i,
+                    carried: false,
                 },
                 inbound: InboundSa::pair(1, [0x2000 + 2 * i, 0x2001 + 2 * i]).to_vec(),
                 local_cidrs: vec!["10.0.0.0/16".parse().expect("literal")],

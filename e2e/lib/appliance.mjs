@@ -22,7 +22,9 @@ export async function memberA(customer, region, siteId) {
     });
     const instanceId = instances.match(/<instanceId>([^<]*)<\/instanceId>/)[1];
     const az = instances.match(/<availabilityZone>([^<]*)<\/availabilityZone>/)[1];
-    return { token, instanceId, az };
+    // The server checks the claimed address with EC2: use the instance's own.
+    const privateIp = instances.match(/<privateIpAddress>([^<]*)<\/privateIpAddress>/)[1];
+    return { token, instanceId, az, privateIp };
   }
   throw new Error(`no member-A launch template for site ${siteId} in ${region} among ${JSON.stringify(templates)}`);
 }
@@ -43,8 +45,8 @@ async function call(server, path, body, credential) {
  * it, and report the epochs it accepts, the epoch each tunnel sends with,
  * and the tunnels as rekeying while two epochs are in play, else up.
  */
-export async function registerAgent(server, customer, site, privateIp) {
-  const { token, instanceId, az } = await memberA(customer, site.region, site.id);
+export async function registerAgent(server, customer, site) {
+  const { token, instanceId, az, privateIp } = await memberA(customer, site.region, site.id);
   const reg = await call(server, '/register', {
     bootstrap_token: token, instance_id: instanceId, availability_zone: az,
     private_ip: privateIp, agent_version: 'e2e',

@@ -46,7 +46,7 @@ async function readyNetwork(page) {
     await new Promise((r) => setTimeout(r, 500));
   }
   for (const site of ready.sites) {
-    await registerAgent(stack.server, customer, site, site.cidrs[0].replace('.0.0/16', '.0.5'));
+    await registerAgent(stack.server, customer, site);
   }
   return net.id;
 }

@@ -68,6 +68,10 @@ pub struct Config {
     /// VPCs in three regions and provision a demo full mesh over them.
     #[arg(long, env = "VPCMESH_DEMO_NETWORK", requires = "demo_admin")]
     pub demo_network: bool,
+    /// The vpcmesh-agent binary appliances download (pinned by its SHA-256
+    /// in their stacks). Default: `vpcmesh-agent` next to this executable.
+    #[arg(long, env = "VPCMESH_AGENT_BINARY")]
+    pub agent_binary: Option<PathBuf>,
     #[arg(long, env = "VPCMESH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }

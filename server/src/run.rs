@@ -2,6 +2,7 @@
 //! and the HTTP listener with graceful shutdown.
 
 use crate::{
+    appliances::agent_binary::AgentRelease,
     auth::{rate_limit, session},
     aws::Aws,
     db::{self, Durability, PrivateCluster},
@@ -53,7 +54,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => Aws::from_environment().await,
     };
     let workers = settings.engine_workers;
-    let state = AppState::new(pool.clone(), settings, leptos_options, aws);
+    let agent = match AgentRelease::locate(config.agent_binary.as_deref())? {
+        Some((agent, path)) => {
+            tracing::info!(path = %path.display(), sha256 = agent.sha256(), bytes = agent.len(), "serving this agent binary to appliances");
+            Some(agent)
+        }
+        None => {
+            tracing::warn!("no vpcmesh-agent binary (set --agent-binary PATH): appliance stacks cannot be provisioned");
+            None
+        }
+    };
+    let state = AppState::new(pool.clone(), settings, leptos_options, aws).with_agent(agent);
     let owner = provisioning::engine::spawn(state.clone(), workers);
     tracing::info!(%owner, workers, "provisioning engine started");
     crate::networks::schedule::spawn(state.clone());

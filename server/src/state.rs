@@ -17,6 +17,9 @@ pub struct AppState {
     pub engine_wake: Arc<tokio::sync::Notify>,
     /// Network ids whose appliance configs may have changed (any replica).
     pub config_changes: tokio::sync::broadcast::Sender<uuid::Uuid>,
+    /// The agent binary appliances install; `None`: no appliance stack can
+    /// be provisioned (see `--agent-binary`).
+    pub agent: Option<crate::appliances::agent_binary::AgentRelease>,
 }
 
 impl FromRef<AppState> for LeptosOptions {
@@ -38,6 +41,16 @@ impl AppState {
             aws,
             engine_wake: Arc::new(tokio::sync::Notify::new()),
             config_changes,
+            agent: None,
         }
+    }
+
+    /// The state handing out (and pinning in stacks) this agent binary.
+    pub fn with_agent(
+        mut self,
+        agent: Option<crate::appliances::agent_binary::AgentRelease>,
+    ) -> Self {
+        self.agent = agent;
+        self
     }
 }

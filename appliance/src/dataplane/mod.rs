@@ -11,5 +11,7 @@ mod status;
 pub use desired::{desired_state, EpochKeys, KernelState, MissingKey, Underlay};
 pub use keys::{direction_key, DataKey};
 pub use nat_t::{NatTSocket, NAT_T_PORT};
-pub use reconcile::{diff, ChangeSet, Kernel, ObservedState, ReconcileError, ReconcileReport};
+pub use reconcile::{
+    diff, ChangeSet, Kernel, ObservedState, Plan, ReconcileError, ReconcileReport,
+};
 pub use status::{status_report, tunnel_status};

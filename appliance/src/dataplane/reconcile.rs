@@ -10,7 +10,7 @@ use crate::protocol::OWNED_REQIDS;
 use crate::route::{Route, Routes};
 use crate::xfrm::{Change, ObservedSa, Policy, PolicyId, Sa, SaId, Xfrm};
 use ipnet::Ipv4Net;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 
 /// What the kernel has of ours.
@@ -37,6 +37,41 @@ impl ChangeSet {
     pub fn len(&self) -> usize {
         self.sas.len() + self.policies.len() + self.routes.len()
     }
+}
+
+/// One config against the kernel: the changes, and what the run mode needs
+/// to decide whether the SAs may be installed at all (an SA is installed
+/// once in its life: see `sync::generation`).
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub changes: ChangeSet,
+    /// Non-carried SAs of the config that the kernel lacks.
+    pub missing: BTreeSet<SaId>,
+    /// Non-carried SAs the kernel has in another shape: re-adding one would
+    /// restart its sequence numbers under the same key.
+    pub stale: BTreeSet<SaId>,
+    /// Every non-carried SA of the config.
+    pub fresh: BTreeSet<SaId>,
+}
+
+/// The SAs a config marks as carried over from an earlier generation.
+fn carried_sas(config: &DesiredConfig) -> BTreeSet<SaId> {
+    let mut out = BTreeSet::new();
+    for t in &config.tunnels {
+        if t.out.carried {
+            out.insert(SaId {
+                dst: t.peer_address,
+                spi: t.out.spi,
+            });
+        }
+        for i in t.inbound.iter().filter(|i| i.carried) {
+            out.insert(SaId {
+                dst: config.local_address,
+                spi: i.spi,
+            });
+        }
+    }
+    out
 }
 
 /// Counts of what one reconcile did.
@@ -182,8 +217,57 @@ impl Kernel {
         config: &DesiredConfig,
         keys: &EpochKeys,
     ) -> Result<ReconcileReport, ReconcileError> {
+        let plan = self.plan(config, keys)?;
+        self.apply_plan(plan)
+    }
+
+    /// What `config` would change in the kernel, and which of its SAs the
+    /// kernel lacks or holds in another shape. Carried SAs (an earlier
+    /// generation, see the protocol) are kept where the kernel has them and
+    /// never installed anew.
+    pub fn plan(
+        &mut self,
+        config: &DesiredConfig,
+        keys: &EpochKeys,
+    ) -> Result<Plan, ReconcileError> {
         let underlay = self.underlay(config)?;
-        self.reconcile(&desired_state(config, keys, underlay)?)
+        let mut desired = desired_state(config, keys, underlay)?;
+        let observed = self.observe()?;
+        let carried = carried_sas(config);
+        desired
+            .sas
+            .retain(|id, _| !carried.contains(id) || observed.sas.contains_key(id));
+        let mut missing = BTreeSet::new();
+        let mut stale = BTreeSet::new();
+        for (id, sa) in &desired.sas {
+            match observed.sas.get(id) {
+                None => {
+                    missing.insert(*id);
+                }
+                Some(o) if o.sa.as_ref() != Some(sa) && !carried.contains(id) => {
+                    stale.insert(*id);
+                }
+                Some(_) => {}
+            }
+        }
+        let changes = diff(&desired, &observed);
+        Ok(Plan {
+            changes,
+            missing,
+            stale,
+            fresh: desired
+                .sas
+                .keys()
+                .filter(|id| !carried.contains(id))
+                .copied()
+                .collect(),
+        })
+    }
+
+    /// Applies a plan (see [`Kernel::plan`]). Also turns on IPv4 forwarding.
+    pub fn apply_plan(&mut self, plan: Plan) -> Result<ReconcileReport, ReconcileError> {
+        enable_forwarding().map_err(ReconcileError::Forwarding)?;
+        self.apply(plan.changes)
     }
 
     /// Takes the kernel to `desired`, touching only what differs. Also turns

@@ -27,6 +27,8 @@ pub fn tunnel_status(config: &DesiredConfig, observed: &ObservedState) -> Vec<Tu
             let mut status = TunnelStatus {
                 peer_site: t.peer_site,
                 out_epoch: t.out.epoch,
+                out_spi: out.map(|o| o.id.spi),
+                inbound_spis: Some(ins.iter().flatten().map(|i| i.id.spi).collect()),
                 ..Default::default()
             };
             if let Some(o) = out {
@@ -44,7 +46,14 @@ pub fn tunnel_status(config: &DesiredConfig, observed: &ObservedState) -> Vec<Tu
                 .map(|i| i.epoch)
                 .chain([t.out.epoch])
                 .collect();
-            status.state = if out.is_none() || ins.iter().any(Option::is_none) {
+            // A carried SA may be gone (this kernel started over): the
+            // tunnel is down only if a current one is missing.
+            let current_missing = t
+                .inbound
+                .iter()
+                .zip(&ins)
+                .any(|(i, o)| !i.carried && o.is_none());
+            status.state = if out.is_none() || current_missing {
                 TunnelState::Down
             } else if status.in_packets == 0 {
                 TunnelState::Pending

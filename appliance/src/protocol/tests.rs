@@ -7,6 +7,7 @@ pub(crate) fn sample_config(tunnels: usize) -> DesiredConfig {
         network_id: Uuid::from_u128(1),
         site_id: Uuid::from_u128(2),
         member: Member::A,
+        generation: 1,
         local_address: Ipv4Addr::new(198, 51, 100, 1),
         nat_traversal: false,
         keys: vec![EpochKey {
@@ -23,6 +24,7 @@ pub(crate) fn sample_config(tunnels: usize) -> DesiredConfig {
                 out: OutboundSa {
                     epoch: 1,
                     spi: 0x1000 + i,
+                    carried: false,
                 },
                 inbound: InboundSa::pair(1, [0x2000 + 2 * i, 0x2001 + 2 * i]).to_vec(),
                 local_cidrs: vec!["10.0.0.0/16".parse().expect("literal")],
@@ -169,7 +171,7 @@ pub(crate) fn rotating(mut c: DesiredConfig, out_epoch: u32) -> DesiredConfig {
             t.inbound.push(InboundSa {
                 epoch: 2,
                 // The fixtures' epoch-1 SPIs ignore the parity convention:
-                // flip the top bit, as spi_for_epoch does between epochs.
+                // flip the top bit, as spi_for does between epochs.
                 spi: i.spi ^ (1 << 31),
                 ..i
             });
@@ -178,6 +180,7 @@ pub(crate) fn rotating(mut c: DesiredConfig, out_epoch: u32) -> DesiredConfig {
             t.out = OutboundSa {
                 epoch: 2,
                 spi: t.out.spi ^ (1 << 31),
+                carried: false,
             };
         }
     }
@@ -195,11 +198,81 @@ fn a_rotation_in_progress_is_a_valid_config() {
 
 #[test]
 fn the_two_epochs_in_play_never_share_an_spi() {
-    for base in [0x100, 0x1234_5678, 0x7fff_ffff, 0xffff_ffff] {
-        assert_ne!(spi_for_epoch(base, 1), spi_for_epoch(base, 2));
-        assert_eq!(spi_for_epoch(base, 1), spi_for_epoch(base, 3));
-        assert!(spi_for_epoch(base, 2) >= 0x100);
+    for base in [0x100, 0x1234, 0xffff] {
+        for generation in [0, 1, MAX_MEMBER_GENERATION * 3] {
+            assert_ne!(spi_for(base, 1, generation), spi_for(base, 2, generation));
+            assert_eq!(spi_for(base, 1, generation), spi_for(base, 3, generation));
+            assert!(spi_for(base, 2, generation) >= 0x100);
+            assert_eq!(spi_generation(spi_for(base, 2, generation)), generation);
+            assert_eq!(spi_epoch_parity(spi_for(base, 3, generation)), 1);
+        }
     }
+}
+
+#[test]
+fn every_flow_generation_has_its_own_spi() {
+    // The sum of three member generations at their maximum still fits, so
+    // no two generations of one flow share an SPI (and so a key).
+    let base = 0x4321;
+    let spis: BTreeSet<u32> = (0..=MAX_MEMBER_GENERATION * 3)
+        .map(|g| spi_for(base, 1, g))
+        .collect();
+    assert_eq!(spis.len() as u32, MAX_MEMBER_GENERATION * 3 + 1);
+}
+
+#[test]
+fn a_peer_switching_generations_is_accepted_once_per_member_and_epoch() {
+    let mut c = sample_config(1);
+    let mut carried = c.tunnels[0].inbound[0];
+    carried.spi ^= 1 << 16;
+    carried.carried = true;
+    c.tunnels[0].inbound.push(carried);
+    assert_eq!(c.validate(), Ok(()));
+    c.tunnels[0].inbound.push(InboundSa {
+        spi: carried.spi ^ (1 << 17),
+        ..carried
+    });
+    assert!(matches!(c.validate(), Err(ConfigError::BadInbound(_))));
+}
+
+#[test]
+fn a_config_for_another_appliance_is_refused() {
+    let c = sample_config(1);
+    assert_eq!(c.check_owner(c.network_id, c.site_id, Member::A), Ok(()));
+    for (n, s, m) in [
+        (Uuid::from_u128(9), c.site_id, Member::A),
+        (c.network_id, Uuid::from_u128(9), Member::A),
+        (c.network_id, c.site_id, Member::B),
+    ] {
+        assert!(matches!(
+            c.check_owner(n, s, m),
+            Err(ConfigError::NotOurs { .. })
+        ));
+    }
+}
+
+#[test]
+fn protocol_2_shapes_still_parse() {
+    // What a protocol-2 server or agent sends: no generations, no carried
+    // flags, no SPIs in the status.
+    let mut v = serde_json::to_value(sample_config(1)).expect("serializes");
+    v.as_object_mut().expect("object").remove("generation");
+    v["protocol"] = 2.into();
+    let c: DesiredConfig = serde_json::from_value(v).expect("parses");
+    assert_eq!((c.generation, c.tunnels[0].out.carried), (0, false));
+    let s: TunnelStatus = serde_json::from_str(
+        r#"{"peer_site":"00000000-0000-0000-0000-000000000001","state":"up","out_bytes":1,
+            "out_packets":1,"in_bytes":1,"in_packets":1,"in_errors":0}"#,
+    )
+    .expect("a protocol-2 tunnel status");
+    assert_eq!((s.out_spi, s.inbound_spis), (None, None));
+    let r: RegisterResponse = serde_json::from_str(
+        r#"{"appliance_id":"00000000-0000-0000-0000-000000000001","credential":"vma_x",
+            "network_id":"00000000-0000-0000-0000-000000000002",
+            "site_id":"00000000-0000-0000-0000-000000000003","member":"a"}"#,
+    )
+    .expect("a protocol-2 registration answer");
+    assert_eq!(r.generation, 0);
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! HTTP(S) to the control plane's appliance API.
 
-use crate::protocol::{paths, DesiredConfig, RegisterRequest, RegisterResponse, StatusReport};
+use crate::protocol::{
+    paths, DesiredConfig, GenerationRequest, GenerationResponse, RegisterRequest, RegisterResponse,
+    StatusReport, PROTOCOL_VERSION,
+};
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -132,7 +135,11 @@ impl ControlPlane {
         after: Option<u64>,
         wait: Duration,
     ) -> Result<Option<DesiredConfig>, SyncError> {
-        let mut path = format!("{}?wait={}", paths::CONFIG, wait.as_secs());
+        let mut path = format!(
+            "{}?protocol={PROTOCOL_VERSION}&wait={}",
+            paths::CONFIG,
+            wait.as_secs()
+        );
         if let Some(v) = after {
             path += &format!("&after={v}");
         }
@@ -164,5 +171,23 @@ impl ControlPlane {
         )
         .await?;
         Ok(())
+    }
+
+    /// A fresh SA generation, above `above` and any this member had.
+    pub async fn new_generation(&self, credential: &str, above: u32) -> Result<u32, SyncError> {
+        let body = serde_json::to_vec(&GenerationRequest { above })
+            .map_err(|e| SyncError::Decode(e.to_string()))?;
+        let (_, answer) = self
+            .send(
+                Method::POST,
+                paths::GENERATION,
+                Some(credential),
+                Some(body),
+                Duration::from_secs(10),
+            )
+            .await?;
+        serde_json::from_slice::<GenerationResponse>(&answer)
+            .map(|g| g.generation)
+            .map_err(|e| SyncError::Decode(format!("the generation: {e}")))
     }
 }

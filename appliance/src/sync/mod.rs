@@ -5,7 +5,10 @@
 mod backoff;
 mod boot;
 mod client;
+mod generation;
+mod ownership;
 mod run;
+pub mod systemd;
 
 pub use boot::{BootConfig, Identity, StoredCredential};
 pub use client::{ControlPlane, SyncError};

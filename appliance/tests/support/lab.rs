@@ -49,6 +49,7 @@ pub fn mesh_config_with(
 ) -> DesiredConfig {
     DesiredConfig {
         protocol: PROTOCOL_VERSION,
+        generation: 1,
         version,
         network_id: Uuid::from_u128(0x4e7),
         site_id: site_id(i),
@@ -71,6 +72,7 @@ pub fn mesh_config_with(
                 out: OutboundSa {
                     epoch: 1,
                     spi: spi(i, Member::A, j),
+                    carried: false,
                 },
                 inbound: InboundSa::pair(1, [spi(j, Member::A, i), spi(j, Member::B, i)]).to_vec(),
                 local_cidrs: vec![format!("10.{i}.0.0/16").parse().expect("literal")],

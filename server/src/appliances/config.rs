@@ -2,19 +2,90 @@
 //! The version is derived from the content, so any change anywhere (a peer's
 //! address, a rotated key, a new site) yields a new version.
 
-use super::rotation;
-use super::{store::ApplianceRow, ApplianceError};
+use super::rotation::{self, LIVE_WITHIN};
+use super::store::{self, ApplianceRow, MemberSas};
+use super::ApplianceError;
 use crate::networks::{model, store as networks};
 use appliance::protocol::{
-    spi_for_epoch, DesiredConfig, EpochKey, InboundSa, OutboundSa, Tunnel, PROTOCOL_VERSION,
+    spi_epoch_parity, spi_for, DesiredConfig, EpochKey, InboundSa, Member, OutboundSa, Tunnel,
+    PREVIOUS_PROTOCOL_VERSION, PROTOCOL_VERSION, SPI_BASE_MASK,
 };
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// The protocols this server renders configs in: its own and the previous
+/// one (agents of the last release keep working during an upgrade).
+pub fn served_protocol(asked: Option<u16>) -> Result<u16, ApplianceError> {
+    match asked.unwrap_or(PREVIOUS_PROTOCOL_VERSION) {
+        p @ (PREVIOUS_PROTOCOL_VERSION | PROTOCOL_VERSION) => Ok(p),
+        other => Err(ApplianceError::InvalidInput {
+            field: "protocol",
+            message: format!(
+                "protocol {other} is not served; this server speaks {PREVIOUS_PROTOCOL_VERSION} and {PROTOCOL_VERSION}"
+            ),
+        }),
+    }
+}
+
+/// The SA generations of a network's members and what their kernels hold.
+struct Generations(BTreeMap<(Uuid, Member), MemberSas>);
+
+impl Generations {
+    fn of(&self, site: Uuid, member: Member) -> u32 {
+        self.0.get(&(site, member)).map_or(0, |m| m.generation)
+    }
+
+    /// A flow's generation: its sender's plus the receiving site's two
+    /// members'. Any of the three kernels starting over makes it new.
+    fn flow(&self, from: (Uuid, Member), to: Uuid) -> u32 {
+        self.of(from.0, from.1) + self.of(to, Member::A) + self.of(to, Member::B)
+    }
+
+    fn reporting(&self, site: Uuid, member: Member) -> Option<&MemberSas> {
+        self.0.get(&(site, member)).filter(|m| m.reporting)
+    }
+
+    /// Do all reporting appliances of `site` hold inbound SA `spi` on their
+    /// tunnel to `from_site`? (Agents of protocol 2 do not say: they count
+    /// as holding it, as before generations.)
+    fn site_holds(&self, site: Uuid, from_site: Uuid, spi: u32) -> bool {
+        Member::BOTH
+            .into_iter()
+            .filter_map(|m| self.reporting(site, m))
+            .all(|r| {
+                !r.reports_spis
+                    || r.held
+                        .get(&from_site)
+                        .is_some_and(|(_, ins)| ins.contains(&spi))
+            })
+    }
+
+    /// The outbound SA a reporting member still holds towards `peer` from
+    /// an earlier generation of the flow with `base` in the epoch of
+    /// parity `parity` (not `current`).
+    fn still_sending(
+        &self,
+        (site, member): (Uuid, Member),
+        peer: Uuid,
+        base: u32,
+        parity: u32,
+        current: u32,
+    ) -> Option<u32> {
+        let held = self.reporting(site, member)?.held.get(&peer)?.0?;
+        (held != current
+            && held & SPI_BASE_MASK == base & SPI_BASE_MASK
+            && spi_epoch_parity(held) == parity)
+            .then_some(held)
+    }
+}
 
 pub async fn desired_config(
     pool: &PgPool,
     appliance: &ApplianceRow,
+    protocol: u16,
 ) -> Result<DesiredConfig, ApplianceError> {
     let net = networks::find_any(pool, appliance.network_id)
         .await?
@@ -36,6 +107,14 @@ pub async fn desired_config(
         None => None,
         Some(_) => Some(rotation::sites_accepting(pool, net.id, epochs.active.epoch).await?),
     };
+    let gens = Generations(
+        store::member_sas(pool, net.id, LIVE_WITHIN)
+            .await?
+            .into_iter()
+            .map(|m| ((m.site_id, m.member), m))
+            .collect(),
+    );
+    let me = (appliance.site_id, appliance.member);
     let member = appliance.member.index();
     let tunnels = plan
         .tunnels
@@ -51,32 +130,68 @@ pub async fn desired_config(
                 }
                 _ => epochs.active.epoch,
             } as u32;
+            // A new generation is sent with once every reporting appliance
+            // of the peer holds it; until then the old SA, if this
+            // appliance still has it, carries the traffic.
+            let base = t.out_spis[member];
+            let spi = spi_for(base, out_epoch, gens.flow(me, t.peer));
+            let out = match gens.still_sending(me, t.peer, base, out_epoch & 1, spi) {
+                Some(old) if !gens.site_holds(t.peer, appliance.site_id, spi) => OutboundSa {
+                    epoch: out_epoch,
+                    spi: old,
+                    carried: true,
+                },
+                _ => OutboundSa {
+                    epoch: out_epoch,
+                    spi,
+                    carried: false,
+                },
+            };
+            let mut inbound = Vec::new();
+            for e in epochs.all().map(|e| e.epoch as u32) {
+                for m in Member::BOTH {
+                    let base = t.in_spis[m.index()];
+                    let spi = spi_for(base, e, gens.flow((t.peer, m), appliance.site_id));
+                    inbound.push(InboundSa {
+                        epoch: e,
+                        member: m,
+                        spi,
+                        carried: false,
+                    });
+                    // What the peer member still sends with, kept until it
+                    // moves (protocol 2 agents know nothing of generations).
+                    if protocol >= PROTOCOL_VERSION {
+                        if let Some(old) =
+                            gens.still_sending((t.peer, m), appliance.site_id, base, e & 1, spi)
+                        {
+                            inbound.push(InboundSa {
+                                epoch: e,
+                                member: m,
+                                spi: old,
+                                carried: true,
+                            });
+                        }
+                    }
+                }
+            }
             Some(Tunnel {
                 peer_site: t.peer,
                 peer_address,
                 reqid: t.reqid,
-                out: OutboundSa {
-                    epoch: out_epoch,
-                    spi: spi_for_epoch(t.out_spis[member], out_epoch),
-                },
-                inbound: epochs
-                    .all()
-                    .flat_map(|e| {
-                        let e = e.epoch as u32;
-                        InboundSa::pair(e, t.in_spis.map(|spi| spi_for_epoch(spi, e)))
-                    })
-                    .collect(),
+                out,
+                inbound,
                 local_cidrs: t.local_cidrs.clone(),
                 remote_cidrs: t.remote_cidrs.clone(),
             })
         })
         .collect();
     let mut config = DesiredConfig {
-        protocol: PROTOCOL_VERSION,
+        protocol,
         version: 0,
         network_id: net.id,
         site_id: appliance.site_id,
         member: appliance.member,
+        generation: gens.of(appliance.site_id, appliance.member),
         local_address: appliance.private_ip,
         nat_traversal: net.options.nat_t,
         keys: epochs

@@ -15,10 +15,16 @@ pub enum ApplianceError {
     },
     #[error("unknown bootstrap token")]
     UnknownToken,
-    #[error("this bootstrap token was already used; a token registers one instance once")]
-    TokenUsed,
     #[error("this bootstrap token expired; the site's stack must be updated with a new one")]
     TokenExpired,
+    #[error("registration refused: {reason}")]
+    NotVerified { reason: String },
+    #[error("the instance cannot be checked with EC2 right now ({0}); try again")]
+    VerificationUnavailable(String),
+    #[error("instance {0} is registered and its agent is reporting; a second registration of a live instance is refused")]
+    AlreadyRegistered(String),
+    #[error("this member has used every SA generation it can have; recreate the site")]
+    GenerationsExhausted,
     #[error("missing or unknown appliance credential")]
     Unauthenticated,
     #[error("the network of this site is being deleted or is gone")]
@@ -32,8 +38,13 @@ impl ApplianceError {
         match self {
             ApplianceError::InvalidInput { .. } => (StatusCode::BAD_REQUEST, "invalid_input"),
             ApplianceError::UnknownToken => (StatusCode::UNAUTHORIZED, "unknown_token"),
-            ApplianceError::TokenUsed => (StatusCode::CONFLICT, "token_used"),
             ApplianceError::TokenExpired => (StatusCode::UNAUTHORIZED, "token_expired"),
+            ApplianceError::NotVerified { .. } => (StatusCode::FORBIDDEN, "instance_not_verified"),
+            ApplianceError::VerificationUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "verification_unavailable")
+            }
+            ApplianceError::AlreadyRegistered(_) => (StatusCode::CONFLICT, "already_registered"),
+            ApplianceError::GenerationsExhausted => (StatusCode::CONFLICT, "generations_exhausted"),
             ApplianceError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ApplianceError::SiteGone => (StatusCode::GONE, "site_gone"),
             ApplianceError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

@@ -1,8 +1,14 @@
 //! Thin handlers: parse, authenticate the appliance, call the domain, answer.
 
-use super::{config::desired_config, register, status, store, ApplianceError};
+use super::{
+    config::{desired_config, served_protocol},
+    register, status, store, ApplianceError,
+};
 use crate::state::AppState;
-use appliance::protocol::{RegisterRequest, RegisterResponse, StatusReport};
+use appliance::protocol::{
+    GenerationRequest, GenerationResponse, RegisterRequest, RegisterResponse, StatusReport,
+    MAX_MEMBER_GENERATION,
+};
 use axum::{
     extract::{rejection::JsonRejection, Query, State},
     http::{header, HeaderMap, StatusCode},
@@ -23,6 +29,7 @@ pub fn routes() -> Router<AppState> {
         .route("/register", post(register_appliance))
         .route("/config", get(config))
         .route("/status", post(report_status))
+        .route("/generation", post(new_generation))
 }
 
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApplianceError> {
@@ -65,6 +72,8 @@ struct ConfigQuery {
     after: Option<u64>,
     /// Seconds to wait for a change (default and maximum 30).
     wait: Option<u64>,
+    /// The protocol the agent speaks (absent: the previous one, 2).
+    protocol: Option<u16>,
 }
 
 async fn config(
@@ -73,12 +82,14 @@ async fn config(
     Query(q): Query<ConfigQuery>,
 ) -> Result<Response, ApplianceError> {
     let appliance = authenticate(&state, &headers).await?;
+    let protocol = served_protocol(q.protocol)?;
+    store::record_protocol(&state.pool, appliance.id, protocol).await?;
     let wait = Duration::from_secs(q.wait.unwrap_or(MAX_WAIT_SECS).min(MAX_WAIT_SECS));
     let deadline = Instant::now() + wait;
     // Subscribe before computing, so a change in between is not missed.
     let mut changes = state.config_changes.subscribe();
     loop {
-        let config = desired_config(&state.pool, &appliance).await?;
+        let config = desired_config(&state.pool, &appliance, protocol).await?;
         if Some(config.version) != q.after {
             return Ok(Json(config).into_response());
         }
@@ -112,4 +123,21 @@ async fn report_status(
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A kernel that lost SAs of its generation gets a fresh one: its peers'
+/// configs change with it (a notification from the generation's trigger).
+async fn new_generation(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<GenerationRequest>, JsonRejection>,
+) -> Result<Json<GenerationResponse>, ApplianceError> {
+    let appliance = authenticate(&state, &headers).await?;
+    let req = json_body(body)?;
+    let generation =
+        store::next_generation(&state.pool, appliance.id, req.above, MAX_MEMBER_GENERATION)
+            .await?
+            .ok_or(ApplianceError::GenerationsExhausted)?;
+    tracing::info!(appliance_id = %appliance.id, above = req.above, generation, "fresh SA generation");
+    Ok(Json(GenerationResponse { generation }))
 }

@@ -2,6 +2,7 @@
 //! bootstrap token, then use a per-appliance credential to long-poll their
 //! desired config and report status. Wire types: `appliance::protocol`.
 
+pub mod agent_binary;
 mod changes;
 mod config;
 mod error;

@@ -47,6 +47,16 @@ pub async fn record(
             message: format!("at most {MAX_EPOCHS_IN_PLAY} key epochs, each a positive number"),
         });
     }
+    if report.tunnels.iter().any(|t| {
+        t.inbound_spis
+            .as_ref()
+            .is_some_and(|s| s.len() > 4 * MAX_EPOCHS_IN_PLAY)
+    }) {
+        return Err(ApplianceError::InvalidInput {
+            field: "inbound_spis",
+            message: format!("at most {} inbound SAs per tunnel", 4 * MAX_EPOCHS_IN_PLAY),
+        });
+    }
     store::record_status(pool, appliance.id, &report).await?;
     rotation::advance(pool, appliance.network_id, rotation_grace).await?;
     Ok(())

@@ -8,52 +8,163 @@ use uuid::Uuid;
 
 pub struct TokenRow {
     pub site_id: Uuid,
-    pub member: Option<String>,
-    pub expires_at: OffsetDateTime,
-    pub used_at: Option<OffsetDateTime>,
+    pub member: Member,
+    /// `None`: valid while the site lives.
+    pub expires_at: Option<OffsetDateTime>,
 }
 
-/// Locks the token row for the registration transaction.
-pub async fn lock_token(
-    db: impl PgExecutor<'_>,
-    hash: &[u8],
-) -> Result<Option<TokenRow>, sqlx::Error> {
-    let row: Option<(Uuid, Option<String>, OffsetDateTime, Option<OffsetDateTime>)> =
-        sqlx::query_as(
-            "SELECT site_id, member, expires_at, used_at FROM site_bootstrap_tokens
-              WHERE token_hash = $1 FOR UPDATE",
-        )
-        .bind(hash)
-        .fetch_optional(db)
-        .await?;
-    Ok(row.map(|(site_id, member, expires_at, used_at)| TokenRow {
-        site_id,
-        member,
-        expires_at,
-        used_at,
+fn member_of(text: &str) -> Option<Member> {
+    match text {
+        "a" => Some(Member::A),
+        "b" => Some(Member::B),
+        _ => None,
+    }
+}
+
+/// A member's bootstrap token (tokens without a member, from before HA
+/// members had their own, register nothing).
+pub async fn token(db: impl PgExecutor<'_>, hash: &[u8]) -> Result<Option<TokenRow>, sqlx::Error> {
+    let row: Option<(Uuid, Option<String>, Option<OffsetDateTime>)> = sqlx::query_as(
+        "SELECT site_id, member, expires_at FROM site_bootstrap_tokens WHERE token_hash = $1",
+    )
+    .bind(hash)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.and_then(|(site_id, member, expires_at)| {
+        Some(TokenRow {
+            site_id,
+            member: member_of(member.as_deref()?)?,
+            expires_at,
+        })
     }))
 }
 
-pub async fn use_token(db: impl PgExecutor<'_>, hash: &[u8]) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE site_bootstrap_tokens SET used_at = now() WHERE token_hash = $1")
+/// Locks the token row: registrations of one member run one at a time.
+pub async fn lock_token(db: impl PgExecutor<'_>, hash: &[u8]) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM site_bootstrap_tokens WHERE token_hash = $1 FOR UPDATE")
         .bind(hash)
         .execute(db)
-        .await?;
+        .await
+        .map(|_| ())
+}
+
+/// Records the token's first use (it keeps working for replacements).
+pub async fn use_token(db: impl PgExecutor<'_>, hash: &[u8]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE site_bootstrap_tokens SET used_at = coalesce(used_at, now()) WHERE token_hash = $1",
+    )
+    .bind(hash)
+    .execute(db)
+    .await?;
     Ok(())
 }
 
-/// The network and organization of a site, if the network is live.
-pub async fn live_site(
+/// What registration needs of a site: its network, organization, account
+/// role, region and stack outputs (the members' Auto Scaling groups).
+#[derive(Debug)]
+pub struct RegistrationSite {
+    pub network_id: Uuid,
+    pub org_id: Uuid,
+    pub name: String,
+    pub region: String,
+    pub role_arn: Option<String>,
+    pub outputs: sqlx::types::Json<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The site, if its network is live.
+pub async fn registration_site(
     db: impl PgExecutor<'_>,
     site_id: Uuid,
-) -> Result<Option<(Uuid, Uuid)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT n.id, n.org_id FROM sites s JOIN networks n ON n.id = s.network_id
+) -> Result<Option<RegistrationSite>, sqlx::Error> {
+    type Row = (
+        Uuid,
+        Uuid,
+        String,
+        String,
+        Option<String>,
+        sqlx::types::Json<serde_json::Map<String, serde_json::Value>>,
+    );
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT n.id, n.org_id, s.name, s.region, a.role_arn, s.outputs
+           FROM sites s JOIN networks n ON n.id = s.network_id
+           LEFT JOIN aws_accounts a ON a.id = s.account_ref
           WHERE s.id = $1 AND n.status NOT IN ('deleting', 'deleted')",
     )
     .bind(site_id)
     .fetch_optional(db)
-    .await
+    .await?;
+    Ok(row.map(
+        |(network_id, org_id, name, region, role_arn, outputs)| RegistrationSite {
+            network_id,
+            org_id,
+            name,
+            region,
+            role_arn,
+            outputs,
+        },
+    ))
+}
+
+/// The live appliance of a site's member.
+pub struct LiveMember {
+    pub instance_id: String,
+    pub last_seen_at: Option<OffsetDateTime>,
+}
+
+pub async fn live_member(
+    db: impl PgExecutor<'_>,
+    site_id: Uuid,
+    member: Member,
+) -> Result<Option<LiveMember>, sqlx::Error> {
+    let row: Option<(String, Option<OffsetDateTime>)> = sqlx::query_as(
+        "SELECT instance_id, last_seen_at FROM appliances
+          WHERE site_id = $1 AND member = $2 AND retired_at IS NULL",
+    )
+    .bind(site_id)
+    .bind(member.as_str())
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|(instance_id, last_seen_at)| LiveMember {
+        instance_id,
+        last_seen_at,
+    }))
+}
+
+/// The highest SA generation any instance of the member ever had (0: none).
+pub async fn last_generation(
+    db: impl PgExecutor<'_>,
+    site_id: Uuid,
+    member: Member,
+) -> Result<u32, sqlx::Error> {
+    let g: Option<i32> = sqlx::query_scalar(
+        "SELECT max(generation) FROM appliances WHERE site_id = $1 AND member = $2",
+    )
+    .bind(site_id)
+    .bind(member.as_str())
+    .fetch_one(db)
+    .await?;
+    Ok(g.unwrap_or(0).max(0) as u32)
+}
+
+/// Moves a live appliance to a generation above `above` and above its own;
+/// `None` when that would pass `max`.
+pub async fn next_generation(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    above: u32,
+    max: u32,
+) -> Result<Option<u32>, sqlx::Error> {
+    let g: Option<i32> = sqlx::query_scalar(
+        "UPDATE appliances SET generation = greatest(generation, $2) + 1
+          WHERE id = $1 AND retired_at IS NULL AND greatest(generation, $2) + 1 <= $3
+          RETURNING generation",
+    )
+    .bind(id)
+    .bind(above.min(i32::MAX as u32 - 1) as i32)
+    .bind(max as i32)
+    .fetch_optional(db)
+    .await?;
+    Ok(g.map(|g| g as u32))
 }
 
 pub struct NewAppliance<'a> {
@@ -66,6 +177,7 @@ pub struct NewAppliance<'a> {
     pub public_ip: Option<Ipv4Addr>,
     pub credential_hash: &'a [u8],
     pub agent_version: &'a str,
+    pub generation: u32,
 }
 
 /// Retires the member's previous instance (it was replaced) and stores the new one.
@@ -83,8 +195,9 @@ pub async fn replace_member(
     .await?;
     sqlx::query(
         "INSERT INTO appliances (id, site_id, member, instance_id, availability_zone,
-                                 private_ip, public_ip, credential_hash, agent_version)
-         VALUES ($1, $2, $3, $4, $5, $6::inet, $7::inet, $8, $9)",
+                                 private_ip, public_ip, credential_hash, agent_version,
+                                 generation)
+         VALUES ($1, $2, $3, $4, $5, $6::inet, $7::inet, $8, $9, $10)",
     )
     .bind(a.id)
     .bind(a.site_id)
@@ -95,6 +208,7 @@ pub async fn replace_member(
     .bind(a.public_ip.map(|ip| ip.to_string()))
     .bind(a.credential_hash)
     .bind(a.agent_version)
+    .bind(a.generation as i32)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -127,7 +241,7 @@ pub async fn by_credential(
             id,
             site_id,
             network_id,
-            member: if member == "b" { Member::B } else { Member::A },
+            member: member_of(&member)?,
             private_ip: ip.parse().ok()?,
         })
     }))
@@ -142,9 +256,22 @@ pub async fn record_status(
         appliance::protocol::HaRole::Active => "active",
         appliance::protocol::HaRole::Passive => "passive",
     };
+    // The SPIs each tunnel's kernel holds (protocol 3), kept apart from the
+    // counters: a change here moves peers, a counter does not.
+    let sa_state: serde_json::Map<String, serde_json::Value> = report
+        .tunnels
+        .iter()
+        .filter(|t| t.out_spi.is_some() || t.inbound_spis.is_some())
+        .map(|t| {
+            (
+                t.peer_site.to_string(),
+                serde_json::json!({"out": t.out_spi, "in": t.inbound_spis.clone().unwrap_or_default()}),
+            )
+        })
+        .collect();
     sqlx::query(
         "UPDATE appliances SET last_seen_at = now(), agent_version = $2, applied_version = $3,
-                config_error = $4, ha_role = $5, tunnels = $6, epochs = $7
+                config_error = $4, ha_role = $5, tunnels = $6, epochs = $7, sa_state = $8
           WHERE id = $1",
     )
     .bind(id)
@@ -160,9 +287,98 @@ pub async fn record_status(
             .map(|e| *e as i32)
             .collect::<Vec<i32>>(),
     )
+    .bind(sqlx::types::Json(sa_state))
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Remembers which protocol the appliance's agent speaks.
+pub async fn record_protocol(pool: &PgPool, id: Uuid, protocol: u16) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE appliances SET protocol = $2 WHERE id = $1 AND protocol IS DISTINCT FROM $2",
+    )
+    .bind(id)
+    .bind(protocol as i16)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// What the config compiler needs of one appliance of the network, live or
+/// retired: its generation, and for live ones what its kernel holds.
+#[derive(Clone, Debug)]
+pub struct MemberSas {
+    pub site_id: Uuid,
+    pub member: Member,
+    /// The highest generation of the member (over all its instances).
+    pub generation: u32,
+    /// The live instance reported within the live window.
+    pub reporting: bool,
+    /// The live instance's agent speaks protocol 3 or later.
+    pub reports_spis: bool,
+    /// By peer site: (outbound SPI, inbound SPIs) its kernel holds.
+    pub held: std::collections::BTreeMap<Uuid, (Option<u32>, Vec<u32>)>,
+}
+
+pub async fn member_sas(
+    db: impl PgExecutor<'_>,
+    network_id: Uuid,
+    live_within: std::time::Duration,
+) -> Result<Vec<MemberSas>, sqlx::Error> {
+    type Row = (
+        Uuid,
+        String,
+        i32,
+        Option<bool>,
+        Option<i16>,
+        Option<sqlx::types::Json<serde_json::Map<String, serde_json::Value>>>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT a.site_id, a.member, max(a.generation),
+                bool_or(a.retired_at IS NULL AND a.last_seen_at > now() - make_interval(secs => $2)),
+                max(a.protocol) FILTER (WHERE a.retired_at IS NULL),
+                (array_agg(a.sa_state) FILTER (WHERE a.retired_at IS NULL))[1]
+           FROM appliances a JOIN sites s ON s.id = a.site_id
+          WHERE s.network_id = $1
+          GROUP BY a.site_id, a.member",
+    )
+    .bind(network_id)
+    .bind(live_within.as_secs_f64())
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(site_id, member, generation, reporting, protocol, held)| {
+            let held = held
+                .map(|h| h.0)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(peer, v)| {
+                    let spi =
+                        |v: &serde_json::Value| v.as_u64().and_then(|s| u32::try_from(s).ok());
+                    Some((
+                        peer.parse().ok()?,
+                        (
+                            spi(&v["out"]),
+                            v["in"]
+                                .as_array()
+                                .map(|a| a.iter().filter_map(spi).collect())
+                                .unwrap_or_default(),
+                        ),
+                    ))
+                })
+                .collect();
+            Some(MemberSas {
+                site_id,
+                member: member_of(&member)?,
+                generation: generation.max(0) as u32,
+                reporting: reporting.unwrap_or(false),
+                reports_spis: protocol.is_some_and(|p| p >= 3),
+                held,
+            })
+        })
+        .collect())
 }
 
 /// The live appliances of a network for the console, by site and member.

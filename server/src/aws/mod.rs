@@ -5,6 +5,7 @@ mod client;
 pub mod discovery;
 mod error;
 mod identifiers;
+pub mod instances;
 pub mod kms;
 
 pub use client::{http_client, AccountAccess, Aws};

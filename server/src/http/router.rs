@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .nest_service("/pkg", ServeDir::new(pkg).precompressed_gzip())
         // Appliances authenticate with their own credential: no session, no CSRF.
         .nest("/api/appliance/v1", crate::appliances::routes())
+        .merge(crate::appliances::agent_binary::routes())
         .merge(console)
         .layer(middleware::map_response_with_state(limit, body_too_large))
         .layer(DefaultBodyLimit::max(limit))

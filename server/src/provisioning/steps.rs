@@ -24,7 +24,6 @@ use std::time::Duration;
 
 const POLL: Duration = Duration::from_secs(2);
 const MAX_RETRIES: i32 = 10;
-const TOKEN_LIFETIME_HOURS: i64 = 24;
 
 /// Why a turn stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +34,9 @@ pub enum StepError {
     Db(#[from] sqlx::Error),
     #[error("{0}")]
     Broken(String),
+    /// Instances launched now could never install their agent.
+    #[error("this server has no vpcmesh-agent binary for the appliances to install: start it with --agent-binary PATH (VPCMESH_AGENT_BINARY)")]
+    NoAgentBinary,
 }
 
 pub struct Ctx<'a> {
@@ -256,6 +258,8 @@ async fn appliance_template(
     sites: &[store::SiteRow],
     site: &store::SiteRow,
 ) -> Result<(String, Vec<(&'static str, String)>), StepError> {
+    // Checked first: no bootstrap token is minted for a stack never created.
+    let agent = ctx.state.agent.as_ref().ok_or(StepError::NoAgentBinary)?;
     let plans = model::compile(net, sites).map_err(|e| StepError::Broken(e.to_string()))?;
     let mine = plans
         .get(&site.id)
@@ -298,6 +302,7 @@ async fn appliance_template(
     let o = &net.options;
     let spec = ApplianceSpec {
         peer_addresses,
+        vpc_cidrs: site.cidrs.clone(),
         ha: o.ha,
         nat_t: o.nat_t,
         spot_types: o.spot.then(|| o.instance_types.clone()),
@@ -305,8 +310,7 @@ async fn appliance_template(
         remote_cidrs,
     };
     let body = templates::appliance_stack(&spec).map_err(|e| StepError::Broken(e.to_string()))?;
-    // One single-use token per HA member: each member's launch template
-    // carries its own.
+    // One token per HA member: each member's launch template carries its own.
     let token_a = new_bootstrap_token(ctx, site.id, Member::A).await?;
     let token_b = new_bootstrap_token(ctx, site.id, Member::B).await?;
     let account = access.account().to_string();
@@ -315,11 +319,10 @@ async fn appliance_template(
         .iter()
         .map(|rt| format!("arn:aws:ec2:{}:{account}:route-table/{rt}", site.region))
         .collect();
-    let params = vec![
+    let mut params = vec![
         ("NetworkId", net.id.to_string()),
         ("SiteId", site.id.to_string()),
         ("VpcId", site.vpc_id.clone()),
-        ("VpcCidr", site.cidrs.first().cloned().unwrap_or_default()),
         ("SubnetA", a.id.clone()),
         ("SubnetB", b.id.clone()),
         ("InstanceType", o.instance_types[0].clone()),
@@ -334,11 +337,16 @@ async fn appliance_template(
         ("RouteTableArns", route_table_arns.join(",")),
         ("HighAvailability", o.ha.to_string()),
     ];
+    params.extend(agent.stack_parameters(&ctx.state.settings.public_origin));
     Ok((body, params))
 }
 
-/// A fresh single-use registration token for one member of the site's pair;
-/// only its hash is stored.
+/// A fresh registration token for one member of the site's pair; only its
+/// hash is stored. It registers every instance the member's Auto Scaling
+/// group launches (each checked with EC2) while the site lives. Earlier
+/// tokens of the member stay valid too: a create retried with the same
+/// request token leaves the stack with the first call's token, and without
+/// an instance EC2 vouches for, no token registers anything.
 async fn new_bootstrap_token(
     ctx: &Ctx<'_>,
     site_id: uuid::Uuid,
@@ -349,12 +357,11 @@ async fn new_bootstrap_token(
     let token = format!("vmb_{}", hex::encode(raw));
     sqlx::query(
         "INSERT INTO site_bootstrap_tokens (token_hash, site_id, member, expires_at)
-         VALUES ($1, $2, $3, now() + make_interval(hours => $4))",
+         VALUES ($1, $2, $3, NULL)",
     )
     .bind(Sha256::digest(token.as_bytes()).to_vec())
     .bind(site_id)
     .bind(member.as_str())
-    .bind(TOKEN_LIFETIME_HOURS as i32)
     .execute(&ctx.state.pool)
     .await?;
     Ok(token)

@@ -6,16 +6,39 @@ use serde_json::{json, Map, Value};
 
 const ADDRESS: &str = include_str!("../../templates/address-stack.yaml");
 const APPLIANCE: &str = include_str!("../../templates/appliance-stack.yaml");
+/// The appliances' user data (both members), filled by CloudFormation's
+/// `Fn::Sub` with the stack parameters and the member's own values.
+pub const USER_DATA: &str = include_str!("../../templates/user-data.sh");
+/// The launch templates whose instances run [`USER_DATA`].
+pub const LAUNCH_TEMPLATES: [&str; 2] = ["LaunchTemplateA", "LaunchTemplateB"];
 
 #[derive(Debug, thiserror::Error)]
-#[error("stack template {name} is not valid YAML: {source}")]
-pub struct TemplateError {
-    name: &'static str,
-    source: serde_norway::Error,
+pub enum TemplateError {
+    #[error("stack template {name} is not valid YAML: {source}")]
+    Yaml {
+        name: &'static str,
+        source: serde_norway::Error,
+    },
+    #[error("appliance-stack.yaml: {0} has no UserData Fn::Sub [script, values] for user-data.sh")]
+    NoUserDataSlot(&'static str),
 }
 
 fn parse(name: &'static str, yaml: &str) -> Result<Value, TemplateError> {
-    serde_norway::from_str(yaml).map_err(|source| TemplateError { name, source })
+    serde_norway::from_str(yaml).map_err(|source| TemplateError::Yaml { name, source })
+}
+
+/// Puts the one user-data script in place of each launch template's
+/// placeholder; the YAML keeps which member and token go with it.
+fn put_user_data(t: &mut Value) -> Result<(), TemplateError> {
+    for lt in LAUNCH_TEMPLATES {
+        let slot = t["Resources"][lt]["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]
+            ["Fn::Sub"]
+            .get_mut(0)
+            .filter(|s| s.is_string())
+            .ok_or(TemplateError::NoUserDataSlot(lt))?;
+        *slot = json!(USER_DATA);
+    }
+    Ok(())
 }
 
 /// The address stack is the same for every site.
@@ -36,6 +59,8 @@ pub struct LeafAttachment {
 pub struct ApplianceSpec {
     /// Public IPs of the other sites this one tunnels to.
     pub peer_addresses: Vec<String>,
+    /// Every CIDR block of the site's VPC (a VPC may have several).
+    pub vpc_cidrs: Vec<String>,
     pub ha: bool,
     pub nat_t: bool,
     /// Several types = spot mixed-instances pool.
@@ -46,8 +71,24 @@ pub struct ApplianceSpec {
     pub remote_cidrs: Vec<String>,
 }
 
+impl ApplianceSpec {
+    /// The CIDRs whose traffic the appliances carry: the VPC's, then each
+    /// attached leaf's, each once.
+    fn local_cidrs(&self) -> Vec<&str> {
+        let mut cidrs: Vec<&str> = Vec::new();
+        let leaf_cidrs = self.leaves.iter().flat_map(|l| l.cidrs.iter());
+        for c in self.vpc_cidrs.iter().chain(leaf_cidrs) {
+            if !cidrs.contains(&c.as_str()) {
+                cidrs.push(c);
+            }
+        }
+        cidrs
+    }
+}
+
 pub fn appliance_stack(spec: &ApplianceSpec) -> Result<String, TemplateError> {
     let mut t = parse("appliance-stack.yaml", APPLIANCE)?;
+    put_user_data(&mut t)?;
     if !spec.ha {
         t["Parameters"]["HighAvailability"]["Default"] = json!("false");
     }
@@ -56,6 +97,12 @@ pub fn appliance_stack(spec: &ApplianceSpec) -> Result<String, TemplateError> {
         .map(std::mem::take)
         .unwrap_or_default();
     let mut ingress = ingress;
+    for cidr in spec.local_cidrs() {
+        // The HA pair's heartbeat, and traffic the appliances forward into
+        // tunnels, come from any CIDR of the VPC or of a leaf behind it.
+        ingress.push(json!({"Description": "HA heartbeat from the site", "IpProtocol": "udp", "FromPort": 4800, "ToPort": 4800, "CidrIp": cidr}));
+        ingress.push(json!({"Description": "Forwarded traffic from the site", "IpProtocol": "-1", "FromPort": -1, "ToPort": -1, "CidrIp": cidr}));
+    }
     for ip in &spec.peer_addresses {
         let cidr = format!("{ip}/32");
         // Protocol 50 needs explicit -1 ports (EC2 accepts it; moto insists).
@@ -170,6 +217,7 @@ mod tests {
     fn spec() -> ApplianceSpec {
         ApplianceSpec {
             peer_addresses: vec!["198.51.100.7".into(), "203.0.113.9".into()],
+            vpc_cidrs: vec!["10.1.0.0/16".into()],
             ha: true,
             nat_t: true,
             spot_types: None,
@@ -203,6 +251,121 @@ mod tests {
             .expect("ingress")
             .len();
         assert_eq!(rules, 2 + 2 * 2);
+    }
+
+    #[test]
+    fn every_vpc_and_leaf_cidr_gets_a_heartbeat_and_a_forward_rule() {
+        let mut s = spec();
+        s.vpc_cidrs = vec!["10.1.0.0/16".into(), "100.64.0.0/20".into()];
+        s.leaves = vec![LeafAttachment {
+            vpc_id: "vpc-0123456789abcdef0".into(),
+            subnet_ids: vec!["subnet-0123456789abcdef0".into()],
+            cidrs: vec!["10.9.0.0/16".into()],
+        }];
+        let t = rendered(&s);
+        let ingress = t["Resources"]["ApplianceSecurityGroup"]["Properties"]
+            ["SecurityGroupIngress"]
+            .as_array()
+            .expect("ingress")
+            .clone();
+        let from = |cidr: &str| -> Vec<(String, i64, i64)> {
+            ingress
+                .iter()
+                .filter(|r| r["CidrIp"] == cidr)
+                .map(|r| {
+                    (
+                        r["IpProtocol"].as_str().unwrap_or_default().to_string(),
+                        r["FromPort"].as_i64().unwrap_or_default(),
+                        r["ToPort"].as_i64().unwrap_or_default(),
+                    )
+                })
+                .collect()
+        };
+        for cidr in ["10.1.0.0/16", "100.64.0.0/20", "10.9.0.0/16"] {
+            assert_eq!(
+                from(cidr),
+                vec![("udp".into(), 4800, 4800), ("-1".into(), -1, -1)],
+                "{cidr}: {ingress:?}"
+            );
+        }
+        // Nothing else is open to local CIDRs, and nothing refers to a
+        // single-CIDR parameter any more.
+        assert_eq!(ingress.len(), 3 * 2 + 2 * 3, "{ingress:?}");
+        assert!(t["Parameters"].get("VpcCidr").is_none());
+        assert!(ingress.iter().all(|r| r["CidrIp"].is_string()));
+    }
+
+    #[test]
+    fn a_leaf_cidr_that_is_also_a_vpc_cidr_gets_its_rules_once() {
+        let mut s = spec();
+        s.leaves = vec![LeafAttachment {
+            vpc_id: "vpc-0123456789abcdef0".into(),
+            subnet_ids: vec!["subnet-0123456789abcdef0".into()],
+            cidrs: vec!["10.1.0.0/16".into()],
+        }];
+        let t = rendered(&s);
+        let rules = t["Resources"]["ApplianceSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+            .as_array()
+            .expect("ingress")
+            .iter()
+            .filter(|r| r["CidrIp"] == "10.1.0.0/16")
+            .count();
+        assert_eq!(rules, 2);
+    }
+
+    #[test]
+    fn the_instance_role_takes_over_only_its_own_address_and_appliances() {
+        let t = rendered(&spec());
+        let statements = t["Resources"]["ApplianceRole"]["Properties"]["Policies"][0]
+            ["PolicyDocument"]["Statement"]
+            .as_array()
+            .expect("statements")
+            .clone();
+        let by_action = |action: &str| -> Vec<Value> {
+            statements
+                .iter()
+                .filter(|s| s["Action"] == action)
+                .cloned()
+                .collect()
+        };
+        let associate = by_action("ec2:AssociateAddress");
+        assert_eq!(associate.len(), 2, "{associate:?}");
+        let own_address = associate
+            .iter()
+            .find(|s| s.get("Condition").is_none())
+            .expect("the address statement");
+        assert!(own_address["Resource"]["Fn::Sub"]
+            .as_str()
+            .is_some_and(|r| r.ends_with(":elastic-ip/${AllocationId}")));
+        let site_tag = json!({"StringEquals": {"aws:ResourceTag/vpcmesh:site": {"Ref": "SiteId"}}});
+        let onto = associate
+            .iter()
+            .find(|s| s.get("Condition").is_some())
+            .expect("the target statement");
+        assert_eq!(onto["Condition"], site_tag);
+        let modify = by_action("ec2:ModifyNetworkInterfaceAttribute");
+        assert_eq!(modify.len(), 1);
+        assert_eq!(modify[0]["Condition"], site_tag);
+        assert!(modify[0]["Resource"]["Fn::Sub"]
+            .as_str()
+            .is_some_and(|r| r.ends_with(":network-interface/*")));
+        // The tag the conditions test is put on what both groups launch.
+        for lt in ["LaunchTemplateA", "LaunchTemplateB"] {
+            let specs = t["Resources"][lt]["Properties"]["LaunchTemplateData"]["TagSpecifications"]
+                .as_array()
+                .expect("tag specifications")
+                .clone();
+            for kind in ["instance", "network-interface"] {
+                let tagged = specs.iter().find(|s| s["ResourceType"] == kind);
+                assert!(
+                    tagged.is_some_and(|s| s["Tags"]
+                        .as_array()
+                        .is_some_and(|tags| tags.iter().any(|t| t["Key"] == "vpcmesh:site"
+                            && t["Value"] == json!({"Ref": "SiteId"})))),
+                    "{lt} tags its {kind}s with the site: {specs:?}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -251,5 +414,66 @@ mod tests {
             "10.2.0.0/16"
         );
         assert!(t["Outputs"]["TransitGatewayId"].is_object());
+    }
+
+    /// The `${Name}` placeholders of an `Fn::Sub` string.
+    fn placeholders(s: &str) -> Vec<&str> {
+        s.split("${")
+            .skip(1)
+            .filter_map(|rest| rest.split_once('}').map(|(name, _)| name))
+            .collect()
+    }
+
+    #[test]
+    fn both_members_run_the_one_user_data_script_with_their_own_token() {
+        let t = rendered(&spec());
+        for (lt, member, token) in [
+            ("LaunchTemplateA", "a", "BootstrapTokenA"),
+            ("LaunchTemplateB", "b", "BootstrapTokenB"),
+        ] {
+            let sub = &t["Resources"][lt]["Properties"]["LaunchTemplateData"]["UserData"]
+                ["Fn::Base64"]["Fn::Sub"];
+            assert_eq!(sub[0], USER_DATA, "{lt}");
+            assert_eq!(
+                sub[1],
+                json!({"Member": member, "BootstrapToken": {"Ref": token}}),
+                "{lt}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_user_data_placeholder_is_a_stack_parameter_or_a_member_value() {
+        let t = rendered(&spec());
+        let params = t["Parameters"].as_object().expect("parameters");
+        let used = placeholders(USER_DATA);
+        for name in &used {
+            assert!(
+                params.contains_key(*name) || ["Member", "BootstrapToken"].contains(name),
+                "user-data.sh uses ${{{name}}}, which CloudFormation cannot fill"
+            );
+        }
+        for needed in [
+            "ServerUrl",
+            "NetworkId",
+            "SiteId",
+            "AllocationId",
+            "AgentUrl",
+            "AgentSha256",
+            "Member",
+            "BootstrapToken",
+        ] {
+            assert!(
+                used.contains(&needed),
+                "user-data.sh never uses ${{{needed}}}"
+            );
+        }
+        assert_eq!(params["AgentSha256"]["AllowedPattern"], "[0-9a-f]{64}");
+    }
+
+    #[test]
+    fn the_user_data_fits_the_ec2_limit_with_room_to_spare() {
+        // 16 KiB before base64; the placeholders' values add well under 1 KiB.
+        assert!(USER_DATA.len() < 12 * 1024, "{} bytes", USER_DATA.len());
     }
 }

@@ -11,7 +11,8 @@ pub struct TunnelEnd {
     /// Kernel reqid tying this tunnel's SAs and policies together; unique per site.
     pub reqid: u32,
     /// Base SPI each local HA member sends with (the peer accepts both);
-    /// below 2^31, as each epoch's SPI puts its parity in the top bit.
+    /// below 2^16, as each SPI puts its epoch's parity and its flow's
+    /// generation above it.
     pub out_spis: [u32; 2],
     /// SPIs accepted from the peer's members A and B; both local members install
     /// both, so a takeover on either side needs no rekey.
@@ -180,15 +181,16 @@ impl SpiTable {
             let taken = used.entry(to).or_default();
             let spi = (0u32..)
                 .map(|attempt| {
-                    // Below 2^31: the top bit carries the key epoch's
-                    // parity (appliance::protocol::spi_for_epoch).
+                    // Below 2^16: the bits above carry the key epoch's
+                    // parity and the flow's generation
+                    // (appliance::protocol::spi_for).
                     stable_u32(&[
                         network.as_bytes(),
                         from.as_bytes(),
                         &[member as u8],
                         to.as_bytes(),
                         &attempt.to_be_bytes(),
-                    ]) & 0x7fff_ffff
+                    ]) & appliance::protocol::SPI_BASE_MASK
                 })
                 .find(|spi| *spi >= 0x100 && !taken.contains(spi))
                 .expect("an unbounded search over a 32-bit hash finds a free SPI");

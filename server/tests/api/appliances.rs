@@ -73,10 +73,94 @@ pub(crate) async fn ready_east_west(name: &str) -> (World, String) {
     (w, id)
 }
 
-pub(crate) fn registration(token: &str, instance: &str, ip: &str) -> Value {
+/// One running instance as EC2 (moto) has it.
+#[derive(Clone, Debug)]
+pub(crate) struct Instance {
+    pub id: String,
+    pub az: String,
+    pub private_ip: String,
+}
+
+/// The running instances of `member` ('a' or 'b') in a region, by their tags.
+pub(crate) async fn instances(w: &World, region: &str, member: char) -> Vec<Instance> {
+    use aws_sdk_ec2::types::Filter;
+    let out = w
+        .customer
+        .ec2(region)
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("tag:vpcmesh:member")
+                .values(member.to_string())
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .values("running")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeInstances");
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| Instance {
+            id: i.instance_id().unwrap_or_default().to_string(),
+            az: i
+                .placement()
+                .and_then(|p| p.availability_zone())
+                .unwrap_or_default()
+                .to_string(),
+            private_ip: i.private_ip_address().unwrap_or_default().to_string(),
+        })
+        .collect()
+}
+
+/// The one running instance of `member` in a region.
+pub(crate) async fn instance(w: &World, region: &str, member: char) -> Instance {
+    let mut all = instances(w, region, member).await;
+    assert_eq!(
+        all.len(),
+        1,
+        "one running member-{member} instance in {region}: {all:?}"
+    );
+    all.remove(0)
+}
+
+/// Gives an instance's interface one more private address (moto accepts
+/// any): the lab's appliances sit on a WAN whose addresses are not in the
+/// VPC, and the server checks every registration's address with EC2.
+pub(crate) async fn add_private_ip(w: &World, region: &str, instance_id: &str, ip: &str) {
+    let ec2 = w.customer.ec2(region);
+    let out = ec2
+        .describe_instances()
+        .instance_ids(instance_id)
+        .send()
+        .await
+        .expect("DescribeInstances");
+    let eni = out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .flat_map(|i| i.network_interfaces())
+        .find_map(|n| n.network_interface_id())
+        .expect("the instance has an interface")
+        .to_string();
+    ec2.assign_private_ip_addresses()
+        .network_interface_id(eni)
+        .private_ip_addresses(ip)
+        .send()
+        .await
+        .expect("AssignPrivateIpAddresses");
+}
+
+/// A registration as the agent sends it for `instance`.
+pub(crate) fn registration(token: &str, instance: &Instance) -> Value {
     json!({
-        "bootstrap_token": token, "instance_id": instance, "availability_zone": "us-east-1a",
-        "private_ip": ip, "agent_version": "0.1.0"
+        "bootstrap_token": token, "instance_id": instance.id, "availability_zone": instance.az,
+        "private_ip": instance.private_ip, "agent_version": "0.1.0"
     })
 }
 
@@ -92,6 +176,12 @@ pub(crate) async fn config(
     credential: &str,
     query: &str,
 ) -> (StatusCode, Option<DesiredConfig>) {
+    // Speaks today's protocol unless the query names one.
+    let query = match query {
+        "" => "?protocol=3".to_string(),
+        q if q.contains("protocol=") => q.to_string(),
+        q => format!("{q}&protocol=3"),
+    };
     let req = c
         .request(Method::GET, &format!("/api/appliance/v1/config{query}"))
         .header(header::AUTHORIZATION, format!("Bearer {credential}"))
@@ -126,21 +216,20 @@ async fn appliances_register_once_get_matching_configs_and_report_status() {
     assert_ne!(east[&'a'], east[&'b']);
     let mut c = w.app.client();
 
+    let (ea, wb) = (
+        instance(&w, "us-east-1", 'a').await,
+        instance(&w, "eu-west-1", 'b').await,
+    );
+
     // Bad input is refused and stores nothing.
-    let (s, e) = register(
-        &mut c,
-        registration(&east[&'a'], "not-an-instance", "10.1.0.5"),
-    )
-    .await;
+    let mut bad = ea.clone();
+    bad.id = "not-an-instance".into();
+    let (s, e) = register(&mut c, registration(&east[&'a'], &bad)).await;
     assert_eq!(
         (s, e["error"]["field"].as_str()),
         (StatusCode::BAD_REQUEST, Some("instance_id"))
     );
-    let (s, e) = register(
-        &mut c,
-        registration("vmb_forged", "i-0123456789abcdef0", "10.1.0.5"),
-    )
-    .await;
+    let (s, e) = register(&mut c, registration("vmb_forged", &ea)).await;
     assert_eq!(
         (s, e["error"]["code"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("unknown_token"))
@@ -154,29 +243,14 @@ async fn appliances_register_once_get_matching_configs_and_report_status() {
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
 
-    // Register, then the same token again is a replay.
-    let (s, a1) = register(
-        &mut c,
-        registration(&east[&'a'], "i-0aaaaaaaaaaaaaaa1", "10.1.0.5"),
-    )
-    .await;
+    // Register (the same live instance again is refused while its agent
+    // reports, below: a stolen token cannot push the real agent out).
+    let (s, a1) = register(&mut c, registration(&east[&'a'], &ea)).await;
     assert_eq!(s, StatusCode::CREATED, "{a1}");
     let a1: RegisterResponse = serde_json::from_value(a1).expect("response");
     assert_eq!(a1.member, Member::A);
-    let (s, e) = register(
-        &mut c,
-        registration(&east[&'a'], "i-0aaaaaaaaaaaaaaa9", "10.1.0.9"),
-    )
-    .await;
-    assert_eq!(
-        (s, e["error"]["code"].as_str()),
-        (StatusCode::CONFLICT, Some("token_used"))
-    );
-    let (s, b2) = register(
-        &mut c,
-        registration(&west[&'b'], "i-0bbbbbbbbbbbbbbb2", "10.2.0.7"),
-    )
-    .await;
+    assert_eq!(a1.generation, 1, "the member's first instance");
+    let (s, b2) = register(&mut c, registration(&west[&'b'], &wb)).await;
     assert_eq!(s, StatusCode::CREATED, "{b2}");
     let b2: RegisterResponse = serde_json::from_value(b2).expect("response");
     assert_eq!(b2.member, Member::B);
@@ -193,20 +267,25 @@ async fn appliances_register_once_get_matching_configs_and_report_status() {
         .iter()
         .all(|h| h.len() == 32 && !String::from_utf8_lossy(h).contains("vma_")));
 
-    // An expired token is refused.
-    sqlx::query("UPDATE site_bootstrap_tokens SET expires_at = now() - interval '1 minute' WHERE used_at IS NULL")
+    // An expired token is refused (tokens from before the life cycle had
+    // a lifetime; today's live as long as their site).
+    sqlx::query("UPDATE site_bootstrap_tokens SET expires_at = now() - interval '1 minute'")
         .execute(&w.app.state.pool)
         .await
         .expect("expire");
     let (s, e) = register(
         &mut c,
-        registration(&east[&'b'], "i-0ccccccccccccccc3", "10.1.0.6"),
+        registration(&east[&'b'], &instance(&w, "us-east-1", 'b').await),
     )
     .await;
     assert_eq!(
         (s, e["error"]["code"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("token_expired"))
     );
+    sqlx::query("UPDATE site_bootstrap_tokens SET expires_at = NULL")
+        .execute(&w.app.state.pool)
+        .await
+        .expect("unexpire");
 
     // Configs: valid, and each side's outbound SPI is what the other accepts.
     let (s, east_cfg) = config(&mut c, &a1.credential, "").await;
@@ -220,7 +299,7 @@ async fn appliances_register_once_get_matching_configs_and_report_status() {
         assert!(cfg.nat_traversal);
         assert_eq!(cfg.epochs(), vec![1]);
     }
-    assert_eq!(east_cfg.local_address.to_string(), "10.1.0.5");
+    assert_eq!(east_cfg.local_address.to_string(), ea.private_ip);
     let (et, wt) = (&east_cfg.tunnels[0], &west_cfg.tunnels[0]);
     assert_eq!(et.reqid, wt.reqid);
     assert_eq!(et.out.epoch, 1);
@@ -231,7 +310,8 @@ async fn appliances_register_once_get_matching_configs_and_report_status() {
     assert!(et.inbound.contains(&InboundSa {
         epoch: 1,
         member: Member::B,
-        spi: wt.out.spi
+        spi: wt.out.spi,
+        carried: false,
     }));
     assert_eq!(et.remote_cidrs, wt.local_cidrs);
     assert_eq!(et.local_cidrs[0].to_string(), "10.1.0.0/16");
@@ -295,6 +375,12 @@ async fn appliances_register_once_get_matching_configs_and_report_status() {
         status(&mut c, "vma_forged", &report).await,
         StatusCode::UNAUTHORIZED
     );
+    let (s, e) = register(&mut c, registration(&east[&'a'], &ea)).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("already_registered")),
+        "{e}"
+    );
     assert_eq!(
         status(&mut c, &a1.credential, "{\"tunnels\": 3}").await,
         StatusCode::BAD_REQUEST
@@ -319,14 +405,14 @@ async fn appliances_register_once_get_matching_configs_and_report_status() {
     assert_eq!(listed.len(), 2, "{net}");
     let east_row = listed
         .iter()
-        .find(|a| a["instance_id"] == "i-0aaaaaaaaaaaaaaa1")
+        .find(|a| a["instance_id"] == ea.id.as_str())
         .expect("the east appliance");
     assert_eq!(east_row["role"], "active");
     assert_eq!(east_row["tunnels"][0]["state"], "up");
     assert_eq!(east_row["tunnels"][0]["in_packets"], 10);
     let page = w.admin.page(&format!("/networks/{id}")).await.text();
     assert!(page.contains("id=\"appliances-table\""), "{page}");
-    assert!(page.contains("i-0aaaaaaaaaaaaaaa1") && page.contains("i-0bbbbbbbbbbbbbbb2"));
+    assert!(page.contains(&ea.id) && page.contains(&wb.id));
     assert!(
         page.contains("data-tunnel=\"up\""),
         "the tunnel is drawn as up"

@@ -5,13 +5,17 @@ mod moto;
 mod support;
 
 mod accounts;
+mod address;
 mod appliances;
 
 mod cluster;
 mod demo;
 mod hardening;
+mod installer;
 mod isolation;
 mod lab;
+mod lifecycle;
+mod mirror;
 mod networks;
 mod pages;
 mod replicas;

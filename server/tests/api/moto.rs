@@ -122,6 +122,7 @@ fn config(endpoint: &str, creds: Credentials, region: &str) -> SdkConfig {
 
 /// A customer AWS account in moto, driven directly (as the customer would in
 /// their own console) to set up VPCs and check what vpcmesh built.
+#[derive(Clone)]
 pub struct Customer {
     pub account: String,
     pub role_arn: String,
@@ -144,6 +145,29 @@ impl Customer {
             self.creds.secret_access_key().to_string(),
             self.creds.session_token().map(str::to_string),
         )
+    }
+
+    /// Posts a Query-API form in `region` as this customer (moto picks the
+    /// account by access key and checks no signature while auth is off), for
+    /// services the harness has no SDK client for (Auto Scaling).
+    pub async fn query(&self, region: &str, service: &str, form: &[(&str, &str)]) -> String {
+        let body: String = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", urlencode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let auth = format!(
+            "AWS4-HMAC-SHA256 Credential={}/20260101/{region}/{service}/aws4_request, SignedHeaders=host, Signature=0",
+            self.creds.access_key_id()
+        );
+        post(
+            &self.endpoint,
+            "/",
+            "application/x-www-form-urlencoded",
+            &auth,
+            &body,
+        )
+        .await
     }
 
     pub fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {

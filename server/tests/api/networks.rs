@@ -329,6 +329,7 @@ fn every_rendered_stack_variant_passes_cfn_lint() {
     crate::accounts::cfn_lint(&address_stack().expect("address stack"), "address-stack");
     let base = ApplianceSpec {
         peer_addresses: vec!["198.51.100.7".into(), "203.0.113.9".into()],
+        vpc_cidrs: vec!["10.1.0.0/16".into(), "100.64.0.0/20".into()],
         ha: true,
         nat_t: true,
         spot_types: None,

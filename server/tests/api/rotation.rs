@@ -4,9 +4,11 @@
 //! one, a dead appliance does not hold a rotation up, and invalidation ends
 //! one at once.
 
-use crate::appliances::{config, ready_east_west, register, registration, status, tokens};
+use crate::appliances::{
+    config, instance, ready_east_west, register, registration, status, tokens, Instance,
+};
 use crate::support::Client;
-use appliance::protocol::{spi_for_epoch, DesiredConfig, RegisterResponse};
+use appliance::protocol::{DesiredConfig, RegisterResponse};
 use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -51,8 +53,8 @@ impl Appliance {
     }
 }
 
-async fn join(c: &mut Client, token: &str, instance: &str, ip: &str) -> Appliance {
-    let (s, r) = register(c, registration(token, instance, ip)).await;
+async fn join(c: &mut Client, token: &str, instance: &Instance) -> Appliance {
+    let (s, r) = register(c, registration(token, instance)).await;
     assert_eq!(s, StatusCode::CREATED, "{r}");
     let r: RegisterResponse = serde_json::from_value(r).expect("response");
     Appliance {
@@ -81,9 +83,10 @@ async fn a_rotation_moves_senders_only_after_their_peers_accept_and_then_retires
     let east = tokens(&w, "us-east-1").await;
     let west = tokens(&w, "eu-west-1").await;
     let mut c = w.app.client();
-    let ea = join(&mut c, &east[&'a'], "i-0aaaaaaaaaaaaaaa1", "10.1.0.5").await;
-    let wa = join(&mut c, &west[&'a'], "i-0bbbbbbbbbbbbbbb1", "10.2.0.5").await;
-    let wb = join(&mut c, &west[&'b'], "i-0bbbbbbbbbbbbbbb2", "10.2.0.6").await;
+    let west_b = instance(&w, "eu-west-1", 'b').await;
+    let ea = join(&mut c, &east[&'a'], &instance(&w, "us-east-1", 'a').await).await;
+    let wa = join(&mut c, &west[&'a'], &instance(&w, "eu-west-1", 'a').await).await;
+    let wb = join(&mut c, &west[&'b'], &west_b).await;
     let before = ea.apply_and_report(&mut c, "up").await;
     wa.apply_and_report(&mut c, "up").await;
     wb.apply_and_report(&mut c, "up").await;
@@ -112,13 +115,13 @@ async fn a_rotation_moves_senders_only_after_their_peers_accept_and_then_retires
     assert_eq!(waiting.len(), 3, "{progress}");
     assert!(waiting
         .iter()
-        .any(|l| l["instance_id"] == "i-0bbbbbbbbbbbbbbb2"
+        .any(|l| l["instance_id"] == west_b.id.as_str()
             && l["region"] == "eu-west-1"
             && l["member"] == "B"
             && l["reason"] == "does not accept epoch 2 yet"));
     let page = w.admin.page(&format!("/networks/{id}")).await.text();
     assert!(
-        page.contains("id=\"rotation-waiting\"") && page.contains("i-0bbbbbbbbbbbbbbb2"),
+        page.contains("id=\"rotation-waiting\"") && page.contains(&west_b.id),
         "{page}"
     );
     // One rotation at a time.
@@ -143,7 +146,7 @@ async fn a_rotation_moves_senders_only_after_their_peers_accept_and_then_retires
             .iter()
             .find(|o| o.epoch == 1 && o.member == i.member)
             .expect("the same member in epoch 1");
-        assert_eq!(i.spi, spi_for_epoch(old.spi, 2));
+        assert_eq!(i.spi, old.spi ^ (1 << 31));
         assert_ne!(i.spi, old.spi);
     }
     ea.apply_and_report(&mut c, "rekeying").await;
@@ -224,8 +227,9 @@ async fn a_rotation_moves_senders_only_after_their_peers_accept_and_then_retires
     // once west A accepts epoch 3, east sends with it.
     sqlx::query(
         "UPDATE appliances SET last_seen_at = now() - interval '10 minutes'
-          WHERE instance_id = 'i-0bbbbbbbbbbbbbbb2'",
+          WHERE instance_id = $1",
     )
+    .bind(&west_b.id)
     .execute(&w.app.state.pool)
     .await
     .expect("age west B");

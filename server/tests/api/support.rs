@@ -10,6 +10,7 @@ use http_body_util::BodyExt;
 use leptos::prelude::LeptosOptions;
 use serde_json::Value;
 use server::{
+    appliances::agent_binary::AgentRelease,
     aws::Aws,
     db::{self, Durability, PrivateCluster},
     http::router,
@@ -26,6 +27,40 @@ pub const ORIGIN: &str = "http://127.0.0.1:3000";
 pub const PASSWORD: &str = "correct horse battery staple";
 
 static CLUSTER: OnceCell<PrivateCluster> = OnceCell::const_new();
+static AGENT: std::sync::OnceLock<Option<AgentRelease>> = std::sync::OnceLock::new();
+
+/// The built agent binary in the shared target folder (`cargo build -p
+/// appliance --bin vpcmesh-agent`; `cargo test --workspace` builds it too).
+pub fn agent_binary_path() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/debug/deps/api-* -> target/debug/vpcmesh-agent
+    exe.parent()
+        .and_then(std::path::Path::parent)
+        .map(|debug| debug.join("vpcmesh-agent"))
+        .expect("the test binary lives in target/debug/deps")
+}
+
+/// The agent the test servers hand out and pin, read once per test binary
+/// (it is large); `None` when it was not built.
+pub fn agent_release() -> Option<AgentRelease> {
+    AGENT
+        .get_or_init(|| {
+            let path = agent_binary_path();
+            path.is_file()
+                .then(|| AgentRelease::load(&path).expect("the built vpcmesh-agent reads as ELF"))
+        })
+        .clone()
+}
+
+/// Provisioning tests cannot run without the agent: say so, loudly.
+pub fn require_agent_release() -> AgentRelease {
+    agent_release().unwrap_or_else(|| {
+        panic!(
+            "{} is missing: appliance stacks pin and serve it; build it with `cargo build -p appliance --bin vpcmesh-agent` (./test.sh does)",
+            agent_binary_path().display()
+        )
+    })
+}
 
 async fn cluster() -> &'static PrivateCluster {
     CLUSTER
@@ -71,15 +106,19 @@ impl TestApp {
     }
 
     pub async fn with_settings(change: impl FnOnce(&mut Settings)) -> Self {
-        Self::build(change, None).await
+        Self::build(change, None, agent_release()).await
     }
 
     /// An app whose AWS access is `aws` (its own endpoint and credentials).
     pub async fn with_aws(aws: Aws) -> Self {
-        Self::build(|_| {}, Some(aws)).await
+        Self::build(|_| {}, Some(aws), Some(require_agent_release())).await
     }
 
-    async fn build(change: impl FnOnce(&mut Settings), aws: Option<Aws>) -> Self {
+    async fn build(
+        change: impl FnOnce(&mut Settings),
+        aws: Option<Aws>,
+        agent: Option<AgentRelease>,
+    ) -> Self {
         let cluster = cluster().await;
         let name = format!("t_{}", Uuid::new_v4().simple());
         let url = cluster
@@ -105,7 +144,7 @@ impl TestApp {
                     .map_or("http://127.0.0.1:9", |u| u.as_str()),
             )
         });
-        let state = AppState::new(pool.clone(), settings, options, aws);
+        let state = AppState::new(pool.clone(), settings, options, aws).with_agent(agent);
         // The provisioning engine runs as in the server (its tasks end with the test).
         let workers = state.settings.engine_workers;
         server::provisioning::engine::spawn(state.clone(), workers);
@@ -126,12 +165,21 @@ impl TestApp {
     /// On moto with `workers` provisioning workers in this process (0: jobs
     /// wait for server processes the test starts).
     pub async fn on_moto(workers: usize) -> Self {
+        let agent = require_agent_release();
         let url: url::Url = crate::moto::moto().await.url.parse().expect("moto url");
-        Self::with_settings(move |s| {
+        let moto = move |s: &mut Settings| {
             s.aws_endpoint_url = Some(url);
             s.engine_workers = workers;
-        })
-        .await
+        };
+        Self::build(moto, None, Some(agent)).await
+    }
+
+    /// On moto, 4 workers, and no agent binary (as a server started without
+    /// `--agent-binary` and none beside it).
+    pub async fn on_moto_without_agent() -> Self {
+        let url: url::Url = crate::moto::moto().await.url.parse().expect("moto url");
+        let moto = move |s: &mut Settings| s.aws_endpoint_url = Some(url);
+        Self::build(moto, None, None).await
     }
 
     /// `with_moto` plus organization "Acme" whose admin is ada@acme.test.
