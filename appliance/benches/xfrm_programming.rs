@@ -130,6 +130,7 @@ fn config(tunnels: u32, moved: Option<u32>) -> DesiredConfig {
                         24,
                     )
                     .expect("a /24")],
+                    legacy_sa: false,
                 }
             })
             .collect(),

@@ -222,6 +222,11 @@ pub struct Tunnel {
     pub local_cidrs: Vec<Ipv4Net>,
     /// ...and what it receives from it (and routes towards it).
     pub remote_cidrs: Vec<Ipv4Net>,
+    /// An agent of protocol 2 sits at one end: the tunnel's SAs take the
+    /// shape that agent programs (no ESN, a 32-packet window), as both ends
+    /// of an SA must agree on ESN. Cleared once both ends speak protocol 3.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub legacy_sa: bool,
 }
 
 /// Everything one appliance programs. Same version, same content.

@@ -48,6 +48,7 @@ fn config(peers: u32) -> DesiredConfig {
                     format!("10.{}.0.0/16", 10 + i).parse().expect("literal"),
                     format!("172.{}.0.0/16", 16 + i).parse().expect("literal"),
                 ],
+                legacy_sa: false,
             })
             .collect(),
     }

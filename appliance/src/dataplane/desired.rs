@@ -54,6 +54,7 @@ pub fn desired_state(
                 t.out.spi,
             ),
             nat_traversal: config.nat_traversal,
+            esn: !t.legacy_sa,
         };
         state.sas.insert(out.id(), out);
         for i in &t.inbound {
@@ -71,6 +72,7 @@ pub fn desired_state(
                     i.spi,
                 ),
                 nat_traversal: config.nat_traversal,
+                esn: !t.legacy_sa,
             };
             state.sas.insert(inbound.id(), inbound);
         }

@@ -47,8 +47,9 @@ pub struct Plan {
     pub changes: ChangeSet,
     /// Non-carried SAs of the config that the kernel lacks.
     pub missing: BTreeSet<SaId>,
-    /// Non-carried SAs the kernel has in another shape: re-adding one would
-    /// restart its sequence numbers under the same key.
+    /// Non-carried SAs the kernel has in another shape, or whose key it holds
+    /// under another ID: installing one would restart its sequence numbers
+    /// under the same key.
     pub stale: BTreeSet<SaId>,
     /// Every non-carried SA of the config.
     pub fresh: BTreeSet<SaId>,
@@ -101,13 +102,20 @@ pub enum ReconcileError {
 }
 
 /// Pure diff. An SA whose content changed is deleted and added again (the
-/// kernel cannot change an SA's key in place); policies and routes are
-/// replaced atomically.
+/// kernel cannot change an SA's key in place), except when only its shape
+/// changed under the same key and addresses: adding it again would restart
+/// its sequence numbers under that key (GCM nonces repeat), so it stays as
+/// it is until new SPIs replace it (see [`Plan::stale`]). Policies and
+/// routes are replaced atomically.
 pub fn diff(desired: &KernelState, observed: &ObservedState) -> ChangeSet {
     let mut out = ChangeSet::default();
     for (id, sa) in &desired.sas {
         match observed.sas.get(id) {
             None => out.sas.push(Change::Add(sa.clone())),
+            Some(o)
+                if o.sa.as_ref().is_some_and(|have| {
+                    have.key == sa.key && have.src == sa.src && have.dst == sa.dst
+                }) => {}
             Some(o) if o.sa.as_ref() != Some(sa) => {
                 out.sas.push(Change::Delete(*id));
                 out.sas.push(Change::Add(sa.clone()));
@@ -241,6 +249,16 @@ impl Kernel {
         let mut stale = BTreeSet::new();
         for (id, sa) in &desired.sas {
             match observed.sas.get(id) {
+                // Under another ID (a peer that moved): the same key would
+                // start its sequence numbers over.
+                None if !carried.contains(id)
+                    && observed
+                        .sas
+                        .values()
+                        .any(|o| o.sa.as_ref().is_some_and(|have| have.key == sa.key)) =>
+                {
+                    stale.insert(*id);
+                }
                 None => {
                     missing.insert(*id);
                 }

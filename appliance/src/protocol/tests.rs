@@ -30,6 +30,7 @@ pub(crate) fn sample_config(tunnels: usize) -> DesiredConfig {
                 local_cidrs: vec!["10.0.0.0/16".parse().expect("literal")],
                 remote_cidrs: vec![Ipv4Net::new(Ipv4Addr::from(0x0A01_0000 + (i << 16)), 16)
                     .expect("prefix 16 is valid")],
+                legacy_sa: false,
             })
             .collect(),
     }

@@ -68,6 +68,10 @@ pub struct Sa {
     pub reqid: u32,
     pub key: SaKey,
     pub nat_traversal: bool,
+    /// ESN with a 1024-packet window; `false` for the shape agents of
+    /// protocol 2 program (no ESN, 32-packet window), which both ends of an
+    /// SA must share: the integrity check covers ESN's high half.
+    pub esn: bool,
 }
 
 impl Sa {
@@ -171,29 +175,29 @@ fn modify_message(sa: &Sa) -> ModifyMessage {
         family: AF_INET,
         mode: XFRM_MODE_TUNNEL,
         // The kernel refuses a legacy window next to the ESN attribute.
-        replay_window: 0,
-        flags: XFRM_STATE_ESN,
+        replay_window: if sa.esn { 0 } else { LEGACY_REPLAY_WINDOW },
+        flags: if sa.esn { XFRM_STATE_ESN } else { 0 },
         ..Default::default()
     };
     info.selector.family = AF_INET;
     let mut alg_name = [0u8; netlink_packet_xfrm::XFRM_ALG_AEAD_NAME_LEN];
     alg_name[..AEAD_ALGORITHM.len()].copy_from_slice(AEAD_ALGORITHM.as_bytes());
-    let mut nlas = vec![
-        XfrmAttrs::EncryptionAlgAead(AlgAead {
-            alg_name,
-            alg_key_len: (sa.key.0.len() * 8) as u32,
-            alg_icv_len: ICV_BITS,
-            alg_key: sa.key.0.to_vec(),
-        }),
+    let mut nlas = vec![XfrmAttrs::EncryptionAlgAead(AlgAead {
+        alg_name,
+        alg_key_len: (sa.key.0.len() * 8) as u32,
+        alg_icv_len: ICV_BITS,
+        alg_key: sa.key.0.to_vec(),
+    })];
+    if sa.esn {
         // Outbound SAs need it too: ESN requires the attribute, and oseq_hi
         // lives in it. Header only, as iproute2 sends it: the kernel
         // allocates the bitmap (bmp_len words, zeroed) itself.
-        XfrmAttrs::ReplayStateEsn(ReplayEsn {
+        nlas.push(XfrmAttrs::ReplayStateEsn(ReplayEsn {
             bmp_len: REPLAY_BITMAP_WORDS,
             replay_window: REPLAY_WINDOW,
             ..Default::default()
-        }),
-    ];
+        }));
+    }
     if sa.nat_traversal {
         nlas.push(XfrmAttrs::EncapsulationTemplate(EncapTmpl {
             encap_type: UDP_ENCAP_ESPINUDP,
@@ -269,6 +273,7 @@ fn observe(reply: XfrmMessage) -> Option<ObservedSa> {
             reqid: info.reqid,
             key,
             nat_traversal,
+            esn: info.flags & XFRM_STATE_ESN != 0,
         }),
         _ => None,
     };
@@ -324,6 +329,7 @@ mod tests {
             reqid: 118,
             key: SaKey::new(vec![7; AEAD_KEY_LEN]),
             nat_traversal: false,
+            esn: true,
         }
     }
 
@@ -404,6 +410,18 @@ mod tests {
     }
 
     #[test]
+    fn an_sa_shared_with_a_protocol_2_agent_takes_its_shape_and_reads_back_so() {
+        let sa = Sa {
+            esn: false,
+            ..sample()
+        };
+        let buf = wire(&sa);
+        assert_eq!(buf[215], LEGACY_REPLAY_WINDOW);
+        assert_eq!(buf[216], 0, "no ESN flag");
+        assert!(attribute(&buf, netlink_packet_xfrm::XFRMA_REPLAY_ESN_VAL).is_none());
+    }
+
+    #[test]
     fn every_sa_carries_an_esn_replay_state_with_a_1024_packet_window() {
         for nat_traversal in [false, true] {
             let sa = Sa {
@@ -431,7 +449,15 @@ mod tests {
             bitmap: 0x1ff,
         });
         let observed = observe(reply(flags(0, 32), vec![legacy])).expect("ESP");
-        assert_eq!(observed.sa, Some(sample()));
+        // Ours, in the protocol-2 shape: the diff keeps it (same key), and
+        // the run mode moves to a new generation to replace it.
+        assert_eq!(
+            observed.sa,
+            Some(Sa {
+                esn: false,
+                ..sample()
+            })
+        );
         assert_eq!(
             (
                 observed.counters.out_sequence,

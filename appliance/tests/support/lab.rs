@@ -77,6 +77,7 @@ pub fn mesh_config_with(
                 inbound: InboundSa::pair(1, [spi(j, Member::A, i), spi(j, Member::B, i)]).to_vec(),
                 local_cidrs: vec![format!("10.{i}.0.0/16").parse().expect("literal")],
                 remote_cidrs: vec![format!("10.{j}.0.0/16").parse().expect("literal")],
+                legacy_sa: false,
             })
             .collect(),
     }

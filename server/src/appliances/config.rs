@@ -44,6 +44,14 @@ impl Generations {
         self.of(from.0, from.1) + self.of(to, Member::A) + self.of(to, Member::B)
     }
 
+    /// A live appliance of `site` runs an agent of the previous protocol.
+    fn speaks_previous(&self, site: Uuid) -> bool {
+        Member::BOTH
+            .into_iter()
+            .filter_map(|m| self.0.get(&(site, m)))
+            .any(|m| m.speaks_previous)
+    }
+
     fn reporting(&self, site: Uuid, member: Member) -> Option<&MemberSas> {
         self.0.get(&(site, member)).filter(|m| m.reporting)
     }
@@ -174,6 +182,11 @@ pub async fn desired_config(
                     }
                 }
             }
+            // Both ends of an SA must agree on ESN: with an agent of
+            // protocol 2 at either end, the tunnel keeps that agent's shape.
+            let legacy_sa = [appliance.site_id, t.peer]
+                .into_iter()
+                .any(|site| gens.speaks_previous(site));
             Some(Tunnel {
                 peer_site: t.peer,
                 peer_address,
@@ -182,6 +195,7 @@ pub async fn desired_config(
                 inbound,
                 local_cidrs: t.local_cidrs.clone(),
                 remote_cidrs: t.remote_cidrs.clone(),
+                legacy_sa,
             })
         })
         .collect();

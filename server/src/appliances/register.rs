@@ -70,9 +70,11 @@ pub fn mismatch(
     }
     match f.tags.get(GROUP_TAG) {
         Some(g) if g == group => {}
-        Some(g) => return Some(format!(
+        Some(g) => {
+            return Some(format!(
             "instance {id} belongs to Auto Scaling group {g}, not to this member's group {group}"
-        )),
+        ))
+        }
         None => {
             return Some(format!(
                 "instance {id} was not launched by this member's Auto Scaling group {group}"

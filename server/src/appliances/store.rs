@@ -317,6 +317,9 @@ pub struct MemberSas {
     pub reporting: bool,
     /// The live instance's agent speaks protocol 3 or later.
     pub reports_spis: bool,
+    /// The live instance's agent speaks protocol 2 (it asked for configs
+    /// without naming a protocol).
+    pub speaks_previous: bool,
     /// By peer site: (outbound SPI, inbound SPIs) its kernel holds.
     pub held: std::collections::BTreeMap<Uuid, (Option<u32>, Vec<u32>)>,
 }
@@ -375,6 +378,7 @@ pub async fn member_sas(
                 generation: generation.max(0) as u32,
                 reporting: reporting.unwrap_or(false),
                 reports_spis: protocol.is_some_and(|p| p >= 3),
+                speaks_previous: protocol.is_some_and(|p| p < 3),
                 held,
             })
         })

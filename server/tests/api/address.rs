@@ -4,7 +4,7 @@
 //! the address over, and EC2 then names it the holder. Every outcome is
 //! read back with the customer's own EC2 calls, not the agent's.
 
-use crate::appliances::ready_east_west;
+use crate::appliances::{ready_east_west, running_instances, Instance};
 use crate::moto::{moto, Customer, ThrottlingProxy};
 use crate::networks::World;
 use appliance::address::{AddressError, Retry, SiteAddress, SourceDestCheck, TakeOver};
@@ -37,57 +37,17 @@ async fn east_site(w: &World, network: &str) -> Site {
 }
 
 /// One HA member's instance and its primary interface.
-#[derive(Debug)]
-struct Member {
-    instance: String,
-    interface: String,
-}
-
-/// The running instance of the site's `member` ('a' or 'b'), by its tags.
-async fn member(c: &Customer, site_id: &str, member: &str) -> Member {
-    let out = c
-        .ec2(REGION)
-        .describe_instances()
-        .filters(
-            Filter::builder()
-                .name("tag:vpcmesh:site")
-                .values(site_id)
-                .build(),
-        )
-        .filters(
-            Filter::builder()
-                .name("tag:vpcmesh:member")
-                .values(member)
-                .build(),
-        )
-        .filters(
-            Filter::builder()
-                .name("instance-state-name")
-                .values("running")
-                .build(),
-        )
-        .send()
+/// The running instance of the site's `member` ('a' or 'b').
+async fn member(c: &Customer, site_id: &str, member: &str) -> Instance {
+    let found: Vec<Instance> = running_instances(c, REGION, member.chars().next())
         .await
-        .expect("DescribeInstances");
-    let found: Vec<Member> = out
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .map(|i| Member {
-            instance: i.instance_id().unwrap_or_default().to_string(),
-            interface: i
-                .network_interfaces()
-                .iter()
-                .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0))
-                .and_then(|n| n.network_interface_id())
-                .unwrap_or_default()
-                .to_string(),
-        })
+        .into_iter()
+        .filter(|i| i.site == site_id)
         .collect();
     assert_eq!(found.len(), 1, "one running member {member}: {found:?}");
     let m = found.into_iter().next().expect("checked above");
     assert!(
-        m.interface.starts_with("eni-"),
+        m.interface_id.starts_with("eni-"),
         "moto names the primary interface: {m:?}"
     );
     m
@@ -165,52 +125,51 @@ async fn member_a_takes_the_site_address_and_forwards_and_a_repeat_changes_nothi
 
     assert_eq!(agent.holder(&site.allocation_id).await, Ok(None));
     assert_eq!(
-        interface(&w.customer, &a.interface).await.0,
+        interface(&w.customer, &a.interface_id).await.0,
         Some(true),
         "EC2's default"
     );
 
     let took = agent
-        .take_over(&site.allocation_id, &a.instance, Some(&a.interface))
+        .take_over(&site.allocation_id, &a.id, Some(&a.interface_id))
         .await
         .expect("take over");
     assert_eq!(took, TakeOver::Moved { from: None });
     let check = agent
-        .disable_source_dest_check(&a.instance, Some(&a.interface))
+        .disable_source_dest_check(&a.id, Some(&a.interface_id))
         .await
         .expect("source/dest check off");
     assert_eq!(check, SourceDestCheck::TurnedOff);
 
     let (_, eni) = associated(&w.customer, &site.allocation_id).await;
-    assert_eq!(eni, a.interface, "the site's address is on A's interface");
     assert_eq!(
-        interface(&w.customer, &eni).await.1,
-        a.instance,
-        "which is A's"
+        eni, a.interface_id,
+        "the site's address is on A's interface"
     );
-    assert_eq!(public_ip_of(&w.customer, &a.instance).await, site.public_ip);
-    assert_eq!(interface(&w.customer, &a.interface).await.0, Some(false));
+    assert_eq!(interface(&w.customer, &eni).await.1, a.id, "which is A's");
+    assert_eq!(public_ip_of(&w.customer, &a.id).await, site.public_ip);
+    assert_eq!(interface(&w.customer, &a.interface_id).await.0, Some(false));
     assert_eq!(
         agent.holder(&site.allocation_id).await,
-        Ok(Some(a.instance.clone()))
+        Ok(Some(a.id.clone()))
     );
 
     // The reconciler runs this on every turn: the second time is a no-op.
     assert_eq!(
         agent
-            .take_over(&site.allocation_id, &a.instance, Some(&a.interface))
+            .take_over(&site.allocation_id, &a.id, Some(&a.interface_id))
             .await,
         Ok(TakeOver::AlreadyOurs)
     );
     assert_eq!(
         agent
-            .disable_source_dest_check(&a.instance, Some(&a.interface))
+            .disable_source_dest_check(&a.id, Some(&a.interface_id))
             .await,
         Ok(SourceDestCheck::AlreadyOff)
     );
     assert_eq!(
         associated(&w.customer, &site.allocation_id).await.1,
-        a.interface
+        a.interface_id
     );
 }
 
@@ -220,69 +179,67 @@ async fn member_b_takes_the_address_over_from_a_and_ec2_names_b_the_holder() {
     let site = east_site(&w, &network).await;
     let a = member(&w.customer, &site.id, "a").await;
     let b = member(&w.customer, &site.id, "b").await;
-    assert_ne!(a.instance, b.instance);
+    assert_ne!(a.id, b.id);
     let agent = agent(&w.customer, &moto().await.url).await;
     agent
-        .take_over(&site.allocation_id, &a.instance, Some(&a.interface))
+        .take_over(&site.allocation_id, &a.id, Some(&a.interface_id))
         .await
         .expect("A takes the address");
 
     let took = agent
-        .take_over(&site.allocation_id, &b.instance, Some(&b.interface))
+        .take_over(&site.allocation_id, &b.id, Some(&b.interface_id))
         .await
         .expect("B takes over");
     assert_eq!(
         took,
         TakeOver::Moved {
-            from: Some(a.instance.clone())
+            from: Some(a.id.clone())
         }
     );
     assert_eq!(
         associated(&w.customer, &site.allocation_id).await.1,
-        b.interface
+        b.interface_id
     );
-    assert_eq!(public_ip_of(&w.customer, &b.instance).await, site.public_ip);
+    assert_eq!(public_ip_of(&w.customer, &b.id).await, site.public_ip);
     assert_eq!(
         agent.holder(&site.allocation_id).await,
-        Ok(Some(b.instance.clone()))
+        Ok(Some(b.id.clone()))
     );
     // B forwards too; A's interface was never touched.
     assert_eq!(
-        agent.disable_source_dest_check(&b.instance, None).await,
+        agent.disable_source_dest_check(&b.id, None).await,
         Ok(SourceDestCheck::TurnedOff),
         "found through B's primary interface"
     );
-    assert_eq!(interface(&w.customer, &b.interface).await.0, Some(false));
-    assert_eq!(interface(&w.customer, &a.interface).await.0, Some(true));
+    assert_eq!(interface(&w.customer, &b.interface_id).await.0, Some(false));
+    assert_eq!(interface(&w.customer, &a.interface_id).await.0, Some(true));
 
     // Without a known interface the instance is the target.
     assert_eq!(
-        agent
-            .take_over(&site.allocation_id, &a.instance, None)
-            .await,
+        agent.take_over(&site.allocation_id, &a.id, None).await,
         Ok(TakeOver::Moved {
-            from: Some(b.instance.clone())
+            from: Some(b.id.clone())
         })
     );
-    assert_eq!(
-        associated(&w.customer, &site.allocation_id).await.0,
-        a.instance
-    );
+    assert_eq!(associated(&w.customer, &site.allocation_id).await.0, a.id);
     assert_eq!(
         agent.holder(&site.allocation_id).await,
-        Ok(Some(a.instance.clone()))
+        Ok(Some(a.id.clone()))
     );
     assert_eq!(
-        agent
-            .take_over(&site.allocation_id, &a.instance, None)
-            .await,
+        agent.take_over(&site.allocation_id, &a.id, None).await,
         Ok(TakeOver::AlreadyOurs)
     );
 }
 
 /// An instance and an unassociated Elastic IP made directly in the
 /// customer's account (no network needed).
-async fn bare_instance_and_address(c: &Customer) -> (Member, String) {
+struct Bare {
+    id: String,
+    interface_id: String,
+}
+
+async fn bare_instance_and_address(c: &Customer) -> (Bare, String) {
     let ec2 = c.ec2(REGION);
     let vpc = c.vpc(REGION, "10.77.0.0/16").await;
     let subnets = ec2
@@ -306,9 +263,9 @@ async fn bare_instance_and_address(c: &Customer) -> (Member, String) {
         .await
         .expect("RunInstances");
     let i = &run.instances()[0];
-    let m = Member {
-        instance: i.instance_id().expect("id").to_string(),
-        interface: i.network_interfaces()[0]
+    let m = Bare {
+        id: i.instance_id().expect("id").to_string(),
+        interface_id: i.network_interfaces()[0]
             .network_interface_id()
             .expect("eni")
             .to_string(),
@@ -333,13 +290,13 @@ async fn throttled_takeovers_are_retried_with_backoff_until_ec2_lets_them_throug
         max_delay: Duration::from_millis(50),
     });
     let took = agent
-        .take_over(&allocation_id, &m.instance, Some(&m.interface))
+        .take_over(&allocation_id, &m.id, Some(&m.interface_id))
         .await
         .expect("gets through after 3 throttled attempts");
     assert_eq!(took, TakeOver::Moved { from: None });
     assert_eq!(proxy.throttled.load(Ordering::SeqCst), 3);
     assert_eq!(proxy.forwarded_matching.load(Ordering::SeqCst), 1);
-    assert_eq!(associated(&c, &allocation_id).await.1, m.interface);
+    assert_eq!(associated(&c, &allocation_id).await.1, m.interface_id);
 }
 
 #[tokio::test]
@@ -353,7 +310,7 @@ async fn a_takeover_still_throttled_after_its_last_attempt_fails_as_retryable() 
         max_delay: Duration::from_millis(10),
     });
     let err = agent
-        .take_over(&allocation_id, &m.instance, Some(&m.interface))
+        .take_over(&allocation_id, &m.id, Some(&m.interface_id))
         .await
         .expect_err("throttled throughout");
     assert!(matches!(err, AddressError::Throttled { .. }), "{err:?}");
@@ -372,11 +329,7 @@ async fn an_address_that_does_not_exist_is_not_found_and_not_retried() {
     let (m, _) = bare_instance_and_address(&c).await;
     let agent = agent(&c, &moto().await.url).await;
     let err = agent
-        .take_over(
-            "eipalloc-0000000000000000f",
-            &m.instance,
-            Some(&m.interface),
-        )
+        .take_over("eipalloc-0000000000000000f", &m.id, Some(&m.interface_id))
         .await
         .expect_err("no such address");
     assert!(matches!(err, AddressError::NotFound { .. }), "{err:?}");

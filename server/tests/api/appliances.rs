@@ -79,19 +79,32 @@ pub(crate) struct Instance {
     pub id: String,
     pub az: String,
     pub private_ip: String,
+    /// Its primary interface (device 0) and that interface's MAC.
+    pub interface_id: String,
+    pub mac: String,
+    /// Its `vpcmesh:site` and `vpcmesh:member` tags.
+    pub site: String,
+    pub member: String,
 }
 
-/// The running instances of `member` ('a' or 'b') in a region, by their tags.
-pub(crate) async fn instances(w: &World, region: &str, member: char) -> Vec<Instance> {
+/// The running vpcmesh instances in a region, by their tags: of `member`
+/// ('a' or 'b') or both.
+pub(crate) async fn running_instances(
+    customer: &crate::moto::Customer,
+    region: &str,
+    member: Option<char>,
+) -> Vec<Instance> {
     use aws_sdk_ec2::types::Filter;
-    let out = w
-        .customer
+    let members = member.map_or(vec!["a".to_string(), "b".to_string()], |m| {
+        vec![m.to_string()]
+    });
+    let out = customer
         .ec2(region)
         .describe_instances()
         .filters(
             Filter::builder()
                 .name("tag:vpcmesh:member")
-                .values(member.to_string())
+                .set_values(Some(members))
                 .build(),
         )
         .filters(
@@ -106,21 +119,45 @@ pub(crate) async fn instances(w: &World, region: &str, member: char) -> Vec<Inst
     out.reservations()
         .iter()
         .flat_map(|r| r.instances())
-        .map(|i| Instance {
-            id: i.instance_id().unwrap_or_default().to_string(),
-            az: i
-                .placement()
-                .and_then(|p| p.availability_zone())
-                .unwrap_or_default()
-                .to_string(),
-            private_ip: i.private_ip_address().unwrap_or_default().to_string(),
+        .map(|i| {
+            let tag = |k: &str| {
+                i.tags()
+                    .iter()
+                    .find(|t| t.key() == Some(k))
+                    .and_then(|t| t.value())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let eni = i
+                .network_interfaces()
+                .iter()
+                .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0));
+            Instance {
+                id: i.instance_id().unwrap_or_default().to_string(),
+                az: i
+                    .placement()
+                    .and_then(|p| p.availability_zone())
+                    .unwrap_or_default()
+                    .to_string(),
+                private_ip: i.private_ip_address().unwrap_or_default().to_string(),
+                interface_id: eni
+                    .and_then(|n| n.network_interface_id())
+                    .unwrap_or_default()
+                    .to_string(),
+                mac: eni
+                    .and_then(|n| n.mac_address())
+                    .unwrap_or_default()
+                    .to_string(),
+                site: tag("vpcmesh:site"),
+                member: tag("vpcmesh:member"),
+            }
         })
         .collect()
 }
 
 /// The one running instance of `member` in a region.
 pub(crate) async fn instance(w: &World, region: &str, member: char) -> Instance {
-    let mut all = instances(w, region, member).await;
+    let mut all = running_instances(&w.customer, region, Some(member)).await;
     assert_eq!(
         all.len(),
         1,

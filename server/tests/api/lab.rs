@@ -14,7 +14,7 @@ use std::time::Duration;
 
 const LAB_ADDRESS: &str = "100.64.0.1";
 
-fn ip(args: &[&str]) {
+pub(crate) fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("ip runs");
     assert!(
         out.status.success(),

@@ -323,8 +323,10 @@ async fn an_agent_of_the_previous_protocol_gets_configs_it_accepts() {
         serde_json::from_slice(&r.body).expect("a protocol-2 config");
     assert_eq!(v2.protocol, 2);
     assert_eq!(v2.validate(), Ok(()));
-    // Its SAs are the ones its protocol-3 peer installs for it.
+    // Its SAs are the ones its protocol-3 peer installs for it, in the shape
+    // it programs (no ESN: both ends of an SA must agree).
     let v3 = new.config(&mut c).await;
+    assert!(v3.tunnels[0].legacy_sa, "{:?}", v3.tunnels[0]);
     assert!(v3.tunnels[0]
         .inbound
         .iter()

@@ -10,11 +10,12 @@
 //! address and program policies, but carry no traffic: the lab in the UML
 //! guest does that.
 
+use crate::appliances::{running_instances, Instance};
+use crate::lab::ip;
 use crate::moto::Customer;
 use crate::networks::World;
 use crate::uml_lab::{agent_bin, in_netns};
 use appliance::imds::emulator::{EmulatedInstance, ImdsEmulator};
-use aws_sdk_ec2::types::Filter;
 use base64::Engine;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -63,72 +64,9 @@ impl Drop for Mirror {
     }
 }
 
-/// A running vpcmesh instance as EC2 has it.
-#[derive(Clone, Debug)]
-struct Seen {
-    id: String,
-    az: String,
-    private_ip: String,
-    mac: String,
-    eni: String,
-    site: String,
-    member: String,
-}
-
-async fn running(customer: &Customer, region: &str) -> Vec<Seen> {
-    let out = match customer
-        .ec2(region)
-        .describe_instances()
-        .filters(
-            Filter::builder()
-                .name("tag:vpcmesh:member")
-                .values("a")
-                .values("b")
-                .build(),
-        )
-        .filters(
-            Filter::builder()
-                .name("instance-state-name")
-                .values("running")
-                .build(),
-        )
-        .send()
-        .await
-    {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("mirror: DescribeInstances in {region}: {e:?}");
-            return Vec::new();
-        }
-    };
-    out.reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .filter_map(|i| {
-            let tag = |k: &str| {
-                i.tags()
-                    .iter()
-                    .find(|t| t.key() == Some(k))
-                    .and_then(|t| t.value())
-                    .map(str::to_string)
-            };
-            let eni = i.network_interfaces().first()?;
-            Some(Seen {
-                id: i.instance_id()?.to_string(),
-                az: i.placement()?.availability_zone()?.to_string(),
-                private_ip: i.private_ip_address()?.to_string(),
-                mac: eni.mac_address().unwrap_or("0e:00:00:00:00:01").to_string(),
-                eni: eni.network_interface_id()?.to_string(),
-                site: tag("vpcmesh:site")?,
-                member: tag("vpcmesh:member")?,
-            })
-        })
-        .collect()
-}
-
 /// The bootstrap file the member's launch template writes: the JSON object
 /// the user data puts into `/etc/vpcmesh/agent.json`.
-async fn bootstrap_file(customer: &Customer, region: &str, seen: &Seen) -> Option<Value> {
+async fn bootstrap_file(customer: &Customer, region: &str, seen: &Instance) -> Option<Value> {
     let ec2 = customer.ec2(region);
     let lts = ec2.describe_launch_templates().send().await.ok()?;
     for lt in lts.launch_templates() {
@@ -169,15 +107,6 @@ async fn bootstrap_file(customer: &Customer, region: &str, seen: &Seen) -> Optio
     None
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip runs");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn listen_in(netns: &str) -> tokio::net::TcpListener {
     let l = in_netns(netns, || {
         std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind in the namespace")
@@ -194,7 +123,7 @@ struct Cloud {
     state: server::AppState,
 }
 
-async fn start_one(w: &Cloud, region: &str, seen: &Seen, n: usize) -> Option<Mirrored> {
+async fn start_one(w: &Cloud, region: &str, seen: &Instance, n: usize) -> Option<Mirrored> {
     let Some(boot) = bootstrap_file(&w.customer, region, seen).await else {
         eprintln!("mirror: no bootstrap file for {} in {region} yet", seen.id);
         return None;
@@ -248,7 +177,7 @@ async fn start_one(w: &Cloud, region: &str, seen: &Seen, n: usize) -> Option<Mir
             region: region.to_string(),
             private_ip: seen.private_ip.clone(),
             mac: seen.mac.clone(),
-            interface_id: seen.eni.clone(),
+            interface_id: seen.interface_id.clone(),
             public_ip: None,
             identity: None,
         },
@@ -311,7 +240,7 @@ impl Mirror {
             loop {
                 let mut now = Vec::new();
                 for region in regions {
-                    for seen in running(&world.customer, region).await {
+                    for seen in running_instances(&world.customer, region, None).await {
                         now.push((*region, seen));
                     }
                 }

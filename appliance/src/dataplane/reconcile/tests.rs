@@ -105,6 +105,19 @@ fn an_sa_the_kernel_has_in_another_shape_is_recreated() {
     );
 }
 
+#[test]
+fn an_sa_with_its_key_in_another_shape_is_never_added_again_under_that_key() {
+    let s = state(&config(1));
+    let mut observed = as_observed(&s);
+    let first = *observed.sas.keys().next().expect("three SAs");
+    if let Some(sa) = observed.sas.get_mut(&first).and_then(|o| o.sa.as_mut()) {
+        sa.esn = false;
+        sa.nat_traversal = !sa.nat_traversal;
+    }
+    // Re-adding it would start its sequence numbers over under its key.
+    assert!(diff(&s, &observed).sas.is_empty());
+}
+
 /// Make-before-break in three configs: accept the new epoch next to the old,
 /// then send with it, then drop the old. No step deletes an SA still in use,
 /// and policies and routes never change.
