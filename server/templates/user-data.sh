@@ -154,11 +154,9 @@ log "setting up the vpcmesh agent for $server_url"
 write_boot_config
 retry "installing the verified agent" install_agent
 write_unit
-# Forwarding for this boot and every later one (the agent checks it too).
-install -d -m 0755 /etc/sysctl.d
-echo 'net.ipv4.ip_forward = 1' >/etc/sysctl.d/90-vpcmesh.conf
-chmod 0644 /etc/sysctl.d/90-vpcmesh.conf
-sysctl -w net.ipv4.ip_forward=1 >/dev/null
+# No forwarding set here, nor persisted for later boots: the agent turns it
+# on itself once its policies are in, so that after a reboot nothing is
+# forwarded towards remote CIDRs (in clear) before then.
 systemctl daemon-reload
 # --no-block: cloud-init finishes now; the unit becomes active once the
 # agent has registered and applied its first config.

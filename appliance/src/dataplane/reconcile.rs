@@ -282,19 +282,23 @@ impl Kernel {
         })
     }
 
-    /// Applies a plan (see [`Kernel::plan`]). Also turns on IPv4 forwarding.
+    /// Applies a plan (see [`Kernel::plan`]), then turns on IPv4 forwarding.
     pub fn apply_plan(&mut self, plan: Plan) -> Result<ReconcileReport, ReconcileError> {
+        let report = self.apply(plan.changes)?;
         enable_forwarding().map_err(ReconcileError::Forwarding)?;
-        self.apply(plan.changes)
+        Ok(report)
     }
 
-    /// Takes the kernel to `desired`, touching only what differs. Also turns
-    /// on IPv4 forwarding: an appliance forwards between its VPC and tunnels.
+    /// Takes the kernel to `desired`, touching only what differs, then turns
+    /// on IPv4 forwarding: an appliance forwards between its VPC and tunnels,
+    /// but only once its policies are in (a rebooted instance forwards
+    /// nothing towards remote CIDRs before that, so nothing leaves in clear).
     pub fn reconcile(&mut self, desired: &KernelState) -> Result<ReconcileReport, ReconcileError> {
-        enable_forwarding().map_err(ReconcileError::Forwarding)?;
         let observed = self.observe()?;
         let changes = diff(desired, &observed);
-        self.apply(changes)
+        let report = self.apply(changes)?;
+        enable_forwarding().map_err(ReconcileError::Forwarding)?;
+        Ok(report)
     }
 
     /// Applies in a safe order: SAs first, then policies, then routes, and

@@ -644,11 +644,10 @@ async fn a_fresh_instance_installs_exactly_the_pinned_agent_and_starts_it() {
         instance.read("security.log").lines().last().unwrap_or("")
     );
 
-    assert_eq!(instance.calls("sysctl"), ["-w net.ipv4.ip_forward=1"]);
-    assert_eq!(
-        std::fs::read_to_string(instance.file("/etc/sysctl.d/90-vpcmesh.conf")).expect("sysctl.d"),
-        "net.ipv4.ip_forward = 1\n"
-    );
+    // Forwarding is the agent's to turn on, once its policies are in; a
+    // rebooted instance must not forward before that.
+    assert!(instance.calls("sysctl").is_empty());
+    assert!(!instance.file("/etc/sysctl.d/90-vpcmesh.conf").exists());
     assert_eq!(
         instance.calls("systemctl"),
         ["daemon-reload", "enable --now --no-block vpcmesh-agent"]
