@@ -151,21 +151,12 @@ impl Customer {
     /// account by access key and checks no signature while auth is off), for
     /// services the harness has no SDK client for (Auto Scaling).
     pub async fn query(&self, region: &str, service: &str, form: &[(&str, &str)]) -> String {
-        let body: String = form
-            .iter()
-            .map(|(k, v)| format!("{k}={}", urlencode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
-        let auth = format!(
-            "AWS4-HMAC-SHA256 Credential={}/20260101/{region}/{service}/aws4_request, SignedHeaders=host, Signature=0",
-            self.creds.access_key_id()
-        );
-        post(
+        unsigned_query(
             &self.endpoint,
-            "/",
-            "application/x-www-form-urlencoded",
-            &auth,
-            &body,
+            self.creds.access_key_id(),
+            region,
+            service,
+            form,
         )
         .await
     }
@@ -262,20 +253,12 @@ impl Moto {
     /// Posts a Query-API form as an unsigned caller (moto checks no signature
     /// while auth is off); returns the response body.
     pub async fn query(&self, service: &str, form: &[(&str, &str)]) -> String {
-        let body: String = form
-            .iter()
-            .map(|(k, v)| format!("{k}={}", urlencode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
-        let auth = format!(
-            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"
-        );
-        post(
+        unsigned_query(
             &self.url,
-            "/",
-            "application/x-www-form-urlencoded",
-            &auth,
-            &body,
+            "AKIAIOSFODNN7EXAMPLE",
+            "us-east-1",
+            service,
+            form,
         )
         .await
     }
@@ -335,6 +318,34 @@ impl Moto {
         )
         .await;
     }
+}
+
+/// Posts a Query-API form to moto as `access_key` in `region`, unsigned
+/// (moto picks the account by access key and checks no signature while auth
+/// is off); returns the response body.
+async fn unsigned_query(
+    endpoint: &str,
+    access_key: &str,
+    region: &str,
+    service: &str,
+    form: &[(&str, &str)],
+) -> String {
+    let body: String = form
+        .iter()
+        .map(|(k, v)| format!("{k}={}", urlencode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let auth = format!(
+        "AWS4-HMAC-SHA256 Credential={access_key}/20260101/{region}/{service}/aws4_request, SignedHeaders=host, Signature=0"
+    );
+    post(
+        endpoint,
+        "/",
+        "application/x-www-form-urlencoded",
+        &auth,
+        &body,
+    )
+    .await
 }
 
 fn urlencode(s: &str) -> String {
