@@ -106,7 +106,9 @@ setup_runtime() {
   fi
   # moto's CloudFormation support brings cfn-lint, which the template tests run.
   [ -x "$venv/bin/cfn-lint" ] || "$venv/bin/pip" install --quiet --disable-pip-version-check cfn-lint
-  export VPCMESH_MOTO_SERVER="$venv/bin/moto_server"
+  # moto with routable Elastic IPs (e2e/lab/moto_server.py says why).
+  export VPCMESH_MOTO_PYTHON="$venv/bin/python"
+  export VPCMESH_MOTO_SERVER="$VPCMESH_ROOT/e2e/lab/moto-server"
   export VPCMESH_CFN_LINT="$venv/bin/cfn-lint"
   setup_lab
 }
@@ -114,7 +116,7 @@ setup_runtime() {
 # The data-plane lab: this host kernel has XFRM but no ESP, so ESP runs in a
 # User-Mode Linux guest that boots from the host's own filesystem.
 setup_lab() {
-  apt_ensure user-mode-linux kmod iproute2 iputils-ping tshark
+  apt_ensure user-mode-linux kmod iproute2 iputils-ping tshark iperf3 traceroute
   local modules version
   modules=$(ls -d /usr/lib/uml/modules/* 2>/dev/null | head -n1)
   [ -n "$modules" ] || die "user-mode-linux ships no modules in /usr/lib/uml/modules"

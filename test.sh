@@ -17,6 +17,7 @@ step() { say "$1"; shift; "$@"; }
 step "format check" cargo fmt --all -- --check
 step "clippy (-D warnings)" cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "building the console (WASM + server)" leptos_build
+step "building the agent and the lab runner (the lab tests run them)" cargo build --quiet -p appliance --bin vpcmesh-agent -p vpcmesh-lab --bin vpcmesh-lab
 step "unit and integration tests" bash -c 'set -o pipefail; cargo test --workspace 2>&1 | tee "$0/cargo-test.log"' "$logs"
 step "browser end-to-end tests (Chromium)" bash -c 'set -o pipefail; node --test --test-reporter=spec e2e/tests/ 2>&1 | tee "$0/e2e.log"' "$logs"
 

@@ -4,9 +4,9 @@
 //! caller address) and provides it as context; server functions stay thin.
 
 use crate::api::{
-    AccountSetup, AccountSummary, AuditEntry, ConsoleError, JobView, NetworkRequest,
-    NetworkSummary, NewAccount, NewUser, OrgSummary, Plan, ProgressEvent, Role, UserSummary,
-    Viewer, VpcChoice,
+    AccountSetup, AccountSummary, AuditEntry, ConnectivityCheck, ConsoleError, JobView,
+    KmsKeyChoice, NetworkRequest, NetworkSummary, NewAccount, NewUser, OrgSummary, Plan,
+    ProgressEvent, Role, TakeoverView, UserSummary, Viewer, VpcChoice,
 };
 use leptos::prelude::use_context;
 use std::sync::Arc;
@@ -56,12 +56,25 @@ pub trait Console: Send + Sync {
     ) -> Result<NetworkSummary, ConsoleError>;
     /// Revokes a (non-active) key epoch at once.
     async fn invalidate_key(&self, id: &str, epoch: i32) -> Result<NetworkSummary, ConsoleError>;
+    /// Starts a connectivity check (409 while one runs or without live appliances).
+    async fn check_connectivity(&self, id: &str) -> Result<ConnectivityCheck, ConsoleError>;
+    /// The network's latest connectivity check.
+    async fn connectivity(&self, id: &str) -> Result<Option<ConnectivityCheck>, ConsoleError>;
+    /// Asks the site's passive appliance to take over (admins; 409 without
+    /// a registered passive partner).
+    async fn fail_over(&self, id: &str, site_id: &str) -> Result<TakeoverView, ConsoleError>;
     /// VPCs in a registered account (vpcmesh's id for it) and region.
     async fn discover_vpcs(
         &self,
         account: &str,
         region: &str,
     ) -> Result<Vec<VpcChoice>, ConsoleError>;
+    /// Customer-managed KMS keys (by alias) in a registered account and region.
+    async fn kms_keys(
+        &self,
+        account: &str,
+        region: &str,
+    ) -> Result<Vec<KmsKeyChoice>, ConsoleError>;
 }
 
 pub type ConsoleHandle = Arc<dyn Console>;

@@ -10,7 +10,7 @@ use appliance::dataplane::{desired_state, DataKey, EpochKeys, Kernel, KernelStat
 use appliance::protocol::{
     DesiredConfig, EpochKey, InboundSa, Member, OutboundSa, Tunnel, PROTOCOL_VERSION,
 };
-use appliance::xfrm::POLICY_PRIORITY;
+use appliance::xfrm::{BLOCK_PRIORITY, POLICY_PRIORITY};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
@@ -134,6 +134,8 @@ fn config(tunnels: u32, moved: Option<u32>) -> DesiredConfig {
                 }
             })
             .collect(),
+        probe: None,
+        ha: None,
     }
 }
 
@@ -148,12 +150,22 @@ fn batch(state: &KernelState) -> String {
             sa.src, sa.dst, sa.spi, sa.reqid
         );
     }
+    let dir_of = |d: appliance::xfrm::Direction| match d {
+        appliance::xfrm::Direction::In => "in",
+        appliance::xfrm::Direction::Out => "out",
+        appliance::xfrm::Direction::Fwd => "fwd",
+    };
+    for b in state.blocks.values() {
+        let _ = writeln!(
+            out,
+            "xfrm policy add src {} dst {} dir {} action block priority {BLOCK_PRIORITY}",
+            b.id.src,
+            b.id.dst,
+            dir_of(b.id.dir)
+        );
+    }
     for p in state.policies.values() {
-        let dir = match p.id.dir {
-            appliance::xfrm::Direction::In => "in",
-            appliance::xfrm::Direction::Out => "out",
-            appliance::xfrm::Direction::Fwd => "fwd",
-        };
+        let dir = dir_of(p.id.dir);
         let _ = writeln!(
             out,
             "xfrm policy add src {} dst {} dir {dir} priority {POLICY_PRIORITY} tmpl src {} dst {} proto esp reqid {} mode tunnel",

@@ -183,6 +183,31 @@ impl SiteAddress {
         instance_id: &str,
         interface_id: Option<&str>,
     ) -> Result<TakeOver, AddressError> {
+        self.move_here(allocation_id, instance_id, interface_id, true)
+            .await
+    }
+
+    /// `take_over`, but only while the address is on nothing: EC2 refuses
+    /// (`Rejected`, `Resource.AlreadyAssociated`) when another instance got
+    /// it first, so two members claiming a free address at once cannot
+    /// both win.
+    pub async fn claim(
+        &self,
+        allocation_id: &str,
+        instance_id: &str,
+        interface_id: Option<&str>,
+    ) -> Result<TakeOver, AddressError> {
+        self.move_here(allocation_id, instance_id, interface_id, false)
+            .await
+    }
+
+    async fn move_here(
+        &self,
+        allocation_id: &str,
+        instance_id: &str,
+        interface_id: Option<&str>,
+        reassociate: bool,
+    ) -> Result<TakeOver, AddressError> {
         let current = self.association(allocation_id).await?;
         let ours = match interface_id {
             Some(eni) => current.interface.as_deref() == Some(eni),
@@ -202,7 +227,7 @@ impl SiteAddress {
             let req = ec2
                 .associate_address()
                 .allocation_id(allocation_id)
-                .allow_reassociation(true);
+                .allow_reassociation(reassociate);
             let req = match interface_id {
                 Some(eni) => req.network_interface_id(eni),
                 None => req.instance_id(instance_id),
@@ -362,8 +387,14 @@ impl SiteAddress {
             .map(str::to_string))
     }
 
+    /// The EC2 client, for the other things an appliance owns
+    /// (`crate::vpc_routes`), under the same retry policy.
+    pub(crate) fn client(&self) -> &aws_sdk_ec2::Client {
+        &self.ec2
+    }
+
     /// Runs `call` until it succeeds, fails for good, or runs out of attempts.
-    async fn with_retries<T, F, Fut>(
+    pub(crate) async fn with_retries<T, F, Fut>(
         &self,
         action: &'static str,
         mut call: F,
@@ -394,7 +425,7 @@ impl SiteAddress {
 }
 
 /// Classifies an SDK failure of `action` on `resource`.
-fn from_sdk<E>(action: &'static str, resource: &str, err: SdkError<E>) -> AddressError
+pub(crate) fn from_sdk<E>(action: &'static str, resource: &str, err: SdkError<E>) -> AddressError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {

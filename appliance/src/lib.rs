@@ -13,6 +13,8 @@ pub mod config;
 #[cfg(feature = "agent")]
 pub mod dataplane;
 #[cfg(feature = "agent")]
+pub mod ha;
+#[cfg(feature = "agent")]
 pub mod imds;
 #[cfg(feature = "agent")]
 pub mod kms;
@@ -21,8 +23,14 @@ pub mod local;
 #[cfg(feature = "agent")]
 pub mod netlink;
 #[cfg(feature = "agent")]
+pub mod probe;
+#[cfg(feature = "agent")]
 pub mod route;
+#[cfg(feature = "routes")]
+pub mod route_owner;
 #[cfg(feature = "agent")]
 pub mod sync;
+#[cfg(feature = "agent")]
+pub mod vpc_routes;
 #[cfg(feature = "agent")]
 pub mod xfrm;

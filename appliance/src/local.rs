@@ -110,7 +110,13 @@ fn write_status(
         Some(_) => Some(kernel.observe()?),
         None => None,
     };
-    let report = status_report(applied, config_error, HaRole::Active, observed.as_ref());
+    let report = status_report(
+        applied,
+        config_error,
+        HaRole::Active,
+        None,
+        observed.as_ref(),
+    );
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&report)?)?;
     std::fs::rename(&tmp, path)?;

@@ -11,6 +11,12 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use uuid::Uuid;
 
+mod ha;
+pub use ha::{
+    HaConfig, HaConfigError, HaPartner, HaReason, HaStatus, DEAD_AFTER_BEATS, DEFAULT_DEAD_AFTER,
+    DEFAULT_HEARTBEAT_MS, HEARTBEAT_INTERVALS_MS, HEARTBEAT_PORT,
+};
+
 /// 2: key epochs in play (make-before-break rotation) and per-epoch SAs.
 /// 3: SA generations: every SPI carries its flow's generation, which grows
 /// whenever a kernel at either end of the flow lost its state (a new
@@ -29,6 +35,7 @@ pub mod paths {
     pub const CONFIG: &str = "/api/appliance/v1/config";
     pub const STATUS: &str = "/api/appliance/v1/status";
     pub const GENERATION: &str = "/api/appliance/v1/generation";
+    pub const PROBE: &str = "/api/appliance/v1/probe";
 }
 
 /// Limits a config must stay within; the agent refuses anything larger as a
@@ -229,6 +236,37 @@ pub struct Tunnel {
     pub legacy_sa: bool,
 }
 
+/// Echoes per target of a connectivity probe.
+pub const PROBE_COUNTS: std::ops::RangeInclusive<u16> = 1..=20;
+/// Milliseconds between a probe's rounds of echoes.
+pub const PROBE_INTERVALS_MS: std::ops::RangeInclusive<u32> = 100..=1000;
+/// An echo whose reply takes longer than this counts as lost.
+pub const PROBE_ECHO_TIMEOUT_MS: u32 = 1000;
+/// A probe never names more targets than a config can have tunnels.
+pub const MAX_PROBE_TARGETS: usize = MAX_TUNNELS;
+
+/// A connectivity check the server asks this appliance to run once: ICMP
+/// echo from its own inside address (`local_address`) to every target,
+/// `count` echoes `interval_ms` apart, then a [`ProbeReport`]. Added in
+/// protocol 3 without a version bump: absent means no check (older servers
+/// never send it, older agents ignore it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectivityProbe {
+    /// Names the check; an agent runs each id at most once.
+    pub id: Uuid,
+    pub count: u16,
+    pub interval_ms: u32,
+    pub targets: Vec<ProbeTarget>,
+}
+
+/// One peer site's appliance to ping: its inside (private) address, which
+/// the tunnels' selectors cover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeTarget {
+    pub peer_site: Uuid,
+    pub address: Ipv4Addr,
+}
+
 /// Everything one appliance programs. Same version, same content.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredConfig {
@@ -248,6 +286,13 @@ pub struct DesiredConfig {
     /// The key epochs in play, newest first: one, or two during a rotation.
     pub keys: Vec<EpochKey>,
     pub tunnels: Vec<Tunnel>,
+    /// A connectivity check to run (see [`ConnectivityProbe`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ConnectivityProbe>,
+    /// The site's HA pair (absent from servers before failover existed:
+    /// the agent then keeps member A active and B passive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaConfig>,
 }
 
 /// Why a config was refused. The agent keeps its last good state and
@@ -292,6 +337,18 @@ pub enum ConfigError {
     BadInbound(Uuid),
     #[error("this config is for {got}, but this appliance is {expected}")]
     NotOurs { expected: String, got: String },
+    #[error("probe: {0} echoes per target; between 1 and 20 are allowed")]
+    ProbeCount(u16),
+    #[error("probe: {0} ms between echoes; between 100 and 1000 ms are allowed")]
+    ProbeInterval(u32),
+    #[error("probe: {0} targets; between 1 and {MAX_PROBE_TARGETS} are allowed")]
+    ProbeTargets(usize),
+    #[error("probe: peer {0} is named twice, or is this appliance's own site")]
+    ProbePeer(Uuid),
+    #[error("probe: target address {0} is not a usable unicast address, or is named twice")]
+    ProbeAddress(Ipv4Addr),
+    #[error(transparent)]
+    Ha(#[from] HaConfigError),
 }
 
 impl DesiredConfig {
@@ -424,6 +481,146 @@ impl DesiredConfig {
                 remotes.push((*cidr, t.peer_site));
             }
         }
+        if let Some(p) = &self.probe {
+            p.validate(self.site_id, self.local_address)?;
+        }
+        if let Some(ha) = &self.ha {
+            ha.validate(self.member, self.local_address)?;
+        }
+        Ok(())
+    }
+}
+
+impl ConnectivityProbe {
+    /// Bounds (so a hostile server cannot make an appliance flood), and every
+    /// target a distinct other site at a distinct usable address.
+    pub fn validate(&self, own_site: Uuid, own_address: Ipv4Addr) -> Result<(), ConfigError> {
+        if !PROBE_COUNTS.contains(&self.count) {
+            return Err(ConfigError::ProbeCount(self.count));
+        }
+        if !PROBE_INTERVALS_MS.contains(&self.interval_ms) {
+            return Err(ConfigError::ProbeInterval(self.interval_ms));
+        }
+        if self.targets.is_empty() || self.targets.len() > MAX_PROBE_TARGETS {
+            return Err(ConfigError::ProbeTargets(self.targets.len()));
+        }
+        let mut peers = BTreeSet::new();
+        let mut addresses = BTreeSet::new();
+        for t in &self.targets {
+            if t.peer_site == own_site || !peers.insert(t.peer_site) {
+                return Err(ConfigError::ProbePeer(t.peer_site));
+            }
+            let a = t.address;
+            if a.is_unspecified()
+                || a.is_broadcast()
+                || a.is_multicast()
+                || a.is_loopback()
+                || a == own_address
+                || !addresses.insert(a)
+            {
+                return Err(ConfigError::ProbeAddress(a));
+            }
+        }
+        Ok(())
+    }
+
+    /// Echoes sent, across all targets.
+    pub fn echoes(&self) -> usize {
+        self.targets.len() * self.count as usize
+    }
+}
+
+/// What one appliance measured towards one peer site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    pub peer_site: Uuid,
+    pub sent: u16,
+    pub received: u16,
+    /// Round-trip times of the replies, in microseconds; absent when none came back.
+    #[serde(default)]
+    pub rtt_min_us: Option<u32>,
+    #[serde(default)]
+    pub rtt_avg_us: Option<u32>,
+    #[serde(default)]
+    pub rtt_max_us: Option<u32>,
+}
+
+/// An appliance's answer to a [`ConnectivityProbe`], posted once it ran.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeReport {
+    pub probe_id: Uuid,
+    pub results: Vec<ProbeResult>,
+}
+
+/// Why a probe report was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReportError {
+    #[error("the report is for probe {got}, not {expected}")]
+    WrongProbe { expected: Uuid, got: Uuid },
+    #[error("{0} results exceed the probe's targets")]
+    TooMany(usize),
+    #[error("peer {0} is not a target of this appliance's probe, or is reported twice")]
+    UnknownPeer(Uuid),
+    #[error("peer {peer}: {sent} echoes sent, but the probe asked for {count}")]
+    Sent { peer: Uuid, sent: u16, count: u16 },
+    #[error("peer {peer}: {received} replies to {sent} echoes")]
+    Received {
+        peer: Uuid,
+        sent: u16,
+        received: u16,
+    },
+    #[error("peer {0}: round-trip times must be given exactly when replies came back, with min <= avg <= max <= {PROBE_ECHO_TIMEOUT_MS} ms")]
+    Rtt(Uuid),
+}
+
+impl ProbeReport {
+    /// Checks the report against the probe it answers: only its targets,
+    /// each at most once, with `count` echoes sent and consistent numbers.
+    pub fn validate(&self, probe: &ConnectivityProbe) -> Result<(), ReportError> {
+        if self.probe_id != probe.id {
+            return Err(ReportError::WrongProbe {
+                expected: probe.id,
+                got: self.probe_id,
+            });
+        }
+        if self.results.len() > probe.targets.len() {
+            return Err(ReportError::TooMany(self.results.len()));
+        }
+        let mut seen = BTreeSet::new();
+        for r in &self.results {
+            let peer = r.peer_site;
+            if !probe.targets.iter().any(|t| t.peer_site == peer) || !seen.insert(peer) {
+                return Err(ReportError::UnknownPeer(peer));
+            }
+            if r.sent != probe.count {
+                return Err(ReportError::Sent {
+                    peer,
+                    sent: r.sent,
+                    count: probe.count,
+                });
+            }
+            if r.received > r.sent {
+                return Err(ReportError::Received {
+                    peer,
+                    sent: r.sent,
+                    received: r.received,
+                });
+            }
+            let rtts = [r.rtt_min_us, r.rtt_avg_us, r.rtt_max_us];
+            let consistent = match rtts {
+                [None, None, None] => r.received == 0,
+                [Some(min), Some(avg), Some(max)] => {
+                    r.received > 0
+                        && min <= avg
+                        && avg <= max
+                        && max <= PROBE_ECHO_TIMEOUT_MS * 1000
+                }
+                _ => false,
+            };
+            if !consistent {
+                return Err(ReportError::Rtt(peer));
+            }
+        }
         Ok(())
     }
 }
@@ -490,6 +687,10 @@ pub struct StatusReport {
     #[serde(default)]
     pub epochs: Vec<u32>,
     pub tunnels: Vec<TunnelStatus>,
+    /// Why it has `ha_role`, and since when (absent from agents before
+    /// failover existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaStatus>,
 }
 
 #[cfg(test)]

@@ -51,6 +51,8 @@ fn config(peers: u32) -> DesiredConfig {
                 legacy_sa: false,
             })
             .collect(),
+        probe: None,
+        ha: None,
     }
 }
 
@@ -165,7 +167,8 @@ fn policies_and_routes_reach_the_kernel_and_read_back_with_iproute() {
             .reconcile(&want)
             .expect("reconcile")
     });
-    assert_eq!(report.added, 3 * 2 * 3 + 3 * 2);
+    // Per tunnel and remote CIDR: 3 policies, 3 blocks and a route.
+    assert_eq!(report.added, 3 * 2 * (3 + 3 + 1));
     assert_eq!(policies_by_iproute(&ns), expected_policies(&c));
     assert_eq!(routes_by_iproute(&ns), expected_routes(&c));
     let forwarding = Command::new("ip")
@@ -252,9 +255,10 @@ fn changing_one_peer_touches_only_its_policies_and_foreign_state_survives() {
             .reconcile(&want)
             .expect("second")
     });
-    // Peer 1: its 6 policies replaced; peer 2: 6 policies and 2 routes gone.
+    // Peer 1: its 6 policies replaced (its blocks stay: same CIDRs); peer
+    // 2: 6 policies, 6 blocks and 2 routes gone.
     assert_eq!(report.replaced, 6);
-    assert_eq!(report.deleted, 6 + 2);
+    assert_eq!(report.deleted, 6 + 6 + 2);
     assert_eq!(report.added, 0);
     assert_eq!(policies_by_iproute(&ns).len(), 12 + 1);
     assert!(policies_by_iproute(&ns).is_superset(&expected_policies(&after)));
@@ -278,17 +282,7 @@ fn policies_changed_behind_the_agents_back_are_put_back() {
             .expect("first")
     });
     let prio = appliance::xfrm::POLICY_PRIORITY.to_string();
-    ns.ip(&[
-        "xfrm",
-        "policy",
-        "delete",
-        "src",
-        "10.0.0.0/16",
-        "dst",
-        "10.10.0.0/16",
-        "dir",
-        "out",
-    ]);
+    delete_first_out_policy(&ns);
     ns.ip(&[
         "xfrm",
         "policy",
@@ -323,4 +317,82 @@ fn policies_changed_behind_the_agents_back_are_put_back() {
     assert_eq!((report.added, report.replaced), (2, 1));
     assert_eq!(policies_by_iproute(&ns), expected_policies(&c));
     assert_eq!(routes_by_iproute(&ns), expected_routes(&c));
+}
+
+/// Deletes the out policy 10.0.0.0/16 -> 10.10.0.0/16 (tunnel 0's first
+/// remote CIDR) behind the agent's back.
+fn delete_first_out_policy(ns: &Netns) {
+    ns.ip(&[
+        "xfrm",
+        "policy",
+        "delete",
+        "src",
+        "10.0.0.0/16",
+        "dst",
+        "10.10.0.0/16",
+        "dir",
+        "out",
+    ]);
+}
+
+/// `ip xfrm policy` blocks as "dir src dst" (action block, our priority).
+fn blocks_by_iproute(ns: &Netns) -> BTreeSet<String> {
+    let text = ns.ip(&["xfrm", "policy", "list"]);
+    let prio = appliance::xfrm::BLOCK_PRIORITY;
+    let mut out = BTreeSet::new();
+    let mut selector = String::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["src", s, "dst", d, ..] => selector = format!("{s} {d}"),
+            ["dir", dir, "action", "block", "priority", p, ..] if *p == prio.to_string() => {
+                out.insert(format!("{dir} {selector}"));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn traffic_for_a_remote_cidr_that_no_tunnel_policy_takes_is_dropped_not_sent_in_clear() {
+    let (ns, oif) = appliance_ns();
+    let c = config(1);
+    let want = policies_and_routes(&c, oif);
+    ns.run(move || {
+        Kernel::open()
+            .expect("netlink")
+            .reconcile(&want)
+            .expect("reconcile")
+    });
+    let blocks = blocks_by_iproute(&ns);
+    let expected: BTreeSet<String> = c.tunnels[0]
+        .remote_cidrs
+        .iter()
+        .flat_map(|r| {
+            [
+                format!("out 0.0.0.0/0 {r}"),
+                format!("in {r} 0.0.0.0/0"),
+                format!("fwd {r} 0.0.0.0/0"),
+            ]
+        })
+        .collect();
+    assert_eq!(blocks, expected, "{}", ns.ip(&["xfrm", "policy", "list"]));
+
+    // The tunnel's policy for one remote CIDR is gone (being replaced,
+    // refused by the kernel): a packet to it from inside the local CIDR
+    // finds the block policy, and sending fails with EPERM. Other traffic
+    // leaves as before.
+    delete_first_out_policy(&ns);
+    ns.ip(&["addr", "add", "10.0.0.1/32", "dev", "uplink"]);
+    let (to_remote, elsewhere) = ns.run(|| {
+        let socket = std::net::UdpSocket::bind("10.0.0.1:0").expect("bind");
+        (
+            socket.send_to(b"secret", "10.10.0.5:9"),
+            socket.send_to(b"public", "198.51.100.77:9"),
+        )
+    });
+    let refused = to_remote.expect_err("a packet for a remote CIDR left without a policy");
+    assert_eq!(refused.raw_os_error(), Some(libc::EPERM), "{refused}");
+    elsewhere.expect("traffic outside the remote CIDRs leaves");
 }

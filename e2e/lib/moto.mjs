@@ -93,18 +93,25 @@ export class Customer {
     return vpcId;
   }
 
-  /** A KMS key in `region`; returns its ARN. */
-  async kmsKey(region) {
+  /** A KMS key in `region`, named by `alias` when given; returns its ARN. */
+  async kmsKey(region, alias) {
+    const { KeyMetadata: key } = await this.kms(region, 'CreateKey', { Description: 'e2e network key' });
+    if (alias) await this.kms(region, 'CreateAlias', { AliasName: alias, TargetKeyId: key.KeyId });
+    return key.Arn;
+  }
+
+  async kms(region, action, body) {
     const res = await fetch(`${this.moto.url}/`, {
       method: 'POST',
       headers: {
         'content-type': 'application/x-amz-json-1.1',
-        'x-amz-target': 'TrentService.CreateKey',
+        'x-amz-target': `TrentService.${action}`,
         authorization: auth(this.key, region, 'kms'),
       },
-      body: JSON.stringify({ Description: 'e2e network key' }),
+      body: JSON.stringify(body),
     });
-    if (!res.ok) throw new Error(`kms CreateKey: ${res.status} ${await res.text()}`);
-    return (await res.json()).KeyMetadata.Arn;
+    if (!res.ok) throw new Error(`kms ${action}: ${res.status} ${await res.text()}`);
+    const text = await res.text();
+    return text ? JSON.parse(text) : {};
   }
 }

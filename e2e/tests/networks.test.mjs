@@ -16,7 +16,7 @@ test('a 3-region full mesh from the wizard to ready, then deleted', async () => 
   const customer = await Customer.create(stack.moto);
   for (const [region, cidr] of REGIONS) await customer.vpc(region, cidr, `app-${region}`);
   await customer.vpc('us-east-1', '10.2.128.0/17', 'overlapping'); // clashes with eu-west-1's
-  const key = await customer.kmsKey('us-east-1');
+  const key = await customer.kmsKey('us-east-1', 'alias/e2e-network');
 
   const page = await stack.browser.newPage({ viewport: { width: 1280, height: 900 } });
   const errors = watchErrors(page);
@@ -42,6 +42,16 @@ test('a 3-region full mesh from the wizard to ready, then deleted', async () => 
     await page.click(`#vpc-list tr:has-text("app-${region}") button.add-vpc`);
   }
   assert.equal(await page.locator('#picked-sites tbody tr').count(), 3);
+  // The key picker lists the first site's account's keys in its region;
+  // another region has none; picking by alias fills the ARN field.
+  await page.waitForSelector('#kms-key-hint:text("1 key in us-east-1")');
+  assert.equal(await page.getAttribute('#kms-keys option', 'label'), 'alias/e2e-network');
+  await page.selectOption('#kms-key-region', 'eu-west-1');
+  await page.waitForSelector('#kms-key-hint:text("0 keys in eu-west-1")');
+  await page.selectOption('#kms-key-region', 'us-east-1');
+  await page.waitForSelector('#kms-key-hint:text("1 key in us-east-1")');
+  await page.selectOption('#kms-key-pick', { label: 'alias/e2e-network' });
+  assert.equal(await page.inputValue('#kms-key'), key);
   // The overlapping VPC is flagged as you pick and cannot be added.
   await page.selectOption('#pick-region', 'us-east-1');
   await page.click('#find-vpcs');
@@ -53,7 +63,6 @@ test('a 3-region full mesh from the wizard to ready, then deleted', async () => 
   // Transit without a hub is explained inline and creates nothing.
   await page.check('#topology-transit');
   await page.waitForSelector('#site-warnings li:text("A transit network needs a hub")');
-  await page.fill('#kms-key', key);
   await page.click('#create-network');
   await page.waitForSelector('#create-error');
   assert.match(await page.textContent('#create-error'), /hub/);

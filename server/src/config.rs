@@ -1,5 +1,8 @@
 //! Start-up configuration: flags and environment, validated once.
 
+use appliance::protocol::{
+    DEAD_AFTER_BEATS, DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT_MS, HEARTBEAT_INTERVALS_MS,
+};
 use clap::{Parser, ValueEnum};
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use url::Url;
@@ -58,6 +61,31 @@ pub struct Config {
     /// SAs stay accepted this long (packets in flight), then are removed.
     #[arg(long, env = "VPCMESH_ROTATION_GRACE_SECS", default_value_t = 30)]
     pub rotation_grace_secs: u64,
+    /// A connectivity check waits this long beyond its echoes for the
+    /// appliances' reports; pairs without one then show "no report" (1-300).
+    #[arg(long, env = "VPCMESH_CONNECTIVITY_GRACE_SECS", default_value_t = 10)]
+    pub connectivity_grace_secs: u64,
+    /// Interval of the heartbeats between a site's two appliances, in ms
+    /// (20-5000); with --ha-dead-after it sets how fast a passive notices a
+    /// dead active (default 100 ms x 3 = 300 ms).
+    #[arg(long, env = "VPCMESH_HA_HEARTBEAT_MS", default_value_t = DEFAULT_HEARTBEAT_MS)]
+    pub ha_heartbeat_ms: u32,
+    /// Heartbeats missed in a row before a member counts its partner as gone (2-50).
+    #[arg(long, env = "VPCMESH_HA_DEAD_AFTER", default_value_t = DEFAULT_DEAD_AFTER)]
+    pub ha_dead_after: u32,
+    /// The health monitor's backstop: an active appliance that has not
+    /// reported for this long, while its passive partner reports, is taken
+    /// over from on the server's request (1-3600 s). The default is two
+    /// missed status reports (agents report every 10 s) plus 5 s for a late
+    /// one, so a single slow report never moves a site.
+    #[arg(long, env = "VPCMESH_FAILOVER_AFTER_SECS", default_value_t = 25)]
+    pub failover_after_secs: u64,
+    /// A takeover the health monitor asked for that is not done this long
+    /// after is asked for once more, never again (1-3600 s). The default is
+    /// two config long-polls (30 s each): a member that got the request has
+    /// long reported it done by then.
+    #[arg(long, env = "VPCMESH_FAILOVER_RETRY_SECS", default_value_t = 60)]
+    pub failover_retry_secs: u64,
     /// Provisioning workers in this process (steps run in parallel across regions).
     #[arg(long, env = "VPCMESH_ENGINE_WORKERS", default_value_t = 4)]
     pub engine_workers: usize,
@@ -89,6 +117,17 @@ pub struct Settings {
     pub step_lease: Duration,
     pub engine_workers: usize,
     pub rotation_grace: Duration,
+    /// How long beyond its echoes a connectivity check waits for reports.
+    pub connectivity_grace: Duration,
+    /// A provisioning step's retry budget and backoff (no flag: tests shorten it).
+    pub step_retry: crate::provisioning::retry::RetryPolicy,
+    /// Heartbeat timing the appliances' configs carry (within the protocol's ranges).
+    pub ha_heartbeat_ms: u32,
+    pub ha_dead_after: u32,
+    /// The health monitor's backstop (see `--failover-after-secs`).
+    pub failover_after: Duration,
+    /// When an unfinished monitor request is asked once more.
+    pub failover_retry: Duration,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -105,6 +144,14 @@ pub enum ConfigError {
     BodyLimit,
     #[error("set --database-url (DATABASE_URL) or --embedded-postgres DIR")]
     NoDatabase,
+    #[error("--ha-heartbeat-ms is {0}; appliances accept 20 to 5000 ms")]
+    HaHeartbeat(u32),
+    #[error("--ha-dead-after is {0}; appliances accept 2 to 50 missed heartbeats")]
+    HaDeadAfter(u32),
+    #[error("--failover-after-secs must be between 1 and 3600")]
+    FailoverAfter,
+    #[error("--failover-retry-secs must be between 1 and 3600")]
+    FailoverRetry,
 }
 
 impl Config {
@@ -132,6 +179,18 @@ impl Config {
         if self.database_url.is_none() && self.embedded_postgres.is_none() {
             return Err(ConfigError::NoDatabase);
         }
+        if !HEARTBEAT_INTERVALS_MS.contains(&self.ha_heartbeat_ms) {
+            return Err(ConfigError::HaHeartbeat(self.ha_heartbeat_ms));
+        }
+        if !DEAD_AFTER_BEATS.contains(&self.ha_dead_after) {
+            return Err(ConfigError::HaDeadAfter(self.ha_dead_after));
+        }
+        if !(1..=3600).contains(&self.failover_after_secs) {
+            return Err(ConfigError::FailoverAfter);
+        }
+        if !(1..=3600).contains(&self.failover_retry_secs) {
+            return Err(ConfigError::FailoverRetry);
+        }
         Ok(Settings {
             public_origin: public.origin().ascii_serialization(),
             secure_cookies: scheme == "https",
@@ -142,6 +201,12 @@ impl Config {
             step_lease: Duration::from_secs(self.step_lease_secs.max(1)),
             engine_workers: self.engine_workers.clamp(1, 64),
             rotation_grace: Duration::from_secs(self.rotation_grace_secs.min(3600)),
+            connectivity_grace: Duration::from_secs(self.connectivity_grace_secs.clamp(1, 300)),
+            step_retry: Default::default(),
+            ha_heartbeat_ms: self.ha_heartbeat_ms,
+            ha_dead_after: self.ha_dead_after,
+            failover_after: Duration::from_secs(self.failover_after_secs),
+            failover_retry: Duration::from_secs(self.failover_retry_secs),
         })
     }
 }
@@ -168,6 +233,12 @@ impl Settings {
             step_lease: Duration::from_secs(60),
             engine_workers: 4,
             rotation_grace: Duration::from_secs(30),
+            connectivity_grace: Duration::from_secs(10),
+            step_retry: Default::default(),
+            ha_heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+            ha_dead_after: DEFAULT_DEAD_AFTER,
+            failover_after: Duration::from_secs(25),
+            failover_retry: Duration::from_secs(60),
         }
     }
 }
@@ -227,6 +298,39 @@ mod tests {
             parse(&["--public-url", "ftp://x"]).settings().unwrap_err(),
             ConfigError::Scheme(_)
         ));
+    }
+
+    #[test]
+    fn ha_timing_outside_what_appliances_accept_is_refused_at_start() {
+        assert_eq!(
+            parse(&["--ha-heartbeat-ms", "10"]).settings().unwrap_err(),
+            ConfigError::HaHeartbeat(10)
+        );
+        assert_eq!(
+            parse(&["--ha-dead-after", "1"]).settings().unwrap_err(),
+            ConfigError::HaDeadAfter(1)
+        );
+        assert_eq!(
+            parse(&["--failover-after-secs", "0"])
+                .settings()
+                .unwrap_err(),
+            ConfigError::FailoverAfter
+        );
+        assert_eq!(
+            parse(&["--failover-retry-secs", "7200"])
+                .settings()
+                .unwrap_err(),
+            ConfigError::FailoverRetry
+        );
+        let s = parse(&["--ha-heartbeat-ms", "50", "--ha-dead-after", "4"])
+            .settings()
+            .expect("valid");
+        assert_eq!((s.ha_heartbeat_ms, s.ha_dead_after), (50, 4));
+        let d = parse(&[]).settings().expect("valid");
+        assert_eq!(
+            (d.ha_heartbeat_ms, d.ha_dead_after, d.failover_after),
+            (100, 3, Duration::from_secs(25))
+        );
     }
 
     #[test]

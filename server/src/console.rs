@@ -15,9 +15,9 @@ use crate::{
 };
 use app::{
     api::{
-        AccountSetup, AccountSummary, AuditEntry, ConsoleError, JobView, NetworkRequest,
-        NetworkSummary, NewAccount, NewUser, OrgSummary, Plan, ProgressEvent, Role, UserSummary,
-        Viewer, VpcChoice,
+        AccountSetup, AccountSummary, AuditEntry, ConnectivityCheck, ConsoleError, JobView,
+        KmsKeyChoice, NetworkRequest, NetworkSummary, NewAccount, NewUser, OrgSummary, Plan,
+        ProgressEvent, Role, TakeoverView, UserSummary, Viewer, VpcChoice,
     },
     backend::Console,
 };
@@ -411,6 +411,21 @@ impl Console for ConsoleSession {
             .or_internal("load progress events")
     }
 
+    async fn check_connectivity(&self, id: &str) -> Result<ConnectivityCheck, ConsoleError> {
+        let user = self.current().await?;
+        networks::connectivity::request(&self.state, &user, id).await
+    }
+
+    async fn connectivity(&self, id: &str) -> Result<Option<ConnectivityCheck>, ConsoleError> {
+        let user = self.current().await?;
+        networks::connectivity::latest(&self.state.pool, &user, id).await
+    }
+
+    async fn fail_over(&self, id: &str, site_id: &str) -> Result<TakeoverView, ConsoleError> {
+        let admin = self.admin().await?;
+        crate::failover::request::fail_over(&self.state, &admin, id, site_id).await
+    }
+
     async fn rotate_key(&self, id: &str) -> Result<NetworkSummary, ConsoleError> {
         let admin = self.admin().await?;
         networks::keys::rotate(&self.state, &admin, id).await
@@ -437,6 +452,15 @@ impl Console for ConsoleSession {
     ) -> Result<Vec<VpcChoice>, ConsoleError> {
         let user = self.current().await?;
         accounts::ops::vpcs(&self.state, &user, account, region).await
+    }
+
+    async fn kms_keys(
+        &self,
+        account: &str,
+        region: &str,
+    ) -> Result<Vec<KmsKeyChoice>, ConsoleError> {
+        let user = self.current().await?;
+        accounts::ops::kms_keys(&self.state, &user, account, region).await
     }
 }
 

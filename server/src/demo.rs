@@ -186,7 +186,8 @@ pub async fn seed_demo_network(state: &crate::AppState, email: &str) -> anyhow::
     Ok(())
 }
 
-/// A VPC in the emulator with a subnet in each of two AZs and a route table.
+/// A VPC in the emulator with a subnet in each of two AZs, a route table
+/// and an Internet gateway (its default route).
 async fn emulated_vpc(ec2: &aws_sdk_ec2::Client, cidr: &str, name: &str) -> anyhow::Result<String> {
     use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
     let net: ipnet::Ipv4Net = cidr.parse()?;
@@ -213,6 +214,24 @@ async fn emulated_vpc(ec2: &aws_sdk_ec2::Client, cidr: &str, name: &str) -> anyh
         .and_then(|t| t.route_table_id())
         .map(str::to_string)
         .ok_or_else(|| anyhow::anyhow!("CreateRouteTable returned no id"))?;
+    // A public VPC: the appliances' Elastic IPs need the Internet gateway.
+    let igw = ec2.create_internet_gateway().send().await?;
+    let igw_id = igw
+        .internet_gateway()
+        .and_then(|g| g.internet_gateway_id())
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("CreateInternetGateway returned no id"))?;
+    ec2.attach_internet_gateway()
+        .internet_gateway_id(&igw_id)
+        .vpc_id(&vpc_id)
+        .send()
+        .await?;
+    ec2.create_route()
+        .route_table_id(&table_id)
+        .destination_cidr_block("0.0.0.0/0")
+        .gateway_id(&igw_id)
+        .send()
+        .await?;
     let quarters: Vec<ipnet::Ipv4Net> = net.subnets(net.prefix_len() + 2)?.collect();
     for (zone, block) in zones.availability_zones().iter().take(2).zip(quarters) {
         let subnet = ec2

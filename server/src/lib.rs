@@ -10,6 +10,7 @@ pub mod config;
 pub mod console;
 pub mod db;
 pub mod demo;
+pub mod failover;
 pub mod http;
 pub mod identity;
 pub mod internal;

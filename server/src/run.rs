@@ -68,6 +68,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let owner = provisioning::engine::spawn(state.clone(), workers);
     tracing::info!(%owner, workers, "provisioning engine started");
     crate::networks::schedule::spawn(state.clone());
+    if state.settings.failover_after < Duration::from_secs(15) {
+        // Agents report every 10 s: a healthy active could be taken over from.
+        tracing::warn!(
+            secs = state.settings.failover_after.as_secs(),
+            "--failover-after-secs is below 15 s; a single late status report can move a site"
+        );
+    }
+    crate::failover::monitor::spawn(state.clone());
+    tracing::info!(
+        after_secs = state.settings.failover_after.as_secs(),
+        retry_secs = state.settings.failover_retry.as_secs(),
+        "health monitor started"
+    );
     if let (true, Some(email)) = (config.demo_network, &config.demo_admin) {
         // A failed demo seed is worth a warning, not a refusal to start.
         match demo::seed_demo_network(&state, email).await {

@@ -119,9 +119,11 @@ StateDirectory=vpcmesh
 StateDirectoryMode=0700
 UMask=0077
 # Sandbox: netlink (XFRM, routes), the UDP encapsulation socket, IMDS, AWS
-# and the control plane over TCP; CAP_NET_ADMIN is all the agent needs. Kernel
-# tunables stay writable: the agent turns on /proc/sys/net/ipv4/ip_forward.
-CapabilityBoundingSet=CAP_NET_ADMIN
+# and the control plane over TCP, and a raw ICMP socket for connectivity
+# checks (pings to the peers' inside addresses): CAP_NET_ADMIN and
+# CAP_NET_RAW are all the agent needs. Kernel tunables stay writable: the
+# agent turns on /proc/sys/net/ipv4/ip_forward.
+CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW
 NoNewPrivileges=yes
 ProtectSystem=strict
 ReadWritePaths=/var/lib/vpcmesh

@@ -198,6 +198,15 @@ pub struct NetworkSummary {
     /// When the schedule rotates next (the active epoch's age reaching it).
     #[serde(default)]
     pub next_rotation_at: Option<String>,
+    /// The latest connectivity check, if any.
+    #[serde(default)]
+    pub connectivity: Option<super::ConnectivityCheck>,
+    /// Failovers between the members of a site, newest first (at most 50).
+    #[serde(default)]
+    pub failovers: Vec<super::FailoverEntry>,
+    /// Per site, the latest takeover the server asked for (pending or done).
+    #[serde(default)]
+    pub takeovers: Vec<super::TakeoverView>,
 }
 
 /// One appliance as it registered and last reported.
@@ -209,6 +218,13 @@ pub struct ApplianceSummary {
     pub member: String,
     /// "active" or "passive", once reported.
     pub role: Option<String>,
+    /// Why it has its role (see `describe_ha_reason`); None from agents
+    /// before failover existed.
+    #[serde(default)]
+    pub ha_reason: Option<String>,
+    /// Since when it has its role.
+    #[serde(default)]
+    pub role_since: Option<String>,
     pub instance_id: String,
     pub availability_zone: String,
     pub private_ip: String,
@@ -277,8 +293,14 @@ pub struct StepView {
     pub action: String,
     pub state: String,
     pub stack_name: String,
-    pub attempts: i32,
+    /// Failed attempts (errors retried with backoff, or final): the tries.
+    pub failures: i32,
+    /// Turns that found AWS still working (a stack in progress): never tries.
+    pub polls: i32,
+    /// What is wrong right now; cleared once the step gets on again.
     pub error: Option<String>,
+    /// The latest failure, kept after the step recovered.
+    pub last_error: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -313,4 +335,15 @@ pub struct VpcChoice {
     pub cidrs: Vec<String>,
     pub availability_zones: Vec<String>,
     pub subnets: usize,
+}
+
+/// A customer-managed KMS key found live (by its alias) in an account and
+/// region, for the network wizard's key picker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KmsKeyChoice {
+    /// e.g. `alias/vpcmesh-prod`.
+    pub alias: String,
+    pub key_id: String,
+    /// The key's own ARN (`…:key/<key_id>`), what a network's options name.
+    pub key_arn: String,
 }

@@ -1,5 +1,6 @@
 use super::{
-    ConsoleError, JobView, NetworkRequest, NetworkSummary, Plan, ProgressEvent, VpcChoice,
+    ConsoleError, JobView, KmsKeyChoice, NetworkRequest, NetworkSummary, Plan, ProgressEvent,
+    VpcChoice,
 };
 use leptos::prelude::*;
 use leptos::server_fn::codec::Json;
@@ -23,6 +24,16 @@ pub async fn discover_vpcs(
     crate::backend::console()?
         .discover_vpcs(&account, &region)
         .await
+}
+
+/// Customer-managed KMS keys with an alias in a registered account (its id
+/// in vpcmesh) and region, found live.
+#[server(endpoint = "list_kms_keys")]
+pub async fn list_kms_keys(
+    account: String,
+    region: String,
+) -> Result<Vec<KmsKeyChoice>, ConsoleError> {
+    crate::backend::console()?.kms_keys(&account, &region).await
 }
 
 #[server(endpoint = "create_network", input = Json)]

@@ -3,7 +3,7 @@
 use super::keys::{direction_key, DataKey};
 use crate::protocol::DesiredConfig;
 use crate::route::Route;
-use crate::xfrm::{Direction, Policy, PolicyId, Sa, SaId};
+use crate::xfrm::{Block, Direction, Policy, PolicyId, Sa, SaId};
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -12,7 +12,32 @@ use std::net::Ipv4Addr;
 pub struct KernelState {
     pub sas: BTreeMap<SaId, Sa>,
     pub policies: BTreeMap<PolicyId, Policy>,
+    /// Below the tunnels' policies: every remote CIDR, both ways.
+    pub blocks: BTreeMap<PolicyId, Block>,
     pub routes: BTreeMap<Ipv4Net, Route>,
+}
+
+/// The block policies of a remote CIDR: what leaves for it, or comes from
+/// it, and no tunnel policy takes is dropped.
+fn blocks_of(remote: Ipv4Net) -> [PolicyId; 3] {
+    let any = Ipv4Net::default();
+    [
+        PolicyId {
+            dir: Direction::Out,
+            src: any,
+            dst: remote,
+        },
+        PolicyId {
+            dir: Direction::In,
+            src: remote,
+            dst: any,
+        },
+        PolicyId {
+            dir: Direction::Fwd,
+            src: remote,
+            dst: any,
+        },
+    ]
 }
 
 /// Where the appliance's tunnels leave: the interface holding the config's
@@ -111,6 +136,9 @@ pub fn desired_state(
             }
         }
         for r in &t.remote_cidrs {
+            for id in blocks_of(*r) {
+                state.blocks.insert(id, Block::new(id));
+            }
             state.routes.insert(
                 *r,
                 Route {

@@ -52,6 +52,39 @@ pub fn direction_key(
     SaKey::new(okm.to_vec())
 }
 
+const HEARTBEAT_SALT: &[u8] = b"vpcmesh/heartbeat/v1";
+
+/// The key that authenticates heartbeats between the two members of
+/// `site` in `epoch`: both members derive it, and it differs from every ESP
+/// key (another salt) and between sites and epochs (the info).
+pub fn heartbeat_key(data_key: &DataKey, network: Uuid, epoch: u32, site: Uuid) -> HeartbeatKey {
+    let mut info = Vec::with_capacity(16 * 2 + 4);
+    info.extend_from_slice(network.as_bytes());
+    info.extend_from_slice(&epoch.to_be_bytes());
+    info.extend_from_slice(site.as_bytes());
+    let hk = Hkdf::<Sha256>::new(Some(HEARTBEAT_SALT), &data_key.0);
+    let mut okm = Zeroizing::new([0u8; 32]);
+    hk.expand(&info, okm.as_mut())
+        .expect("32 bytes is far below HKDF-SHA256's 8160-byte limit");
+    HeartbeatKey(okm)
+}
+
+/// A heartbeat MAC key. Wiped on drop, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HeartbeatKey(Zeroizing<[u8; 32]>);
+
+impl HeartbeatKey {
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for HeartbeatKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HeartbeatKey([redacted])")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ mod reconcile;
 mod status;
 
 pub use desired::{desired_state, EpochKeys, KernelState, MissingKey, Underlay};
-pub use keys::{direction_key, DataKey};
+pub use keys::{direction_key, heartbeat_key, DataKey, HeartbeatKey};
 pub use nat_t::{NatTSocket, NAT_T_PORT};
 pub use reconcile::{
     diff, ChangeSet, Kernel, ObservedState, Plan, ReconcileError, ReconcileReport,

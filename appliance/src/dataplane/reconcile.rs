@@ -8,7 +8,7 @@ use crate::netlink::NetlinkError;
 use crate::protocol::DesiredConfig;
 use crate::protocol::OWNED_REQIDS;
 use crate::route::{Route, Routes};
-use crate::xfrm::{Change, ObservedSa, Policy, PolicyId, Sa, SaId, Xfrm};
+use crate::xfrm::{Block, Change, ObservedSa, Policy, PolicyId, Sa, SaId, Xfrm};
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -18,6 +18,7 @@ use std::fmt::Debug;
 pub struct ObservedState {
     pub sas: BTreeMap<SaId, ObservedSa>,
     pub policies: BTreeMap<PolicyId, Policy>,
+    pub blocks: BTreeMap<PolicyId, Block>,
     pub routes: BTreeMap<Ipv4Net, Route>,
 }
 
@@ -26,16 +27,17 @@ pub struct ObservedState {
 pub struct ChangeSet {
     pub sas: Vec<Change<SaId, Sa>>,
     pub policies: Vec<Change<PolicyId, Policy>>,
+    pub blocks: Vec<Change<PolicyId, Block>>,
     pub routes: Vec<Change<Ipv4Net, Route>>,
 }
 
 impl ChangeSet {
     pub fn is_empty(&self) -> bool {
-        self.sas.is_empty() && self.policies.is_empty() && self.routes.is_empty()
+        self.len() == 0
     }
 
     pub fn len(&self) -> usize {
-        self.sas.len() + self.policies.len() + self.routes.len()
+        self.sas.len() + self.policies.len() + self.blocks.len() + self.routes.len()
     }
 }
 
@@ -98,6 +100,8 @@ pub enum ReconcileError {
         failed: usize,
         total: usize,
         first: NetlinkError,
+        /// Every block policy is in: forwarding is safe (the rest failed).
+        blocks_in: bool,
     },
 }
 
@@ -124,6 +128,7 @@ pub fn diff(desired: &KernelState, observed: &ObservedState) -> ChangeSet {
         }
     }
     out.policies = diff_map(&desired.policies, &observed.policies);
+    out.blocks = diff_map(&desired.blocks, &observed.blocks);
     out.routes = diff_map(&desired.routes, &observed.routes);
     for id in observed.sas.keys() {
         if !desired.sas.contains_key(id) {
@@ -178,14 +183,9 @@ impl Kernel {
             .filter(|s| OWNED_REQIDS.contains(&s.reqid))
             .map(|s| (s.id, s))
             .collect();
-        let policies = self
-            .xfrm
-            .policy()
-            .list()
-            .map_err(ReconcileError::Read)?
-            .into_iter()
-            .map(|p| (p.id, p))
-            .collect();
+        let (tunnels, blocks) = self.xfrm.policy().list().map_err(ReconcileError::Read)?;
+        let policies = tunnels.into_iter().map(|p| (p.id, p)).collect();
+        let blocks = blocks.into_iter().map(|b| (b.id, b)).collect();
         let routes = self
             .routes
             .list()
@@ -196,6 +196,7 @@ impl Kernel {
         Ok(ObservedState {
             sas,
             policies,
+            blocks,
             routes,
         })
     }
@@ -284,25 +285,27 @@ impl Kernel {
 
     /// Applies a plan (see [`Kernel::plan`]), then turns on IPv4 forwarding.
     pub fn apply_plan(&mut self, plan: Plan) -> Result<ReconcileReport, ReconcileError> {
-        let report = self.apply(plan.changes)?;
-        enable_forwarding().map_err(ReconcileError::Forwarding)?;
-        Ok(report)
+        let applied = self.apply(plan.changes);
+        forward_if_blocked(applied)
     }
 
     /// Takes the kernel to `desired`, touching only what differs, then turns
     /// on IPv4 forwarding: an appliance forwards between its VPC and tunnels,
-    /// but only once its policies are in (a rebooted instance forwards
+    /// but only once its block policies are in (a rebooted instance forwards
     /// nothing towards remote CIDRs before that, so nothing leaves in clear).
+    /// A change the kernel refused (an SA, a tunnel's policy) does not keep
+    /// forwarding off: what it would have carried hits a block policy.
     pub fn reconcile(&mut self, desired: &KernelState) -> Result<ReconcileReport, ReconcileError> {
         let observed = self.observe()?;
         let changes = diff(desired, &observed);
-        let report = self.apply(changes)?;
-        enable_forwarding().map_err(ReconcileError::Forwarding)?;
-        Ok(report)
+        let applied = self.apply(changes);
+        forward_if_blocked(applied)
     }
 
-    /// Applies in a safe order: SAs first, then policies, then routes, and
-    /// removals in reverse (routes, policies, SAs).
+    /// Applies in a safe order: block policies first (so nothing for a
+    /// remote CIDR can leave in clear while the rest changes), then SAs,
+    /// policies and routes; removals in reverse (routes, policies, SAs, and
+    /// block policies last).
     pub fn apply(&mut self, changes: ChangeSet) -> Result<ReconcileReport, ReconcileError> {
         let mut report = ReconcileReport::default();
         let mut errors = Vec::new();
@@ -310,6 +313,7 @@ impl Kernel {
         let (sa_deletes, sa_puts) = split_trailing_deletes(changes.sas);
         let (policy_deletes, policy_puts) = split_deletes(changes.policies);
         let (route_deletes, route_puts) = split_deletes(changes.routes);
+        let (block_deletes, block_puts) = split_deletes(changes.blocks);
 
         let mut run = |results: Vec<Result<(), NetlinkError>>, kinds: Vec<Kind>| {
             for (r, kind) in results.into_iter().zip(kinds) {
@@ -323,6 +327,10 @@ impl Kernel {
                 }
             }
         };
+        let k = kinds(&block_puts);
+        let results = self.xfrm.policy().apply_blocks(&block_puts);
+        let blocks_in = results.iter().all(Result::is_ok);
+        run(results, k);
         let kinds_sa_puts = kinds(&sa_puts);
         run(self.xfrm.state().apply(&sa_puts), kinds_sa_puts);
         let k = kinds(&policy_puts);
@@ -335,6 +343,8 @@ impl Kernel {
         run(self.xfrm.policy().apply(&policy_deletes), k);
         let k = kinds(&sa_deletes);
         run(self.xfrm.state().apply(&sa_deletes), k);
+        let k = kinds(&block_deletes);
+        run(self.xfrm.policy().apply_blocks(&block_deletes), k);
 
         let failed = errors.len();
         match errors.into_iter().next() {
@@ -343,8 +353,30 @@ impl Kernel {
                 failed,
                 total,
                 first,
+                blocks_in,
             }),
         }
+    }
+}
+
+/// Forwarding on after `applied`, unless a block policy is missing.
+fn forward_if_blocked(
+    applied: Result<ReconcileReport, ReconcileError>,
+) -> Result<ReconcileReport, ReconcileError> {
+    match applied {
+        Ok(report) => {
+            enable_forwarding().map_err(ReconcileError::Forwarding)?;
+            Ok(report)
+        }
+        Err(
+            e @ ReconcileError::Apply {
+                blocks_in: true, ..
+            },
+        ) => {
+            enable_forwarding().map_err(ReconcileError::Forwarding)?;
+            Err(e)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -355,6 +387,25 @@ fn enable_forwarding() -> std::io::Result<()> {
     if std::fs::read_to_string(PATH)?.trim() != "1" {
         std::fs::write(PATH, "1")?;
         tracing::info!("IPv4 forwarding turned on");
+    }
+    no_redirects()
+}
+
+/// No ICMP redirects: an appliance forwards out of the interface traffic
+/// came in on (the VPC routes through it), and a redirect would tell the
+/// VPC's hosts to go around it. The kernel sends them when `all` or the
+/// interface says so, hence every interface.
+fn no_redirects() -> std::io::Result<()> {
+    let mut changed = false;
+    for entry in std::fs::read_dir("/proc/sys/net/ipv4/conf")? {
+        let path = entry?.path().join("send_redirects");
+        if std::fs::read_to_string(&path)?.trim() != "0" {
+            std::fs::write(&path, "0")?;
+            changed = true;
+        }
+    }
+    if changed {
+        tracing::info!("ICMP redirects turned off");
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Tunnel state and counters read from the kernel's SAs.
 
 use super::reconcile::ObservedState;
-use crate::protocol::{DesiredConfig, HaRole, StatusReport, TunnelState, TunnelStatus};
+use crate::protocol::{DesiredConfig, HaRole, HaStatus, StatusReport, TunnelState, TunnelStatus};
 use crate::xfrm::SaId;
 use std::collections::BTreeSet;
 
@@ -73,6 +73,7 @@ pub fn status_report(
     applied: Option<&DesiredConfig>,
     config_error: Option<String>,
     ha_role: HaRole,
+    ha: Option<HaStatus>,
     observed: Option<&ObservedState>,
 ) -> StatusReport {
     let tunnels = match (applied, observed) {
@@ -86,5 +87,6 @@ pub fn status_report(
         ha_role,
         epochs: applied.map(DesiredConfig::epochs).unwrap_or_default(),
         tunnels,
+        ha,
     }
 }

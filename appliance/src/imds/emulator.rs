@@ -90,8 +90,41 @@ pub struct ImdsCounters {
     pub not_found: u64,
 }
 
+/// The instance profile's role, as IMDS hands its credentials to the SDKs.
+#[derive(Clone, Debug)]
+pub struct RoleCredentials {
+    pub role: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub token: String,
+}
+
+const ROLE_PATH: &str = "/latest/meta-data/iam/security-credentials/";
+
+impl RoleCredentials {
+    fn answer(&self, path: &str) -> Option<String> {
+        if path == ROLE_PATH {
+            return Some(self.role.clone());
+        }
+        (path.strip_prefix(ROLE_PATH) == Some(self.role.as_str())).then(|| {
+            // A lab's credentials do not lapse: the expiry is far away.
+            serde_json::json!({
+                "Code": "Success",
+                "LastUpdated": "2026-01-01T00:00:00Z",
+                "Type": "AWS-HMAC",
+                "AccessKeyId": self.access_key_id,
+                "SecretAccessKey": self.secret_access_key,
+                "Token": self.token,
+                "Expiration": "2099-01-01T00:00:00Z",
+            })
+            .to_string()
+        })
+    }
+}
+
 struct State {
     instance: EmulatedInstance,
+    role: Option<RoleCredentials>,
     spot: Option<SpotAction>,
     /// Token -> when it expires.
     tokens: HashMap<String, Instant>,
@@ -111,6 +144,7 @@ impl ImdsEmulator {
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State {
             instance,
+            role: None,
             spot: None,
             tokens: HashMap::new(),
             counters: ImdsCounters::default(),
@@ -150,6 +184,11 @@ impl ImdsEmulator {
 
     pub fn set_instance(&self, instance: EmulatedInstance) {
         self.state().instance = instance;
+    }
+
+    /// Serves `role`'s credentials under `iam/security-credentials/`.
+    pub fn set_role(&self, role: Option<RoleCredentials>) {
+        self.state().role = role;
     }
 
     /// Every token issued so far lapses now (as after hours, or a stop and
@@ -230,7 +269,12 @@ fn answer(state: &Mutex<State>, req: &Request<Incoming>) -> Response<Full<Bytes>
     if req.method() != Method::GET {
         return status_only(StatusCode::METHOD_NOT_ALLOWED);
     }
-    match state.instance.answer(state.spot.as_ref(), path) {
+    let role = state.role.as_ref().and_then(|r| r.answer(path));
+    let answer = match role {
+        Some(json) => Some((json, "text/plain")),
+        None => state.instance.answer(state.spot.as_ref(), path),
+    };
+    match answer {
         Some((body, content_type)) => Response::builder()
             .header(header::CONTENT_TYPE, content_type)
             .body(Full::new(Bytes::from(body)))

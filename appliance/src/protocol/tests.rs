@@ -33,6 +33,8 @@ pub(crate) fn sample_config(tunnels: usize) -> DesiredConfig {
                 legacy_sa: false,
             })
             .collect(),
+        probe: None,
+        ha: None,
     }
 }
 
@@ -281,4 +283,196 @@ fn unknown_json_fields_and_bad_cidrs_fail_to_parse() {
     let mut v = serde_json::to_value(sample_config(1)).expect("serializes");
     v["tunnels"][0]["remote_cidrs"][0] = "10.1.0.0/33".into();
     assert!(serde_json::from_value::<DesiredConfig>(v).is_err());
+}
+
+fn with_probe(targets: usize) -> DesiredConfig {
+    let mut c = sample_config(targets);
+    c.probe = Some(ConnectivityProbe {
+        id: Uuid::from_u128(0x9b0e),
+        count: 5,
+        interval_ms: 200,
+        targets: c
+            .tunnels
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ProbeTarget {
+                peer_site: t.peer_site,
+                address: Ipv4Addr::new(10, 1 + i as u8, 0, 10),
+            })
+            .collect(),
+    });
+    c
+}
+
+fn probe_of(c: &DesiredConfig) -> &ConnectivityProbe {
+    c.probe.as_ref().expect("the config carries a probe")
+}
+
+#[test]
+fn a_config_with_a_probe_passes_and_round_trips() {
+    let c = with_probe(3);
+    assert_eq!(c.validate(), Ok(()));
+    assert_eq!(probe_of(&c).echoes(), 15);
+    let back: DesiredConfig =
+        serde_json::from_str(&serde_json::to_string(&c).expect("serializes")).expect("parses");
+    assert_eq!(back, c);
+    // Without a probe the field is absent, so configs without a check look
+    // exactly as before (and hash to the same version).
+    let json = serde_json::to_string(&sample_config(1)).expect("serializes");
+    assert!(!json.contains("probe"), "{json}");
+}
+
+#[test]
+fn hostile_probes_refuse_the_whole_config() {
+    let refused = |f: &dyn Fn(&mut ConnectivityProbe)| {
+        let mut c = with_probe(2);
+        f(c.probe.as_mut().expect("probe"));
+        c.validate()
+    };
+    assert_eq!(refused(&|p| p.count = 0), Err(ConfigError::ProbeCount(0)));
+    assert_eq!(refused(&|p| p.count = 21), Err(ConfigError::ProbeCount(21)));
+    assert_eq!(
+        refused(&|p| p.interval_ms = 99),
+        Err(ConfigError::ProbeInterval(99))
+    );
+    assert_eq!(
+        refused(&|p| p.interval_ms = 1001),
+        Err(ConfigError::ProbeInterval(1001))
+    );
+    assert_eq!(
+        refused(&|p| p.targets.clear()),
+        Err(ConfigError::ProbeTargets(0))
+    );
+    assert_eq!(
+        refused(&|p| {
+            let t = p.targets[0];
+            p.targets = vec![t; MAX_PROBE_TARGETS + 1];
+        }),
+        Err(ConfigError::ProbeTargets(MAX_PROBE_TARGETS + 1))
+    );
+    // The same peer twice, or the appliance's own site.
+    let c = with_probe(2);
+    let first = probe_of(&c).targets[0].peer_site;
+    assert_eq!(
+        refused(&|p| p.targets[1].peer_site = p.targets[0].peer_site),
+        Err(ConfigError::ProbePeer(first))
+    );
+    assert_eq!(
+        refused(&|p| p.targets[0].peer_site = Uuid::from_u128(2)),
+        Err(ConfigError::ProbePeer(Uuid::from_u128(2)))
+    );
+    // Addresses that are not one unicast host each.
+    for bad in [
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::BROADCAST,
+        Ipv4Addr::new(224, 0, 0, 1),
+        Ipv4Addr::LOCALHOST,
+        Ipv4Addr::new(198, 51, 100, 1),
+    ] {
+        assert_eq!(
+            refused(&|p| p.targets[1].address = bad),
+            Err(ConfigError::ProbeAddress(bad)),
+            "{bad}"
+        );
+    }
+    let twice = probe_of(&c).targets[0].address;
+    assert_eq!(
+        refused(&|p| p.targets[1].address = p.targets[0].address),
+        Err(ConfigError::ProbeAddress(twice))
+    );
+}
+
+fn report_for(p: &ConnectivityProbe) -> ProbeReport {
+    ProbeReport {
+        probe_id: p.id,
+        results: p
+            .targets
+            .iter()
+            .map(|t| ProbeResult {
+                peer_site: t.peer_site,
+                sent: p.count,
+                received: p.count - 1,
+                rtt_min_us: Some(800),
+                rtt_avg_us: Some(1200),
+                rtt_max_us: Some(2500),
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn a_consistent_report_passes_and_a_partial_one_too() {
+    let c = with_probe(3);
+    let p = probe_of(&c);
+    assert_eq!(report_for(p).validate(p), Ok(()));
+    let mut r = report_for(p);
+    r.results.truncate(1);
+    r.results[0] = ProbeResult {
+        received: 0,
+        rtt_min_us: None,
+        rtt_avg_us: None,
+        rtt_max_us: None,
+        ..r.results[0]
+    };
+    assert_eq!(r.validate(p), Ok(()));
+}
+
+#[test]
+fn hostile_reports_are_refused() {
+    let c = with_probe(2);
+    let p = probe_of(&c);
+    let peer = p.targets[0].peer_site;
+    let refused = |f: &dyn Fn(&mut ProbeReport)| {
+        let mut r = report_for(p);
+        f(&mut r);
+        r.validate(p)
+    };
+    assert!(matches!(
+        refused(&|r| r.probe_id = Uuid::from_u128(7)),
+        Err(ReportError::WrongProbe { .. })
+    ));
+    assert_eq!(
+        refused(&|r| r.results[0].peer_site = Uuid::from_u128(77)),
+        Err(ReportError::UnknownPeer(Uuid::from_u128(77)))
+    );
+    assert_eq!(
+        refused(&|r| r.results[1].peer_site = r.results[0].peer_site),
+        Err(ReportError::UnknownPeer(peer))
+    );
+    assert_eq!(
+        refused(&|r| r.results.push(r.results[0])),
+        Err(ReportError::TooMany(3))
+    );
+    assert_eq!(
+        refused(&|r| r.results[0].sent = 4),
+        Err(ReportError::Sent {
+            peer,
+            sent: 4,
+            count: 5
+        })
+    );
+    assert_eq!(
+        refused(&|r| r.results[0].received = 6),
+        Err(ReportError::Received {
+            peer,
+            sent: 5,
+            received: 6
+        })
+    );
+    // Times without replies, replies without times, disordered or
+    // beyond the echo timeout.
+    for f in [
+        &(|r: &mut ProbeReport| r.results[0].received = 0) as &dyn Fn(&mut ProbeReport),
+        &|r| r.results[0].rtt_avg_us = None,
+        &|r| {
+            r.results[0].rtt_min_us = None;
+            r.results[0].rtt_avg_us = None;
+            r.results[0].rtt_max_us = None;
+        },
+        &|r| r.results[0].rtt_min_us = Some(1300),
+        &|r| r.results[0].rtt_max_us = Some(1000),
+        &|r| r.results[0].rtt_max_us = Some(PROBE_ECHO_TIMEOUT_MS * 1000 + 1),
+    ] {
+        assert_eq!(refused(f), Err(ReportError::Rtt(peer)));
+    }
 }

@@ -1,8 +1,8 @@
 //! HTTP(S) to the control plane's appliance API.
 
 use crate::protocol::{
-    paths, DesiredConfig, GenerationRequest, GenerationResponse, RegisterRequest, RegisterResponse,
-    StatusReport, PROTOCOL_VERSION,
+    paths, DesiredConfig, GenerationRequest, GenerationResponse, ProbeReport, RegisterRequest,
+    RegisterResponse, StatusReport, PROTOCOL_VERSION,
 };
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
@@ -168,6 +168,24 @@ impl ControlPlane {
             Some(credential),
             Some(body),
             Duration::from_secs(5),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// What a connectivity probe measured.
+    pub async fn probe_report(
+        &self,
+        credential: &str,
+        report: &ProbeReport,
+    ) -> Result<(), SyncError> {
+        let body = serde_json::to_vec(report).map_err(|e| SyncError::Decode(e.to_string()))?;
+        self.send(
+            Method::POST,
+            paths::PROBE,
+            Some(credential),
+            Some(body),
+            Duration::from_secs(10),
         )
         .await?;
         Ok(())

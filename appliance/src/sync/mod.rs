@@ -2,11 +2,10 @@
 //! the desired config, apply it, and report status; keep forwarding on the
 //! last applied config whenever the server is away (fail static).
 
-mod backoff;
+pub(crate) mod backoff;
 mod boot;
 mod client;
 mod generation;
-mod ownership;
 mod run;
 pub mod systemd;
 

@@ -3,15 +3,21 @@
 use super::backoff::Backoff;
 use super::generation::{Decision, Generations};
 use super::{BootConfig, ControlPlane, Identity, StoredCredential, SyncError};
+use crate::address::SiteAddress;
 use crate::config::RunArgs;
-use crate::dataplane::{status_report, DataKey, EpochKeys, Kernel, NatTSocket, ReconcileReport};
+use crate::dataplane::{
+    heartbeat_key, status_report, DataKey, EpochKeys, Kernel, NatTSocket, ReconcileError,
+    ReconcileReport,
+};
+use crate::ha::{HaInputs, HaTask, HaView, ROUTES_RECHECK};
 use crate::kms::Kms;
-use crate::protocol::{DesiredConfig, HaRole, Member, RegisterRequest};
+use crate::protocol::{DesiredConfig, RegisterRequest};
+use crate::vpc_routes;
 use anyhow::Context;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 /// What the status reporter reads: the last applied config and the last error.
 #[derive(Default)]
@@ -33,7 +39,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     args.require_tls(&server)?;
     let identity = Identity::resolve(&args, &crate::imds::Imds::new(args.imds_url.clone())).await?;
     let kernel: SharedKernel = Arc::new(Mutex::new(Kernel::open().context("opening netlink")?));
-    let mut ownership = None;
+    let mut ha_task = None;
+    // What the applied config gives the HA task, and the role it reports.
+    let (ha_inputs, ha_inputs_rx) = watch::channel(HaInputs::default());
+    let (ha_view, ha_view_rx) = watch::channel(HaView::starting());
+    let report_now = Arc::new(Notify::new());
     loop {
         let (credential, generations) = match StoredCredential::load(&args.state_dir) {
             Some(c) if c.site_id == boot.site_id && c.member == boot.member => {
@@ -49,21 +59,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         tracing::info!(appliance_id = %credential.appliance_id, member = credential.member.as_str(), server = %server, "following the control plane");
         // Registered: the server (and EC2) vouch for this instance, so it
-        // may take the site's address (once per process).
-        if ownership.is_none() {
-            ownership = Some(tokio::spawn(super::ownership::own(
-                identity.clone(),
-                boot.allocation_id.clone(),
-                member_role(credential.member),
-                args.aws_endpoint_url.clone(),
+        // may take part in its site's pair (once per process).
+        if ha_task.is_none() {
+            let task = HaTask {
+                ec2: SiteAddress::new(&identity.region, args.aws_endpoint_url.as_deref()).await,
+                identity: identity.clone(),
+                allocation_id: boot.allocation_id.clone(),
+                member: credential.member,
+                site_id: credential.site_id,
+                imds: Some(crate::imds::Imds::new(args.imds_url.clone())),
+                routes_recheck: ROUTES_RECHECK,
+                port: HaTask::default_port(),
+            };
+            ha_task = Some(tokio::spawn(task.run(
+                ha_inputs_rx.clone(),
+                ha_view.clone(),
+                report_now.clone(),
             )));
         }
 
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let report_now = Arc::new(Notify::new());
-        let ha_role = member_role(credential.member);
         let reporter = tokio::spawn(report_status(
-            ha_role,
+            ha_view_rx.clone(),
             cp.clone(),
             credential.credential.clone(),
             kernel.clone(),
@@ -71,6 +88,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             report_now.clone(),
             Duration::from_secs(args.status_every_secs.max(1)),
         ));
+        let (probes, prober) = crate::probe::Probes::spawn(
+            cp.clone(),
+            credential.credential.clone(),
+            args.state_dir.clone(),
+        );
         let followed = follow_config(
             &args,
             &boot,
@@ -79,25 +101,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             generations,
             kernel.clone(),
             shared,
-            report_now,
+            report_now.clone(),
+            &probes,
+            &ha_inputs,
         )
         .await;
         reporter.abort();
+        prober.abort();
         let Revoked = followed;
         // This instance was registered again, or replaced: register anew
         // (the server checks with EC2 that it is still ours).
         tracing::warn!(appliance_id = %credential.appliance_id, "the credential no longer works; registering again");
         StoredCredential::forget(&args.state_dir)
             .with_context(|| format!("removing the credential in {}", args.state_dir.display()))?;
-    }
-}
-
-/// Until failover exists, member A is the active one: the EIP and the VPC
-/// routes point at it.
-fn member_role(member: Member) -> HaRole {
-    match member {
-        Member::A => HaRole::Active,
-        Member::B => HaRole::Passive,
     }
 }
 
@@ -171,6 +187,8 @@ async fn follow_config(
     kernel: SharedKernel,
     shared: Arc<Mutex<Shared>>,
     report_now: Arc<Notify>,
+    probes: &crate::probe::Probes,
+    ha_inputs: &watch::Sender<HaInputs>,
 ) -> Revoked {
     let credential = stored.credential.as_str();
     let mut ready_sent = false;
@@ -181,11 +199,17 @@ async fn follow_config(
         .map_err(|e| tracing::warn!(error = %e, "UDP 4500 not open yet; retrying with the first NAT-T config"))
         .ok();
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    // A kernel that refused changes is asked again soon: what it refused
+    // (a route while the interface was down) is often fine a moment later,
+    // and this member may have to carry the site's traffic by then.
+    let mut kernel_backoff = Backoff::new(KERNEL_RETRY_BASE, KERNEL_RETRY_MAX);
     let mut after: Option<u64> = None;
     // Decrypted keys by epoch, with the ciphertext they came from; epochs
     // that leave the config are dropped (and wiped) with it.
     let mut keys: BTreeMap<u32, (String, DataKey)> = BTreeMap::new();
     let wait = Duration::from_secs(args.long_poll_secs.clamp(1, 30));
+    // The config version last given to the HA task.
+    let mut ha_sent: Option<u64> = None;
     let set_error = |e: String| {
         if let Ok(mut s) = shared.lock() {
             s.error = Some(e);
@@ -220,6 +244,8 @@ async fn follow_config(
             set_error(format!("config {} refused: {e}", config.version));
             continue;
         }
+        // A connectivity check runs beside the reconcile, never in its way.
+        probes.offer(&config);
         keys.retain(|epoch, (ciphertext, _)| {
             config
                 .keys
@@ -271,6 +297,7 @@ async fn follow_config(
             Ok(Applied::Done(report, g)) => {
                 generations = g;
                 backoff.reset();
+                kernel_backoff.reset();
                 tracing::info!(
                     version = config.version,
                     generation = config.generation,
@@ -280,6 +307,12 @@ async fn follow_config(
                     deleted = report.deleted,
                     "config applied"
                 );
+                // The VPC's routes come here once this appliance forwards
+                // (the kernel holds the policies, forwarding is on), never
+                // before: a fresh instance with nothing applied would drop
+                // the traffic as surely as the blackhole.
+                ha_sent = Some(config.version);
+                ha_inputs.send_replace(ha_inputs_of(&config, &keys));
                 if let Ok(mut s) = shared.lock() {
                     s.applied = Some(config);
                     s.error = None;
@@ -325,11 +358,48 @@ async fn follow_config(
             }
             Err(e) => {
                 tracing::warn!(version = config.version, error = %e, "config not fully applied; retrying");
+                // The kernel refused some changes (an SA it cannot hold) but
+                // holds every block policy, and forwards: this member carries
+                // every tunnel that works (the rest is dropped, never sent in
+                // clear), so it takes its part in the pair (the status report
+                // tells the server what failed). Once per version: a retry
+                // must not restart the pair's timers.
+                let partial = matches!(
+                    e.downcast_ref::<ReconcileError>(),
+                    Some(ReconcileError::Apply {
+                        blocks_in: true,
+                        ..
+                    })
+                );
+                if partial && ha_sent != Some(config.version) {
+                    ha_sent = Some(config.version);
+                    ha_inputs.send_replace(ha_inputs_of(&config, &keys));
+                }
                 set_error(e.to_string());
                 after = None;
-                tokio::time::sleep(backoff.next_wait()).await;
+                tokio::time::sleep(kernel_backoff.next_wait()).await;
             }
         }
+    }
+}
+
+/// The first and the longest wait before a config the kernel did not fully
+/// take is applied again.
+const KERNEL_RETRY_BASE: Duration = Duration::from_millis(200);
+const KERNEL_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// What a config the kernel holds gives the HA task: its HA settings, the
+/// heartbeat keys of its epochs (newest first) and the remote CIDRs.
+fn ha_inputs_of(config: &DesiredConfig, keys: &BTreeMap<u32, (String, DataKey)>) -> HaInputs {
+    HaInputs {
+        applied: true,
+        ha: config.ha.clone(),
+        keys: keys
+            .iter()
+            .rev()
+            .map(|(e, (_, dk))| (*e, heartbeat_key(dk, config.network_id, *e, config.site_id)))
+            .collect(),
+        remote: vpc_routes::remote_cidrs(config),
     }
 }
 
@@ -367,7 +437,7 @@ async fn apply(
 }
 
 async fn report_status(
-    ha_role: HaRole,
+    ha: watch::Receiver<HaView>,
     cp: Arc<ControlPlane>,
     credential: String,
     kernel: SharedKernel,
@@ -382,10 +452,17 @@ async fn report_status(
             Err(_) => return,
         };
         let k = kernel.clone();
+        let view = ha.borrow().clone();
         // One snapshot: the version reported is the one whose tunnels are read.
         let report = tokio::task::spawn_blocking(move || {
             let observed = k.lock().ok().and_then(|mut k| k.observe().ok());
-            status_report(applied.as_ref(), error, ha_role, observed.as_ref())
+            status_report(
+                applied.as_ref(),
+                error,
+                view.role,
+                Some(view.status()),
+                observed.as_ref(),
+            )
         })
         .await;
         let Ok(report) = report else {

@@ -6,7 +6,9 @@
 mod policy;
 mod state;
 
-pub use policy::{Direction, Policy, PolicyHandle, PolicyId, POLICY_PRIORITY};
+pub use policy::{
+    Block, Direction, Policy, PolicyHandle, PolicyId, BLOCK_PRIORITY, POLICY_PRIORITY,
+};
 pub use state::{ObservedSa, Sa, SaCounters, SaHandle, SaId, SaKey, AEAD_KEY_LEN};
 
 use crate::netlink::{NetlinkError, NetlinkSocket};

@@ -80,6 +80,8 @@ pub fn mesh_config_with(
                 legacy_sa: false,
             })
             .collect(),
+        probe: None,
+        ha: None,
     }
 }
 

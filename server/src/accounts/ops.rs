@@ -222,13 +222,14 @@ pub async fn remove(state: &AppState, admin: &UserRecord, id: &str) -> Result<()
     Ok(())
 }
 
-/// The VPCs of a registered account in `region`, found live for the wizard.
-pub async fn vpcs(
+/// The access for registered account `id` of the user's organization, after
+/// checking `region` is one vpcmesh knows: what every live listing starts with.
+async fn access_in_region(
     state: &AppState,
     user: &UserRecord,
     id: &str,
     region: &str,
-) -> Result<Vec<app::api::VpcChoice>, ConsoleError> {
+) -> Result<AccountAccess, ConsoleError> {
     let id = parse_id(id)?;
     if !app::api::is_known_region(region) {
         return Err(ConsoleError::invalid(
@@ -240,13 +241,43 @@ pub async fn vpcs(
         .await
         .or_internal("load an account")?
         .ok_or_else(|| ConsoleError::not_found("Account"))?;
-    let access = org_access(&state.pool, user.org_id, &row.role_arn).await?;
+    org_access(&state.pool, user.org_id, &row.role_arn).await
+}
+
+/// The VPCs of a registered account in `region`, found live for the wizard.
+pub async fn vpcs(
+    state: &AppState,
+    user: &UserRecord,
+    id: &str,
+    region: &str,
+) -> Result<Vec<app::api::VpcChoice>, ConsoleError> {
+    let access = access_in_region(state, user, id, region).await?;
     let ec2 = state
         .aws
         .ec2(&access, region)
         .await
         .map_err(|e| aws_error_for_user(e, &access, None))?;
     crate::aws::discovery::list_vpcs(&ec2)
+        .await
+        .map_err(|e| aws_error_for_user(e, &access, None))
+}
+
+/// The customer-managed KMS keys (those with an alias) of a registered
+/// account in `region`, found live for the wizard's key picker.
+#[tracing::instrument(skip_all, fields(org_id = %user.org_id, region = %region))]
+pub async fn kms_keys(
+    state: &AppState,
+    user: &UserRecord,
+    id: &str,
+    region: &str,
+) -> Result<Vec<app::api::KmsKeyChoice>, ConsoleError> {
+    let access = access_in_region(state, user, id, region).await?;
+    let kms = state
+        .aws
+        .kms(&access, region)
+        .await
+        .map_err(|e| aws_error_for_user(e, &access, None))?;
+    crate::aws::kms::list_keys(&kms, &access.role_arn.partition, region, access.account())
         .await
         .map_err(|e| aws_error_for_user(e, &access, None))
 }

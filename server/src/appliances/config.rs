@@ -2,9 +2,11 @@
 //! The version is derived from the content, so any change anywhere (a peer's
 //! address, a rotated key, a new site) yields a new version.
 
+use super::probe;
 use super::rotation::{self, LIVE_WITHIN};
 use super::store::{self, ApplianceRow, MemberSas};
 use super::ApplianceError;
+use crate::failover::config::{self as ha, Recipient, Timing};
 use crate::networks::{model, store as networks};
 use appliance::protocol::{
     spi_epoch_parity, spi_for, DesiredConfig, EpochKey, InboundSa, Member, OutboundSa, Tunnel,
@@ -94,6 +96,7 @@ pub async fn desired_config(
     pool: &PgPool,
     appliance: &ApplianceRow,
     protocol: u16,
+    timing: Timing,
 ) -> Result<DesiredConfig, ApplianceError> {
     let net = networks::find_any(pool, appliance.network_id)
         .await?
@@ -198,7 +201,27 @@ pub async fn desired_config(
                 legacy_sa,
             })
         })
-        .collect();
+        .collect::<Vec<Tunnel>>();
+    // A connectivity check of the network in progress (agents of the
+    // previous protocol cannot run one; a site without tunnels has no peer).
+    let probe = if protocol >= PROTOCOL_VERSION && !tunnels.is_empty() {
+        probe::for_config(pool, appliance).await?
+    } else {
+        None
+    };
+    // The site's HA pair (agents of the previous protocol know nothing of it
+    // and keep member A active).
+    let ha = if protocol >= PROTOCOL_VERSION {
+        let to = Recipient {
+            appliance_id: appliance.id,
+            site_id: appliance.site_id,
+            member: appliance.member,
+            private_ip: appliance.private_ip,
+        };
+        ha::for_member(pool, to, timing).await?
+    } else {
+        None
+    };
     let mut config = DesiredConfig {
         protocol,
         version: 0,
@@ -223,6 +246,8 @@ pub async fn desired_config(
             })
             .collect(),
         tunnels,
+        probe,
+        ha,
     };
     config.version = content_version(&config);
     Ok(config)

@@ -29,6 +29,8 @@ pub enum ApplianceError {
     Unauthenticated,
     #[error("the network of this site is being deleted or is gone")]
     SiteGone,
+    #[error("no connectivity check {0} was asked of this appliance's site")]
+    UnknownProbe(uuid::Uuid),
     #[error("the server could not complete the request")]
     Internal,
 }
@@ -47,6 +49,7 @@ impl ApplianceError {
             ApplianceError::GenerationsExhausted => (StatusCode::CONFLICT, "generations_exhausted"),
             ApplianceError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ApplianceError::SiteGone => (StatusCode::GONE, "site_gone"),
+            ApplianceError::UnknownProbe(_) => (StatusCode::NOT_FOUND, "unknown_probe"),
             ApplianceError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -2,12 +2,13 @@
 
 use super::{
     config::{desired_config, served_protocol},
-    register, status, store, ApplianceError,
+    probe, register, status, store, ApplianceError,
 };
+use crate::failover::config::Timing;
 use crate::state::AppState;
 use appliance::protocol::{
-    GenerationRequest, GenerationResponse, RegisterRequest, RegisterResponse, StatusReport,
-    MAX_MEMBER_GENERATION,
+    GenerationRequest, GenerationResponse, ProbeReport, RegisterRequest, RegisterResponse,
+    StatusReport, MAX_MEMBER_GENERATION,
 };
 use axum::{
     extract::{rejection::JsonRejection, Query, State},
@@ -30,6 +31,7 @@ pub fn routes() -> Router<AppState> {
         .route("/config", get(config))
         .route("/status", post(report_status))
         .route("/generation", post(new_generation))
+        .route("/probe", post(report_probe))
 }
 
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApplianceError> {
@@ -88,8 +90,12 @@ async fn config(
     let deadline = Instant::now() + wait;
     // Subscribe before computing, so a change in between is not missed.
     let mut changes = state.config_changes.subscribe();
+    let timing = Timing {
+        heartbeat_ms: state.settings.ha_heartbeat_ms,
+        dead_after: state.settings.ha_dead_after,
+    };
     loop {
-        let config = desired_config(&state.pool, &appliance, protocol).await?;
+        let config = desired_config(&state.pool, &appliance, protocol, timing).await?;
         if Some(config.version) != q.after {
             return Ok(Json(config).into_response());
         }
@@ -122,6 +128,17 @@ async fn report_status(
         state.settings.rotation_grace,
     )
     .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// What a connectivity probe measured (see `probe`).
+async fn report_probe(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<ProbeReport>, JsonRejection>,
+) -> Result<StatusCode, ApplianceError> {
+    let appliance = authenticate(&state, &headers).await?;
+    probe::record(&state.pool, &appliance, json_body(body)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

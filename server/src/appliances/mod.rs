@@ -7,6 +7,7 @@ mod changes;
 mod config;
 mod error;
 mod http;
+mod probe;
 mod register;
 pub mod rotation;
 mod status;

@@ -2,6 +2,7 @@
 //! and for the rotation decisions they drive.
 
 use super::{rotation, store, store::ApplianceRow, ApplianceError};
+use crate::failover;
 use appliance::protocol::{StatusReport, MAX_EPOCHS_IN_PLAY, MAX_TUNNELS};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -57,7 +58,21 @@ pub async fn record(
             message: format!("at most {} inbound SAs per tunnel", 4 * MAX_EPOCHS_IN_PLAY),
         });
     }
-    store::record_status(pool, appliance.id, &report).await?;
+    if let Some(ha) = &report.ha {
+        failover::status::check(report.ha_role, ha)
+            .map_err(|(field, message)| ApplianceError::InvalidInput { field, message })?;
+    }
+    // The report and what it means for failover commit together: a
+    // failover is recorded exactly once, by the report that first shows it.
+    let mut tx = pool.begin().await?;
+    let previous = store::record_status(&mut tx, appliance.id, &report).await?;
+    let member = failover::status::Reporter {
+        appliance_id: appliance.id,
+        site_id: appliance.site_id,
+        member: appliance.member,
+    };
+    failover::status::record(&mut tx, member, previous, &report).await?;
+    tx.commit().await?;
     rotation::advance(pool, appliance.network_id, rotation_grace).await?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! SQL for appliances and their bootstrap tokens.
 
-use appliance::protocol::{Member, StatusReport};
+use appliance::protocol::{HaRole, Member, StatusReport};
 use sqlx::{PgExecutor, PgPool};
 use std::net::Ipv4Addr;
 use time::OffsetDateTime;
@@ -247,15 +247,20 @@ pub async fn by_credential(
     }))
 }
 
+/// Stores a status report; returns the role the appliance had reported
+/// before (the row stays locked until `tx` ends, so reports of one
+/// appliance are recorded one at a time).
 pub async fn record_status(
-    pool: &PgPool,
+    tx: &mut sqlx::PgConnection,
     id: Uuid,
     report: &StatusReport,
-) -> Result<(), sqlx::Error> {
-    let role = match report.ha_role {
-        appliance::protocol::HaRole::Active => "active",
-        appliance::protocol::HaRole::Passive => "passive",
-    };
+) -> Result<Option<HaRole>, sqlx::Error> {
+    let previous: Option<Option<String>> =
+        sqlx::query_scalar("SELECT ha_role FROM appliances WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let previous = previous.flatten().and_then(|r| role_of(&r));
     // The SPIs each tunnel's kernel holds (protocol 3), kept apart from the
     // counters: a change here moves peers, a counter does not.
     let sa_state: serde_json::Map<String, serde_json::Value> = report
@@ -269,16 +274,28 @@ pub async fn record_status(
             )
         })
         .collect();
+    // Role-since is now - role_for_ms by this server's clock. Each report
+    // moves it by the report's own delay, so it is only taken anew when the
+    // role or reason changed or it moved by more than 2 s (a restart).
     sqlx::query(
         "UPDATE appliances SET last_seen_at = now(), agent_version = $2, applied_version = $3,
-                config_error = $4, ha_role = $5, tunnels = $6, epochs = $7, sa_state = $8
+                config_error = $4, ha_role = $5, tunnels = $6, epochs = $7, sa_state = $8,
+                ha_reason = $9,
+                ha_role_since = CASE
+                    WHEN $9::text IS NULL THEN NULL
+                    WHEN ha_role IS DISTINCT FROM $5 OR ha_reason IS DISTINCT FROM $9
+                         OR ha_role_since IS NULL
+                         OR abs(extract(epoch FROM ha_role_since
+                                - (now() - make_interval(secs => $10)))) > 2
+                    THEN now() - make_interval(secs => $10)
+                    ELSE ha_role_since END
           WHERE id = $1",
     )
     .bind(id)
     .bind(&report.agent_version)
     .bind(report.applied_version.map(|v| v as i64))
     .bind(&report.config_error)
-    .bind(role)
+    .bind(role_str(report.ha_role))
     .bind(sqlx::types::Json(&report.tunnels))
     .bind(
         report
@@ -288,9 +305,31 @@ pub async fn record_status(
             .collect::<Vec<i32>>(),
     )
     .bind(sqlx::types::Json(sa_state))
-    .execute(pool)
+    .bind(report.ha.as_ref().map(|h| h.reason.as_str()))
+    .bind(
+        report
+            .ha
+            .as_ref()
+            .map_or(0.0, |h| h.role_for_ms as f64 / 1000.0),
+    )
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    Ok(previous)
+}
+
+fn role_str(role: HaRole) -> &'static str {
+    match role {
+        HaRole::Active => "active",
+        HaRole::Passive => "passive",
+    }
+}
+
+fn role_of(text: &str) -> Option<HaRole> {
+    match text {
+        "active" => Some(HaRole::Active),
+        "passive" => Some(HaRole::Passive),
+        _ => None,
+    }
 }
 
 /// Remembers which protocol the appliance's agent speaks.
@@ -403,11 +442,13 @@ pub async fn summaries(
         Option<i64>,
         Option<String>,
         sqlx::types::Json<Vec<app::api::TunnelLive>>,
+        Option<String>,
+        Option<OffsetDateTime>,
     );
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT a.id, a.site_id, a.member, a.ha_role, a.instance_id, a.availability_zone,
                 host(a.private_ip), host(a.public_ip), a.last_seen_at, a.applied_version,
-                a.config_error, a.tunnels
+                a.config_error, a.tunnels, a.ha_reason, a.ha_role_since
            FROM appliances a JOIN sites s ON s.id = a.site_id
           WHERE s.network_id = $1 AND a.retired_at IS NULL
           ORDER BY s.region, s.name, a.member",
@@ -422,6 +463,8 @@ pub async fn summaries(
             site_id: r.1.to_string(),
             member: r.2,
             role: r.3,
+            ha_reason: r.12,
+            role_since: r.13.map(crate::networks::store::rfc3339),
             instance_id: r.4,
             availability_zone: r.5,
             private_ip: r.6,

@@ -66,14 +66,17 @@ pub async fn describe_vpc(ec2: &aws_sdk_ec2::Client, vpc_id: &str) -> Result<Vpc
     cidrs.dedup();
 
     let by_vpc = Filter::builder().name("vpc-id").values(vpc_id).build();
+    // Every page: a VPC may have more subnets and tables than one answer.
     let subnets = ec2
         .describe_subnets()
         .filters(by_vpc.clone())
+        .into_paginator()
+        .items()
         .send()
+        .try_collect()
         .await
         .map_err(|e| AwsError::from_sdk("ec2:DescribeSubnets", e))?;
     let mut subnets: Vec<SubnetFact> = subnets
-        .subnets()
         .iter()
         .filter_map(|s| {
             Some(SubnetFact {
@@ -88,11 +91,13 @@ pub async fn describe_vpc(ec2: &aws_sdk_ec2::Client, vpc_id: &str) -> Result<Vpc
     let tables = ec2
         .describe_route_tables()
         .filters(by_vpc)
+        .into_paginator()
+        .items()
         .send()
+        .try_collect()
         .await
         .map_err(|e| AwsError::from_sdk("ec2:DescribeRouteTables", e))?;
     let mut route_tables: Vec<String> = tables
-        .route_tables()
         .iter()
         .filter_map(|t| t.route_table_id().map(str::to_string))
         .collect();
@@ -109,16 +114,21 @@ pub async fn describe_vpc(ec2: &aws_sdk_ec2::Client, vpc_id: &str) -> Result<Vpc
 pub async fn list_vpcs(ec2: &aws_sdk_ec2::Client) -> Result<Vec<app::api::VpcChoice>, AwsError> {
     let vpcs = ec2
         .describe_vpcs()
+        .into_paginator()
+        .items()
         .send()
+        .try_collect()
         .await
         .map_err(|e| AwsError::from_sdk("ec2:DescribeVpcs", e))?;
     let subnets = ec2
         .describe_subnets()
+        .into_paginator()
+        .items()
         .send()
+        .try_collect()
         .await
         .map_err(|e| AwsError::from_sdk("ec2:DescribeSubnets", e))?;
     let mut out: Vec<app::api::VpcChoice> = vpcs
-        .vpcs()
         .iter()
         .filter_map(|v| {
             let id = v.vpc_id()?.to_string();
@@ -131,7 +141,6 @@ pub async fn list_vpcs(ec2: &aws_sdk_ec2::Client) -> Result<Vec<app::api::VpcCho
                 cidrs.extend(v.cidr_block().map(str::to_string));
             }
             let mine: Vec<_> = subnets
-                .subnets()
                 .iter()
                 .filter(|s| s.vpc_id() == Some(id.as_str()))
                 .collect();

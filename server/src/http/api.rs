@@ -30,6 +30,7 @@ pub fn routes() -> Router<crate::state::AppState> {
         .route("/accounts/{id}", delete(remove_account))
         .route("/accounts/{id}/verify", post(verify_account))
         .route("/accounts/{id}/vpcs", get(account_vpcs))
+        .route("/accounts/{id}/kms-keys", get(account_kms_keys))
         .route("/networks", get(list_networks).post(create_network))
         .route("/networks/{id}", get(network))
         .route("/networks/{id}/plan", get(network_plan))
@@ -37,6 +38,11 @@ pub fn routes() -> Router<crate::state::AppState> {
         .route("/networks/{id}/teardown", post(teardown_network))
         .route("/networks/{id}/job", get(network_job))
         .route("/networks/{id}/events", get(network_events))
+        .route(
+            "/networks/{id}/connectivity",
+            get(connectivity).post(check_connectivity),
+        )
+        .route("/networks/{id}/sites/{site_id}/failover", post(fail_over))
         .route("/networks/{id}/keys/rotate", post(rotate_key))
         .route("/networks/{id}/keys/schedule", put(set_rotation_schedule))
         .route(
@@ -293,6 +299,47 @@ async fn account_vpcs(
     Query(q): Query<RegionQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(console.discover_vpcs(&id, &q.region).await?))
+}
+
+async fn account_kms_keys(
+    console: ConsoleSession,
+    Path(id): Path<String>,
+    Query(q): Query<RegionQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(console.kms_keys(&id, &q.region).await?))
+}
+
+/// Starts a check; 202: the appliances ping and report while it runs
+/// (poll the GET). 409 while one runs, or without live appliances.
+async fn check_connectivity(
+    console: ConsoleSession,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(console.check_connectivity(&id).await?),
+    ))
+}
+
+/// The latest check (`null`: never checked).
+async fn connectivity(
+    console: ConsoleSession,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(console.connectivity(&id).await?))
+}
+
+/// "Fail over now" (admins): 202 with the takeover request; the site's
+/// passive appliance carries it out and the network's `failovers` show it.
+/// 409 without a live passive partner, or while a request is in progress.
+async fn fail_over(
+    console: ConsoleSession,
+    Path((id, site_id)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(console.fail_over(&id, &site_id).await?),
+    ))
 }
 
 async fn rotate_key(

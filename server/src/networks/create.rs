@@ -1,9 +1,10 @@
 //! Creating a network: check the request, discover every VPC live through
 //! its account's role, compile the topology, create key epoch 1 in the
-//! customer's KMS key, then store it all in one transaction. Any failure
-//! before the commit leaves nothing behind.
+//! customer's KMS key, then store it all in one transaction, claiming
+//! every VPC for this network. Any failure before the commit leaves
+//! nothing behind.
 
-use super::{request, store, view};
+use super::{claims, request, store, view};
 use crate::{
     accounts::{self, store::AccountRecord},
     audit,
@@ -90,6 +91,13 @@ pub async fn create(
                 ),
             ));
         }
+    }
+
+    // A VPC another live network holds is refused before AWS is asked;
+    // the claim in the transaction below is what decides a race.
+    {
+        let mut conn = pool.acquire().await.or_internal("check VPC claims")?;
+        claims::check_free(&mut conn, user.org_id, &checked.sites).await?;
     }
 
     let facts = discover_all(state, &checked, &accounts).await?;
@@ -200,6 +208,13 @@ pub async fn create(
         )
         .await
         .or_internal("insert a site")?;
+    }
+    // In one order for every transaction, so two creations racing for the
+    // same VPCs wait on each other instead of deadlocking.
+    let mut by_vpc: Vec<&request::CheckedSite> = checked.sites.iter().collect();
+    by_vpc.sort_by_key(|s| (s.account.to_string(), s.region.clone(), s.vpc_id.clone()));
+    for s in by_vpc {
+        claims::claim(&mut tx, user.org_id, network_id, site_ids[s.index], s).await?;
     }
     store::insert_key_epoch(&mut *tx, network_id, 1, &key_arn, &ciphertext)
         .await

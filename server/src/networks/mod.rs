@@ -1,6 +1,8 @@
 //! Networks: requests checked and discovered live, stored with their sites
 //! and key epochs, planned and applied by the provisioning engine.
 
+pub mod claims;
+pub mod connectivity;
 pub mod create;
 pub mod keys;
 pub mod model;

@@ -83,6 +83,13 @@ async fn summary_of(pool: &PgPool, row: store::NetworkRow) -> Result<NetworkSumm
         .fetch_one(pool)
         .await
         .or_internal("load the rotation schedule")?;
+    let connectivity = super::connectivity::latest_of(pool, row.id).await?;
+    let failovers = crate::failover::view::history(pool, row.id)
+        .await
+        .or_internal("load the failover history")?;
+    let takeovers = crate::failover::view::takeovers(pool, row.id)
+        .await
+        .or_internal("load takeover requests")?;
     Ok(NetworkSummary {
         id: row.id.to_string(),
         name: row.name,
@@ -96,6 +103,9 @@ async fn summary_of(pool: &PgPool, row: store::NetworkRow) -> Result<NetworkSumm
         appliances,
         rotate_every_days: rotate_every_days.map(|d| d as u32),
         next_rotation_at: next_rotation_at.map(rfc3339),
+        connectivity,
+        failovers,
+        takeovers,
     })
 }
 

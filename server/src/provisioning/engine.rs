@@ -60,7 +60,7 @@ async fn run_one(state: &AppState, owner: &str, step: &jobs::ClaimedStep) {
             tracing::warn!(step = %step.id, stack = %step.stack_name, error = %e, "step failed")
         }
         Outcome::Retry { error, .. } => {
-            tracing::info!(step = %step.id, error = %error, "step will retry")
+            tracing::info!(step = %step.id, failures = step.failures + 1, error = %error, "step will retry")
         }
         Outcome::Succeeded(_) => {
             tracing::info!(step = %step.id, stack = %step.stack_name, action = %step.action, "step succeeded")

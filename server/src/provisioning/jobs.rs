@@ -87,7 +87,20 @@ pub struct ClaimedStep {
     pub state: String,
     pub stack_name: String,
     pub client_token: String,
+    /// Turns so far, this one included: failed attempts, polls and the rest.
     pub attempts: i32,
+    /// Failed attempts before this turn: what the retry budget counts.
+    pub failures: i32,
+    /// Seconds since the step first waited on AWS (0 before it ever did).
+    pub waited_secs: f64,
+}
+
+impl ClaimedStep {
+    /// How long the step has been waiting on AWS, measured by Postgres so
+    /// that every replica agrees.
+    pub fn waited(&self) -> Duration {
+        Duration::try_from_secs_f64(self.waited_secs).unwrap_or_default()
+    }
 }
 
 /// Leases the next runnable step: its job runs, every earlier phase of the
@@ -115,7 +128,8 @@ pub async fn claim(
            FROM next, jobs j
           WHERE s.id = next.id AND j.id = s.job_id
          RETURNING s.id, s.job_id, j.network_id, j.kind, s.site_id, s.phase, s.action, s.state,
-                   s.stack_name, s.client_token, s.attempts",
+                   s.stack_name, s.client_token, s.attempts, s.failures,
+                   coalesce(extract(epoch FROM now() - s.waiting_since), 0)::float8 AS waited_secs",
     )
     .bind(owner)
     .bind(lease.as_secs_f64())
@@ -154,6 +168,24 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// What a turn adds to its step's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// A failed attempt: shown as a try and counted against the retry budget.
+    pub failure: bool,
+    /// A poll: the step is healthy and AWS is still working.
+    pub poll: bool,
+}
+
+impl Outcome {
+    pub fn tally(&self) -> Tally {
+        Tally {
+            failure: matches!(self, Outcome::Retry { .. } | Outcome::Failed(_)),
+            poll: matches!(self, Outcome::Waiting(_)),
+        }
+    }
+}
+
 /// Records an outcome if the lease is still ours; returns whether it was.
 pub async fn finish(
     pool: &PgPool,
@@ -177,10 +209,16 @@ pub async fn finish(
             ),
             Outcome::Failed(e) => ("failed", 0.0, Some(e), None),
         };
+    let tally = outcome.tally();
+    // `error` is the step's current trouble (cleared once a turn goes well);
+    // `last_error` keeps the latest failure for the tries shown afterwards.
     let res = sqlx::query(
         "UPDATE job_steps SET state = CASE WHEN state = 'waiting' AND $2 = 'pending' THEN 'waiting' ELSE $2 END,
                 next_attempt_at = now() + make_interval(secs => $3),
-                error = $4, outputs = coalesce($5, outputs),
+                error = $4, last_error = coalesce($4, last_error), outputs = coalesce($5, outputs),
+                failures = failures + CASE WHEN $7 THEN 1 ELSE 0 END,
+                polls = polls + CASE WHEN $8 THEN 1 ELSE 0 END,
+                waiting_since = CASE WHEN $8 THEN coalesce(waiting_since, now()) ELSE waiting_since END,
                 lease_owner = NULL, lease_until = NULL,
                 finished_at = CASE WHEN $2 IN ('succeeded', 'failed') THEN now() END
           WHERE id = $1 AND lease_owner = $6",
@@ -191,6 +229,8 @@ pub async fn finish(
     .bind(error)
     .bind(outputs)
     .bind(owner)
+    .bind(tally.failure)
+    .bind(tally.poll)
     .execute(pool)
     .await?;
     Ok(res.rows_affected() == 1)
@@ -350,8 +390,10 @@ struct StepRow {
     action: String,
     state: String,
     stack_name: String,
-    attempts: i32,
+    failures: i32,
+    polls: i32,
     error: Option<String>,
+    last_error: Option<String>,
 }
 
 /// The network's latest job with its steps.
@@ -367,7 +409,7 @@ pub async fn latest(pool: &PgPool, network_id: Uuid) -> Result<Option<JobView>, 
         return Ok(None);
     };
     let steps: Vec<StepRow> = sqlx::query_as(
-        "SELECT id, site_id, phase, action, state, stack_name, attempts, error FROM job_steps
+        "SELECT id, site_id, phase, action, state, stack_name, failures, polls, error, last_error FROM job_steps
           WHERE job_id = $1 ORDER BY phase, stack_name, action",
     )
     .bind(job.id)
@@ -388,11 +430,43 @@ pub async fn latest(pool: &PgPool, network_id: Uuid) -> Result<Option<JobView>, 
                 action: s.action,
                 state: s.state,
                 stack_name: s.stack_name,
-                attempts: s.attempts,
+                failures: s.failures,
+                polls: s.polls,
                 error: s.error,
+                last_error: s.last_error,
             })
             .collect(),
         created_at: rfc3339(job.created_at),
         finished_at: job.finished_at.map(rfc3339),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_errors_are_failed_attempts_and_only_waits_are_polls() {
+        let d = Duration::from_secs(2);
+        let cases = [
+            (Outcome::Waiting(d), false, true),
+            (Outcome::Succeeded(serde_json::json!({})), false, false),
+            (
+                Outcome::Retry {
+                    delay: d,
+                    error: "throttled".into(),
+                },
+                true,
+                false,
+            ),
+            (
+                Outcome::Failed("stack is ROLLBACK_COMPLETE".into()),
+                true,
+                false,
+            ),
+        ];
+        for (outcome, failure, poll) in cases {
+            assert_eq!(outcome.tally(), Tally { failure, poll }, "{outcome:?}");
+        }
+    }
 }

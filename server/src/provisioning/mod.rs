@@ -5,5 +5,7 @@
 
 pub mod engine;
 pub mod jobs;
+pub mod retry;
 pub mod steps;
 pub mod templates;
+pub mod vpc_routes;

@@ -4,6 +4,7 @@
 
 use super::{
     jobs::{self, ClaimedStep, Outcome},
+    retry::{self, AfterFailure},
     templates::{self, ApplianceSpec, LeafAttachment},
 };
 use crate::{
@@ -15,15 +16,22 @@ use crate::{
     topology::RouteTarget,
 };
 use appliance::protocol::Member;
+use appliance::route_owner::{self, Route, SiteHosts};
 use aws_sdk_cloudformation::types::{Capability, Parameter, Stack};
 use aws_sdk_ec2::types::Filter;
+use ipnet::Ipv4Net;
 use rand::RngCore;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
 const POLL: Duration = Duration::from_secs(2);
-const MAX_RETRIES: i32 = 10;
+/// How long the routes step waits for the site's appliance instance once its
+/// stack is complete. Bounded by time, not by a count of polls: the question
+/// is whether EC2 has had long enough to launch an instance (Auto Scaling
+/// keeps retrying capacity and spot for a while), and a count's meaning
+/// would shift with the poll interval, busy workers and retried failures.
+const INSTANCE_WAIT: Duration = Duration::from_secs(300);
 
 /// Why a turn stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -46,21 +54,43 @@ pub struct Ctx<'a> {
 }
 
 pub async fn run(ctx: &Ctx<'_>) -> Outcome {
+    let policy = ctx.state.settings.step_retry;
+    let failed_before = ctx.step.failures;
+    let jitter = f64::from(rand::rng().next_u32()) / f64::from(u32::MAX);
     match turn(ctx).await {
         Ok(outcome) => outcome,
-        Err(StepError::Aws(e)) if e.is_retryable() && ctx.step.attempts < MAX_RETRIES => {
-            let backoff = 2u64.saturating_pow(ctx.step.attempts.clamp(0, 6) as u32);
-            let jitter = rand::rng().next_u32() % 1000;
-            Outcome::Retry {
-                delay: Duration::from_secs(backoff) + Duration::from_millis(jitter as u64),
-                error: e.to_string(),
+        Err(StepError::Aws(e)) if e.is_retryable() => {
+            match policy.after_failure(failed_before, jitter) {
+                AfterFailure::RetryIn(delay) => Outcome::Retry {
+                    delay,
+                    error: e.to_string(),
+                },
+                AfterFailure::GiveUp => Outcome::Failed(format!(
+                    "{} {}: gave up after {}; last error: {}",
+                    ctx.step.action.replace('_', " "),
+                    ctx.step.stack_name,
+                    retry::failed_attempts(failed_before.saturating_add(1)),
+                    last_words(&e)
+                )),
             }
         }
+        // The job's own state is in that database: no point giving up on it.
         Err(StepError::Db(e)) => Outcome::Retry {
-            delay: Duration::from_secs(2),
+            delay: policy.backoff(failed_before, jitter),
             error: format!("database: {e}"),
         },
         Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+/// A retryable error as the step's final word, without its promise of a retry.
+fn last_words(e: &AwsError) -> String {
+    match e {
+        AwsError::Throttled { action } => format!("AWS kept throttling {action}"),
+        AwsError::Unavailable { action, message } => {
+            format!("AWS did not answer {action} ({message})")
+        }
+        other => other.to_string(),
     }
 }
 
@@ -438,7 +468,52 @@ async fn active_instance(
     Ok(ids.into_iter().next())
 }
 
-/// Programs (or removes) the site's VPC routes for every remote CIDR.
+/// The routes of `tables`, as `appliance::route_owner` reads them.
+async fn table_routes(
+    ec2: &aws_sdk_ec2::Client,
+    tables: &[String],
+) -> Result<Vec<Route>, AwsError> {
+    let out = ec2
+        .describe_route_tables()
+        .set_route_table_ids(Some(tables.to_vec()))
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:DescribeRouteTables", e))?;
+    Ok(out
+        .route_tables()
+        .iter()
+        .flat_map(|t| {
+            let id = t.route_table_id().unwrap_or_default();
+            t.routes().iter().map(move |r| Route::from_ec2(id, r))
+        })
+        .collect())
+}
+
+/// What the site's routes may name: the instances tagged with `site_ids`
+/// (any state EC2 still lists), their interfaces, and `gateway`.
+async fn site_hosts(
+    ec2: &aws_sdk_ec2::Client,
+    site_ids: &[String],
+    gateway: Option<&str>,
+) -> Result<SiteHosts, AwsError> {
+    let mut site = SiteHosts::default();
+    site.gateways.extend(gateway.map(str::to_string));
+    for id in site_ids {
+        let mut pages = ec2
+            .describe_instances()
+            .filters(route_owner::site_filter(id))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::from_sdk("ec2:DescribeInstances", e))?;
+            site.add_instances(page.reservations().iter().flat_map(|r| r.instances()));
+        }
+    }
+    Ok(site)
+}
+
+/// Programs (or removes) the site's VPC routes for every remote CIDR, by
+/// `appliance::route_owner`'s rule (see `super::vpc_routes`).
 async fn routes(
     ctx: &Ctx<'_>,
     access: &AccountAccess,
@@ -453,42 +528,66 @@ async fn routes(
     };
     let ec2 = ctx.state.aws.ec2(access, &site.region).await?;
     let tables = &site.discovered.0.route_tables;
+    // The site's appliances are its edge's (a leaf has none of its own).
+    let edge_id = site
+        .edge_site_id
+        .filter(|_| !site.is_edge())
+        .unwrap_or(site.id);
+    let edge = sites.iter().find(|s| s.id == edge_id).unwrap_or(site);
+    let owners = [site.id.to_string(), edge_id.to_string()];
+    let owners: &[String] = if site.id == edge_id {
+        &owners[..1]
+    } else {
+        &owners
+    };
+    let current = table_routes(&ec2, tables).await?;
     if !install {
+        let hosts = site_hosts(&ec2, owners, edge.output("TransitGatewayId")).await?;
+        let ours: Vec<Ipv4Net> = mine.vpc_routes.iter().map(|(c, _)| *c).collect();
+        let (gone, left) = super::vpc_routes::remove(&current, &ours, &hosts);
         let mut removed = 0;
-        let out = ec2
-            .describe_route_tables()
-            .set_route_table_ids(Some(tables.clone()))
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("ec2:DescribeRouteTables", e))?;
-        let ours: Vec<String> = mine.vpc_routes.iter().map(|(c, _)| c.to_string()).collect();
-        for table in out.route_tables() {
-            let id = table.route_table_id().unwrap_or_default();
-            for r in table.routes() {
-                let Some(dest) = r.destination_cidr_block() else {
-                    continue;
-                };
-                if !ours.iter().any(|o| o == dest) {
-                    continue;
-                }
-                match ec2
-                    .delete_route()
-                    .route_table_id(id)
-                    .destination_cidr_block(dest)
-                    .send()
-                    .await
-                {
-                    Ok(_) => removed += 1,
-                    Err(e) => match AwsError::from_sdk("ec2:DeleteRoute", e) {
-                        AwsError::NotFound { .. } => {}
-                        e => return Err(e.into()),
-                    },
-                }
+        for r in gone {
+            let Some(dest) = r.destination else { continue };
+            match ec2
+                .delete_route()
+                .route_table_id(&r.table_id)
+                .destination_cidr_block(dest.to_string())
+                .send()
+                .await
+            {
+                Ok(_) => removed += 1,
+                Err(e) => match AwsError::from_sdk("ec2:DeleteRoute", e) {
+                    AwsError::NotFound { .. } => {}
+                    e => return Err(e.into()),
+                },
             }
         }
-        let note = format!("{removed} route(s) removed");
+        for r in &left {
+            tracing::warn!(route_table = %r.table_id, destination = ?r.destination, target = %r.target, "teardown: a route to the network's CIDRs that vpcmesh did not create is left in place");
+        }
+        let note = if left.is_empty() {
+            format!("{removed} route(s) removed")
+        } else {
+            let each: Vec<String> = left
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {} -> {}",
+                        r.table_id,
+                        r.destination.map(|d| d.to_string()).unwrap_or_default(),
+                        r.target
+                    )
+                })
+                .collect();
+            format!(
+                "{removed} route(s) removed; left in place, not created by vpcmesh: {}",
+                each.join(", ")
+            )
+        };
         jobs::step_event(&ctx.state.pool, ctx.step, "routes removed", Some(&note)).await?;
-        return Ok(Outcome::Succeeded(json!({ "removed": removed })));
+        return Ok(Outcome::Succeeded(
+            json!({ "removed": removed, "left": left.len() }),
+        ));
     }
 
     let instance = if mine
@@ -496,17 +595,16 @@ async fn routes(
         .iter()
         .any(|(_, t)| *t == RouteTarget::Appliance)
     {
-        let edge_id = site
-            .edge_site_id
-            .filter(|_| !site.is_edge())
-            .unwrap_or(site.id);
         match active_instance(&ec2, &edge_id.to_string()).await? {
             Some(i) => Some(i),
-            None if ctx.step.attempts < 30 => return Ok(Outcome::Waiting(POLL)),
+            None if ctx.step.waited() < INSTANCE_WAIT => return Ok(Outcome::Waiting(POLL)),
             None => {
-                return Ok(Outcome::Failed(
-                    "no running appliance instance appeared".into(),
-                ))
+                return Ok(Outcome::Failed(format!(
+                    "no running appliance instance (member A) appeared in {} within {} minutes of its stack completing: see its Auto Scaling group's activity history in {}",
+                    edge.vpc_id,
+                    INSTANCE_WAIT.as_secs() / 60,
+                    edge.region
+                )));
             }
         }
     } else {
@@ -517,10 +615,6 @@ async fn routes(
         .iter()
         .any(|(_, t)| *t == RouteTarget::TransitGateway)
     {
-        let edge = site
-            .edge_site_id
-            .and_then(|e| sites.iter().find(|s| s.id == e))
-            .unwrap_or(site);
         Some(
             edge.output("TransitGatewayId")
                 .ok_or_else(|| StepError::Broken("the edge has no Transit Gateway".into()))?
@@ -529,43 +623,74 @@ async fn routes(
     } else {
         None
     };
+    let hosts = site_hosts(&ec2, owners, tgw.as_deref()).await?;
+    let changes = match super::vpc_routes::install(&current, tables, &mine.vpc_routes, &hosts) {
+        Ok(changes) => changes,
+        Err(conflicts) => {
+            return Ok(Outcome::Failed(super::vpc_routes::Conflict::describe(
+                &conflicts,
+            )))
+        }
+    };
     executing(ctx).await?;
-    let mut programmed = 0;
-    for table in tables {
-        for (cidr, target) in &mine.vpc_routes {
-            let dest = cidr.to_string();
-            let (via_instance, via_gateway) = match target {
-                RouteTarget::Appliance => (instance.clone(), None),
-                RouteTarget::TransitGateway => (None, tgw.clone()),
-            };
-            let created = ec2
-                .create_route()
-                .route_table_id(table)
-                .destination_cidr_block(&dest)
-                .set_instance_id(via_instance.clone())
-                .set_transit_gateway_id(via_gateway.clone())
-                .send()
-                .await;
-            match created.map_err(|e| AwsError::from_sdk("ec2:CreateRoute", e)) {
-                Ok(_) => {}
-                Err(AwsError::Rejected { code, .. }) if code == "RouteAlreadyExists" => {
-                    ec2.replace_route()
-                        .route_table_id(table)
-                        .destination_cidr_block(&dest)
-                        .set_instance_id(via_instance)
-                        .set_transit_gateway_id(via_gateway)
-                        .send()
-                        .await
-                        .map_err(|e| AwsError::from_sdk("ec2:ReplaceRoute", e))?;
+    let via = |target: RouteTarget| match target {
+        RouteTarget::Appliance => (instance.clone(), None),
+        RouteTarget::TransitGateway => (None, tgw.clone()),
+    };
+    let (mut created, mut replaced) = (0, 0);
+    for change in &changes {
+        match change {
+            super::vpc_routes::Change::Create {
+                table_id,
+                destination,
+                target,
+            } => {
+                let (via_instance, via_gateway) = via(*target);
+                let done = ec2
+                    .create_route()
+                    .route_table_id(table_id)
+                    .destination_cidr_block(destination.to_string())
+                    .set_instance_id(via_instance)
+                    .set_transit_gateway_id(via_gateway)
+                    .send()
+                    .await;
+                match done.map_err(|e| AwsError::from_sdk("ec2:CreateRoute", e)) {
+                    Ok(_) => created += 1,
+                    // Someone made it since we read the table: read again.
+                    Err(AwsError::Rejected { code, .. }) if code == "RouteAlreadyExists" => {
+                        return Ok(Outcome::Waiting(POLL))
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => return Err(e.into()),
             }
-            programmed += 1;
+            super::vpc_routes::Change::Replace {
+                table_id,
+                destination,
+                target,
+                was,
+            } => {
+                let (via_instance, via_gateway) = via(*target);
+                ec2.replace_route()
+                    .route_table_id(table_id)
+                    .destination_cidr_block(destination.to_string())
+                    .set_instance_id(via_instance)
+                    .set_transit_gateway_id(via_gateway)
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk("ec2:ReplaceRoute", e))?;
+                tracing::info!(route_table = %table_id, %destination, was = %was, "a dead or outdated route of the site replaced");
+                replaced += 1;
+            }
         }
     }
-    let note = format!("{programmed} route(s) in {} table(s)", tables.len());
+    let kept = tables.len() * mine.vpc_routes.len() - changes.len();
+    let note = format!(
+        "{} route(s) in {} table(s): {created} created, {replaced} replaced, {kept} already right",
+        tables.len() * mine.vpc_routes.len(),
+        tables.len()
+    );
     jobs::step_event(&ctx.state.pool, ctx.step, "routes programmed", Some(&note)).await?;
     Ok(Outcome::Succeeded(
-        json!({ "routes": programmed, "instance": instance, "transit_gateway": tgw }),
+        json!({ "routes": created + replaced + kept, "created": created, "replaced": replaced, "instance": instance, "transit_gateway": tgw }),
     ))
 }

@@ -166,33 +166,6 @@ pub(crate) async fn instance(w: &World, region: &str, member: char) -> Instance 
     all.remove(0)
 }
 
-/// Gives an instance's interface one more private address (moto accepts
-/// any): the lab's appliances sit on a WAN whose addresses are not in the
-/// VPC, and the server checks every registration's address with EC2.
-pub(crate) async fn add_private_ip(w: &World, region: &str, instance_id: &str, ip: &str) {
-    let ec2 = w.customer.ec2(region);
-    let out = ec2
-        .describe_instances()
-        .instance_ids(instance_id)
-        .send()
-        .await
-        .expect("DescribeInstances");
-    let eni = out
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .flat_map(|i| i.network_interfaces())
-        .find_map(|n| n.network_interface_id())
-        .expect("the instance has an interface")
-        .to_string();
-    ec2.assign_private_ip_addresses()
-        .network_interface_id(eni)
-        .private_ip_addresses(ip)
-        .send()
-        .await
-        .expect("AssignPrivateIpAddresses");
-}
-
 /// A registration as the agent sends it for `instance`.
 pub(crate) fn registration(token: &str, instance: &Instance) -> Value {
     json!({

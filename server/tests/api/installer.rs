@@ -613,7 +613,7 @@ async fn a_fresh_instance_installs_exactly_the_pinned_agent_and_starts_it() {
         "ExecStart=/usr/local/bin/vpcmesh-agent run",
         "Restart=always",
         "StateDirectory=vpcmesh",
-        "CapabilityBoundingSet=CAP_NET_ADMIN",
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_NETLINK",
         "ProtectSystem=strict",
         "NoNewPrivileges=yes",

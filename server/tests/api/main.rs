@@ -1,6 +1,7 @@
 //! Integration tests: the real router against a real Postgres (a private
 //! cluster the harness starts), driven request by request.
 
+mod faults;
 mod moto;
 mod support;
 
@@ -9,23 +10,28 @@ mod address;
 mod appliances;
 
 mod cluster;
+mod connectivity;
 mod demo;
+mod failover_api;
 mod hardening;
 mod installer;
 mod isolation;
-mod lab;
+mod kms_keys;
 mod lifecycle;
+mod live_lab;
 mod mirror;
 mod networks;
 mod pages;
 mod replicas;
+mod retries;
 mod roles;
 mod rotation;
 mod sessions;
 mod sign_in;
+mod vpc_routes;
 
 // The UML guest and data-plane lab helpers have one owner, the appliance's
-// test support; the end-to-end lab test here shares them.
+// test support; the live lab and the mirror share them.
 #[allow(dead_code)]
 #[path = "../../../appliance/tests/support/uml.rs"]
 mod uml;

@@ -11,7 +11,7 @@
 //! guest does that.
 
 use crate::appliances::{running_instances, Instance};
-use crate::lab::ip;
+use crate::live_lab::ip;
 use crate::moto::Customer;
 use crate::networks::World;
 use crate::uml_lab::{agent_bin, in_netns};
@@ -165,7 +165,7 @@ async fn start_one(w: &Cloud, region: &str, seen: &Instance, n: usize) -> Option
         .url
         .trim_start_matches("http://")
         .to_string();
-    let proxy = tokio::spawn(crate::lab::proxy(aws, moto));
+    let proxy = tokio::spawn(crate::live_lab::proxy(aws, moto));
     let imds_listener = in_netns(&netns, || {
         std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind in the namespace")
     });

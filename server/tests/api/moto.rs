@@ -209,6 +209,31 @@ impl Customer {
             .and_then(|r| r.route_table_id())
             .expect("rt")
             .to_string();
+        // A public VPC, as appliances with Elastic IPs need: an Internet
+        // gateway and the default route to it.
+        let igw = ec2
+            .create_internet_gateway()
+            .send()
+            .await
+            .expect("CreateInternetGateway");
+        let igw_id = igw
+            .internet_gateway()
+            .and_then(|g| g.internet_gateway_id())
+            .expect("igw")
+            .to_string();
+        ec2.attach_internet_gateway()
+            .internet_gateway_id(&igw_id)
+            .vpc_id(&vpc_id)
+            .send()
+            .await
+            .expect("AttachInternetGateway");
+        ec2.create_route()
+            .route_table_id(&rt_id)
+            .destination_cidr_block("0.0.0.0/0")
+            .gateway_id(&igw_id)
+            .send()
+            .await
+            .expect("CreateRoute 0.0.0.0/0");
         for (i, az) in azs.availability_zones().iter().take(2).enumerate() {
             let subnet = ec2
                 .create_subnet()
@@ -392,8 +417,9 @@ async fn post(base: &str, path: &str, content_type: &str, auth: &str, body: &str
 }
 
 /// A loopback proxy in front of moto that answers the first `failures`
-/// requests whose body contains `matching` with AWS throttling, and forwards
-/// everything else (one request per connection).
+/// requests whose body or headers contain `matching` (a Query API's
+/// `Action=…`, a JSON API's `X-Amz-Target` value) with AWS throttling, and
+/// forwards everything else (one request per connection).
 pub struct ThrottlingProxy {
     pub url: String,
     pub throttled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -479,7 +505,7 @@ async fn proxy_one(
             buf.extend_from_slice(&chunk[..n]);
         }
         let body = String::from_utf8_lossy(&buf[header_end..]).to_string();
-        if body.contains(matching) {
+        if body.contains(matching) || head.contains(matching) {
             if throttled.fetch_add(1, Ordering::SeqCst) < failures {
                 let xml = "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>1</RequestId></ErrorResponse>";
                 let res = format!(

@@ -224,6 +224,7 @@ pub async fn routes(customer: &Customer, region: &str, table: &str) -> Vec<(Stri
                 .instance_id()
                 .or(r.transit_gateway_id())
                 .or(r.gateway_id())
+                .or(r.vpc_peering_connection_id())
                 .unwrap_or_default();
             Some((r.destination_cidr_block()?.to_string(), target.to_string()))
         })
@@ -700,7 +701,7 @@ async fn throttled_stack_calls_are_retried_with_backoff_until_they_succeed() {
     );
     let retried = w
         .app
-        .count("SELECT count(*) FROM job_steps WHERE action = 'address_stack' AND attempts > 2")
+        .count("SELECT count(*) FROM job_steps WHERE action = 'address_stack' AND failures >= 1")
         .await;
     assert!(retried >= 1, "the engine retried a throttled step");
 }
@@ -928,4 +929,256 @@ async fn another_organizations_network_page_is_not_found_and_shows_nothing() {
     );
     let list = hank.page("/networks").await.text();
     assert!(list.contains("No networks yet") && !list.contains("secret-mesh"));
+}
+
+#[tokio::test]
+async fn a_vpc_is_in_one_live_network_at_a_time_across_organizations_and_races() {
+    let mut w = World::new().await;
+    let placed = place(
+        &w,
+        &[
+            ("us-east-1", "10.80.0.0/16", true),
+            ("us-west-2", "10.81.0.0/16", true),
+            ("eu-west-1", "10.82.0.0/16", true),
+            ("ap-south-1", "10.83.0.0/16", true),
+        ],
+    )
+    .await;
+    let key = w.customer.kms_key("us-east-1").await;
+    let account = w.customer.account.clone();
+    let body = |name: &str, sites: &[&Placed]| {
+        let sites: Vec<Value> = sites
+            .iter()
+            .map(|p| json!({"account_id": account, "region": p.region, "vpc_id": p.vpc.id, "role": "edge"}))
+            .collect();
+        json!({"name": name, "topology": "full_mesh", "options": {"kms_key_arn": key}, "sites": sites})
+    };
+    let first = w.create(body("first", &[&placed[0], &placed[1]])).await;
+    let first_id = first["id"].as_str().expect("id").to_string();
+
+    // The same VPC in a second network of the organization: refused, named.
+    let second = body("second", &[&placed[2], &placed[0]]);
+    let r = w
+        .admin
+        .json(Method::POST, "/api/v1/networks", Some(second.clone()))
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    let text = r.text();
+    assert!(text.contains(&placed[0].vpc.id), "{text}");
+    assert!(text.contains("already in network 'first'"), "{text}");
+    assert_eq!(
+        w.app
+            .count("SELECT count(*) FROM networks WHERE name = 'second'")
+            .await,
+        0
+    );
+
+    // Another organization that registered the same AWS account is
+    // refused too, and is not told the network's name.
+    w.app.org_with_admin("Globex", "hank@globex.test").await;
+    let mut hank = w.app.signed_in("hank@globex.test").await;
+    let r = hank
+        .json(
+            Method::POST,
+            "/api/v1/accounts",
+            Some(json!({"account_id": w.customer.account, "role_arn": w.customer.role_arn})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let r = hank
+        .json(
+            Method::POST,
+            "/api/v1/networks",
+            Some(body("theirs", &[&placed[1], &placed[3]])),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(r.text().contains("another organization"), "{}", r.text());
+    assert!(!r.text().contains("first"), "{}", r.text());
+
+    // Two creations racing for one VPC: exactly one wins, the other is a
+    // conflict and leaves nothing behind.
+    let mut a = w.app.client();
+    a.cookie = w.admin.cookie.clone();
+    let mut b = w.app.client();
+    b.cookie = w.admin.cookie.clone();
+    let (ra, rb) = tokio::join!(
+        a.json(
+            Method::POST,
+            "/api/v1/networks",
+            Some(body("race-a", &[&placed[2], &placed[3]]))
+        ),
+        b.json(
+            Method::POST,
+            "/api/v1/networks",
+            Some(body("race-b", &[&placed[3], &placed[2]]))
+        ),
+    );
+    let mut statuses = [ra.status, rb.status];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::CREATED, StatusCode::CONFLICT],
+        "{} / {}",
+        ra.text(),
+        rb.text()
+    );
+    assert_eq!(
+        w.app
+            .count("SELECT count(*) FROM networks WHERE name LIKE 'race-%'")
+            .await,
+        1
+    );
+    assert_eq!(
+        w.app
+            .count("SELECT count(*) FROM vpc_claims c JOIN networks n ON n.id = c.network_id WHERE n.name LIKE 'race-%'")
+            .await,
+        2
+    );
+
+    // Once the first network is deleted its VPCs are free again.
+    w.run(&first_id, "teardown", "deleted").await;
+    let r = w
+        .admin
+        .json(
+            Method::POST,
+            "/api/v1/networks",
+            Some(body("again", &[&placed[0], &placed[1]])),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+}
+
+/// Waits until the network is `failed`; returns its status note.
+async fn until_failed(w: &mut World, id: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let n = w.admin.get(&format!("/api/v1/networks/{id}")).await.json();
+        match n["status"].as_str() {
+            Some("failed") => return n["status_note"].as_str().unwrap_or_default().to_string(),
+            Some("ready") => panic!("network {id} is ready, wanted failed"),
+            _ if Instant::now() > deadline => panic!("network {id} never failed: {n}"),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_route_vpcmesh_did_not_create_is_never_replaced_or_deleted() {
+    let mut w = World::new().await;
+    let placed = place(
+        &w,
+        &[
+            ("us-east-1", "10.84.0.0/16", true),
+            ("us-west-2", "10.85.0.0/16", true),
+        ],
+    )
+    .await;
+    let (east, west) = (&placed[0], &placed[1]);
+    // The customer already reaches the west's CIDR from the east through a
+    // peering connection of their own.
+    let ec2 = w.customer.ec2("us-east-1");
+    let other = w.customer.vpc("us-east-1", "10.86.0.0/16").await;
+    let pcx = ec2
+        .create_vpc_peering_connection()
+        .vpc_id(&east.vpc.id)
+        .peer_vpc_id(&other.id)
+        .send()
+        .await
+        .expect("CreateVpcPeeringConnection")
+        .vpc_peering_connection()
+        .and_then(|p| p.vpc_peering_connection_id())
+        .expect("a peering id")
+        .to_string();
+    let table = east.vpc.route_tables[0].clone();
+    let peer_route = |ec2: aws_sdk_ec2::Client, table: String, pcx: String| async move {
+        ec2.create_route()
+            .route_table_id(&table)
+            .destination_cidr_block("10.85.0.0/16")
+            .vpc_peering_connection_id(&pcx)
+            .send()
+            .await
+            .expect("CreateRoute via the peering connection");
+    };
+    peer_route(ec2.clone(), table.clone(), pcx.clone()).await;
+    let pcx_of =
+        |routes: &[(String, String)]| routes.iter().any(|(d, t)| d == "10.85.0.0/16" && *t == pcx);
+
+    let (id, _, _) = w.full_mesh("peered", &placed, "us-east-1").await;
+    w.start(&id, "apply").await;
+    let note = until_failed(&mut w, &id).await;
+    let job = w
+        .admin_get(&format!("/api/v1/networks/{id}/job"))
+        .await
+        .to_string();
+    let why = format!("{note} {job}");
+    assert!(
+        why.contains(&format!(
+            "route table {table} already sends 10.85.0.0/16 to {pcx}"
+        )),
+        "{why}"
+    );
+    assert!(
+        why.contains("never replaces a route it does not own"),
+        "{why}"
+    );
+    let east_routes = routes(&w.customer, "us-east-1", &table).await;
+    assert!(
+        pcx_of(&east_routes),
+        "the peering route stays: {east_routes:?}"
+    );
+
+    // The customer removes their route; applying again routes via vpcmesh.
+    ec2.delete_route()
+        .route_table_id(&table)
+        .destination_cidr_block("10.85.0.0/16")
+        .send()
+        .await
+        .expect("DeleteRoute");
+    w.run(&id, "apply", "ready").await;
+    let east_routes = routes(&w.customer, "us-east-1", &table).await;
+    let appliance = east_routes
+        .iter()
+        .find(|(d, _)| d == "10.85.0.0/16")
+        .map(|(_, t)| t.clone())
+        .expect("the route to the west");
+    assert!(appliance.starts_with("i-"), "{east_routes:?}");
+    assert!(
+        routes(&w.customer, "us-west-2", &west.vpc.route_tables[0])
+            .await
+            .iter()
+            .any(|(d, t)| d == "10.84.0.0/16" && t.starts_with("i-")),
+        "the west routes to its appliance"
+    );
+
+    // They point it back at their peering connection; the teardown
+    // removes every route of vpcmesh's and leaves theirs.
+    ec2.replace_route()
+        .route_table_id(&table)
+        .destination_cidr_block("10.85.0.0/16")
+        .vpc_peering_connection_id(&pcx)
+        .send()
+        .await
+        .expect("ReplaceRoute");
+    w.run(&id, "teardown", "deleted").await;
+    let east_routes = routes(&w.customer, "us-east-1", &table).await;
+    assert!(
+        pcx_of(&east_routes),
+        "the peering route stays: {east_routes:?}"
+    );
+    let west_routes = routes(&w.customer, "us-west-2", &west.vpc.route_tables[0]).await;
+    assert!(
+        !west_routes.iter().any(|(d, _)| d == "10.84.0.0/16"),
+        "vpcmesh's route is gone: {west_routes:?}"
+    );
+    let events = w
+        .admin_get(&format!("/api/v1/networks/{id}/events?after=0"))
+        .await
+        .to_string();
+    assert!(
+        events.contains(&format!(
+            "left in place, not created by vpcmesh: {table} 10.85.0.0/16 -> {pcx}"
+        )),
+        "{events}"
+    );
 }

@@ -111,7 +111,12 @@ impl TestApp {
 
     /// An app whose AWS access is `aws` (its own endpoint and credentials).
     pub async fn with_aws(aws: Aws) -> Self {
-        Self::build(|_| {}, Some(aws), Some(require_agent_release())).await
+        Self::with_aws_and_settings(aws, |_| {}).await
+    }
+
+    /// `with_aws` with `change` applied to the settings.
+    pub async fn with_aws_and_settings(aws: Aws, change: impl FnOnce(&mut Settings)) -> Self {
+        Self::build(change, Some(aws), Some(require_agent_release())).await
     }
 
     async fn build(
@@ -165,11 +170,17 @@ impl TestApp {
     /// On moto with `workers` provisioning workers in this process (0: jobs
     /// wait for server processes the test starts).
     pub async fn on_moto(workers: usize) -> Self {
+        Self::on_moto_with(workers, |_| {}).await
+    }
+
+    /// `on_moto` with further settings changed by `change`.
+    pub async fn on_moto_with(workers: usize, change: impl FnOnce(&mut Settings)) -> Self {
         let agent = require_agent_release();
         let url: url::Url = crate::moto::moto().await.url.parse().expect("moto url");
         let moto = move |s: &mut Settings| {
             s.aws_endpoint_url = Some(url);
             s.engine_workers = workers;
+            change(s);
         };
         Self::build(moto, None, Some(agent)).await
     }

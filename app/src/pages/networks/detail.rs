@@ -2,7 +2,10 @@
 //! (steps and stack events, polled while a job runs), sites, key epochs, and
 //! Delete with a typed confirmation.
 
+use super::step_tries::StepTries;
 use super::{
+    connectivity_panel::{ConnectivityAction, ConnectivityPanel},
+    failover_panel::{role_detail, FailoverAction, FailoverPanel},
     graph::TopologyGraph,
     keys_panel::{KeyActions, KeysPanel},
     status_badge, topology_name,
@@ -29,13 +32,15 @@ pub fn NetworkPage() -> impl IntoView {
         start_job(id(), true, plan.fingerprint).await
     });
     let keys = KeyActions::new();
+    let connectivity = ConnectivityAction::new();
+    let failover = FailoverAction::new();
     let network = Resource::new(
         move || {
             (
                 id(),
                 tick.get(),
                 provision.version().get() + teardown.version().get(),
-                keys.version(),
+                keys.version() + connectivity.version() + failover.version(),
             )
         },
         |(id, _, _, _)| get_network(id),
@@ -65,7 +70,7 @@ pub fn NetworkPage() -> impl IntoView {
                         matches!(
                             n.status,
                             NetworkStatus::Provisioning | NetworkStatus::Deleting
-                        )
+                        ) || ConnectivityAction::running(&n)
                     });
                 // While a job runs: every second. While ready: every 5 s, so
                 // tunnel states and counters stay live.
@@ -89,7 +94,7 @@ pub fn NetworkPage() -> impl IntoView {
         <Transition fallback=|| view! { <p class="muted">"Loading the network…"</p> }>
             {move || Suspend::new(async move {
                 match network.await {
-                    Ok(n) => view! { <NetworkView network=n job events provision teardown keys /> }.into_any(),
+                    Ok(n) => view! { <NetworkView network=n job events provision teardown keys connectivity failover /> }.into_any(),
                     Err(e) => view! { <Title text="Network" /><ErrorPanel error=e /> }.into_any(),
                 }
             })}
@@ -105,6 +110,8 @@ fn NetworkView(
     provision: Action<String, Result<JobView, ConsoleError>>,
     teardown: Action<(), Result<JobView, ConsoleError>>,
     keys: KeyActions,
+    connectivity: ConnectivityAction,
+    failover: FailoverAction,
 ) -> impl IntoView {
     let (class, text) = status_badge(network.status);
     let can_provision = matches!(
@@ -131,6 +138,8 @@ fn NetworkView(
         <ProgressPanel job events />
         <SitesPanel network=network.clone() />
         <AppliancesPanel network=network.clone() />
+        <FailoverPanel network=network.clone() action=failover />
+        <ConnectivityPanel network=network.clone() action=connectivity />
         <KeysPanel network=network.clone() actions=keys />
         {can_delete.then(|| view! { <DeletePanel name teardown /> })}
     }
@@ -203,12 +212,13 @@ fn ProgressPanel(
                         </p>
                         {job.error.clone().map(|e| view! { <p class="field-error">{e}</p> })}
                         <table class="table" id="steps-table">
-                            <thead><tr><th scope="col">"Step"</th><th scope="col">"State"</th><th scope="col">"Tries"</th></tr></thead>
+                            <thead><tr><th scope="col">"Step"</th><th scope="col">"State"</th><th scope="col">"Failed tries"</th></tr></thead>
                             <tbody>
                                 {job.steps.into_iter().map(|s| {
                                     let class = match s.state.as_str() { "succeeded" => "badge badge-ok", "failed" => "badge badge-bad", "waiting" => "badge badge-warn", _ => "badge" };
+                                    let recovered = s.error.is_none();
                                     view! {
-                                        <tr><td>{s.action.replace('_', " ")}<br /><code class="small wrap">{s.stack_name}</code></td><td><span class=class>{s.state}</span>{s.error.map(|e| view! { <br /><span class="small muted">{e}</span> })}</td><td>{s.attempts}</td></tr>
+                                        <tr><td>{s.action.replace('_', " ")}<br /><code class="small wrap">{s.stack_name}</code></td><td><span class=class>{s.state}</span>{s.error.map(|e| view! { <br /><span class="small muted">{e}</span> })}</td><td><StepTries failures=s.failures last_error=s.last_error recovered /></td></tr>
                                     }
                                 }).collect_view()}
                             </tbody>
@@ -295,7 +305,10 @@ fn AppliancesPanel(network: NetworkSummary) -> impl IntoView {
                                 <tr data-appliance=a.instance_id.clone()>
                                     <td>{site}</td>
                                     <td>{a.member.to_uppercase()}</td>
-                                    <td>{a.role.clone().unwrap_or_else(|| "—".into())}</td>
+                                    <td data-role=a.role.clone().unwrap_or_default()>
+                                        {a.role.clone().unwrap_or_else(|| "—".into())}
+                                        {role_detail(&a).map(|d| view! { <br /><span class="small muted role-since">{d}</span> })}
+                                    </td>
                                     <td><code>{a.instance_id.clone()}</code><br /><span class="muted small">{a.availability_zone.clone()}</span></td>
                                     <td>{a.private_ip.clone()}{a.public_ip.clone().map(|p| format!(" / {p}"))}</td>
                                     <td>{a.last_seen_at.as_deref().map_or_else(|| "never".to_string(), time::to_second)}</td>

@@ -1,9 +1,12 @@
 //! Networks: the list, the new-network wizard and each network's page.
 
 mod cidr;
+mod connectivity_panel;
 mod detail;
+mod failover_panel;
 mod graph;
 mod keys_panel;
+mod step_tries;
 mod wizard;
 
 pub use detail::NetworkPage;

@@ -4,8 +4,9 @@
 
 use super::{cidr::overlaps, topology_name};
 use crate::api::{
-    create_network, discover_vpcs, list_accounts, AccountSummary, ConsoleError, NetworkOptions,
-    NetworkRequest, NetworkSummary, SiteRequest, SiteRole, TopologyKind, VpcChoice, REGIONS,
+    create_network, discover_vpcs, list_accounts, list_kms_keys, AccountSummary, ConsoleError,
+    KmsKeyChoice, NetworkOptions, NetworkRequest, NetworkSummary, SiteRequest, SiteRole,
+    TopologyKind, VpcChoice, REGIONS,
 };
 use crate::components::ErrorPanel;
 use leptos::prelude::*;
@@ -14,6 +15,9 @@ use leptos_router::hooks::use_navigate;
 
 #[derive(Clone, Debug, PartialEq)]
 struct Draft {
+    /// vpcmesh's id for the account (what live listings take).
+    account: String,
+    /// The AWS account number.
     account_id: String,
     region: String,
     vpc_id: String,
@@ -89,6 +93,10 @@ fn Wizard(accounts: Vec<AccountSummary>) -> impl IntoView {
             navigate(&format!("/networks/{}", n.id), Default::default());
         }
     });
+    let key_labels: Vec<(String, String)> = accounts
+        .iter()
+        .map(|a| (a.id.clone(), format!("{} ({})", a.label, a.account_id)))
+        .collect();
     let account_numbers: Vec<(String, String)> = accounts
         .iter()
         .map(|a| (a.id.clone(), a.account_id.clone()))
@@ -207,8 +215,9 @@ fn Wizard(accounts: Vec<AccountSummary>) -> impl IntoView {
                 Err(e) => view! { <p class="field-error" role="alert">{e.to_string()}</p> }.into_any(),
                 Ok((region, vpcs)) if vpcs.is_empty() => view! { <p class="muted" id="vpc-list">{format!("No VPCs in {region} for this account.")}</p> }.into_any(),
                 Ok((region, vpcs)) => {
-                    let account_id = account_of(&pick_account.get_untracked());
-                    view! { <VpcList region vpcs account_id sites topology /> }.into_any()
+                    let account = pick_account.get_untracked();
+                    let account_id = account_of(&account);
+                    view! { <VpcList region vpcs account account_id sites topology /> }.into_any()
                 }
             })}
             <SitesTable sites topology />
@@ -230,9 +239,7 @@ fn Wizard(accounts: Vec<AccountSummary>) -> impl IntoView {
                 <span><input type="checkbox" id="opt-spot" prop:checked=move || spot.get() on:change=move |e| spot.set(event_target_checked(&e)) />" spot instances (mixed types)"</span>
                 <label for="opt-nat-t">"NAT-T"</label>
                 <span><input type="checkbox" id="opt-nat-t" prop:checked=move || nat_t.get() on:change=move |e| nat_t.set(event_target_checked(&e)) />" ESP in UDP 4500"</span>
-                <label for="kms-key">"KMS key ARN"</label>
-                <input id="kms-key" placeholder="arn:aws:kms:us-east-1:123456789012:key/…" prop:value=move || kms_key.get()
-                    on:input=move |e| kms_key.set(event_target_value(&e)) />
+                <KeyPicker sites kms_key accounts=key_labels />
             </div>
         </section>
 
@@ -250,10 +257,135 @@ fn Wizard(accounts: Vec<AccountSummary>) -> impl IntoView {
     }
 }
 
+/// The KMS key: picked from the keys (by alias) of one of the network's
+/// accounts in a region, listed live, or typed as an ARN by hand. It looks in
+/// the first site's account and region unless the user chooses another.
+#[component]
+fn KeyPicker(
+    sites: RwSignal<Vec<Draft>>,
+    kms_key: RwSignal<String>,
+    /// (vpcmesh id, label) of every account.
+    accounts: Vec<(String, String)>,
+) -> impl IntoView {
+    let key_account = RwSignal::new(None::<String>);
+    let key_region = RwSignal::new(None::<String>);
+    let context = Memo::new(move |_| {
+        let s = sites.get();
+        let first = s.first()?;
+        let account = key_account
+            .get()
+            .filter(|a| s.iter().any(|d| &d.account == a))
+            .unwrap_or_else(|| first.account.clone());
+        let region = key_region.get().unwrap_or_else(|| first.region.clone());
+        Some((account, region))
+    });
+    let list = Action::new(|ctx: &(String, String)| {
+        let ctx = ctx.clone();
+        async move {
+            let keys = list_kms_keys(ctx.0.clone(), ctx.1.clone()).await;
+            (ctx, keys)
+        }
+    });
+    // Effects run only in the browser: the server renders no listing and
+    // hydration finds the same page.
+    Effect::new(move |_| {
+        if let Some(ctx) = context.get() {
+            list.dispatch(ctx);
+        }
+    });
+    // The answer for the context shown now; a slower, older one is ignored.
+    let answer = move || {
+        list.value()
+            .get()
+            .filter(|(ctx, _)| Some(ctx) == context.get().as_ref())
+            .map(|(_, keys)| keys)
+    };
+    let listed = move || answer().and_then(Result::ok).unwrap_or_default();
+    // The network's accounts, first site's first, each once.
+    let site_accounts = move || {
+        let mut seen = std::collections::HashSet::new();
+        sites
+            .get()
+            .into_iter()
+            .filter(|d| seen.insert(d.account.clone()))
+            .map(|d| {
+                let label = accounts
+                    .iter()
+                    .find(|(id, _)| id == &d.account)
+                    .map_or_else(|| d.account_id.clone(), |(_, l)| l.clone());
+                (d.account, label)
+            })
+            .collect::<Vec<_>>()
+    };
+    let hint = move || {
+        let Some((_, region)) = context.get() else {
+            return view! { <span class="muted small" id="kms-key-hint">"Add a site to pick one of its account's keys, or type a key ARN."</span> }.into_any();
+        };
+        match answer() {
+            None => view! { <span class="muted small" id="kms-key-hint" data-state="listing">{format!("Listing keys in {region}…")}</span> }.into_any(),
+            Some(Ok(keys)) => {
+                let text = match keys.len() {
+                    1 => format!("1 key in {region}"),
+                    n => format!("{n} keys in {region}"),
+                };
+                view! { <span class="muted small" id="kms-key-hint" data-state="listed">{text}</span> }.into_any()
+            }
+            // Listing failed: typing an ARN still works.
+            Some(Err(e)) => view! { <span class="field-error small" id="kms-key-hint" data-state="failed" role="alert">{e.to_string()}</span> }.into_any(),
+        }
+    };
+
+    view! {
+        {move || context.get().map(|(account, region)| view! {
+            <label for="kms-key-region">"Key from"</label>
+            <span class="picker">
+                <select id="kms-key-account" aria-label="Account of the KMS key"
+                    on:change=move |e| key_account.set(Some(event_target_value(&e)))>
+                    {site_accounts().into_iter().map(|(id, label)| {
+                        let chosen = id == account;
+                        view! { <option value=id prop:selected=chosen>{label}</option> }
+                    }).collect_view()}
+                </select>
+                <select id="kms-key-region" aria-label="Region of the KMS key"
+                    on:change=move |e| key_region.set(Some(event_target_value(&e)))>
+                    {REGIONS.iter().map(|r| view! { <option value=*r prop:selected=*r == region>{*r}</option> }).collect_view()}
+                </select>
+            </span>
+            <label for="kms-key-pick">"Pick a key"</label>
+            <select id="kms-key-pick" disabled=move || listed().is_empty()
+                on:change=move |e| {
+                    let arn = event_target_value(&e);
+                    if !arn.is_empty() { kms_key.set(arn); }
+                }>
+                <option value="">"Choose by alias…"</option>
+                {move || listed().into_iter().map(|k| {
+                    let arn = k.key_arn.clone();
+                    view! { <option value=k.key_arn.clone() prop:selected=move || kms_key.get() == arn>{k.alias.clone()}</option> }
+                }).collect_view()}
+            </select>
+        })}
+        <label for="kms-key">"KMS key ARN"</label>
+        <input id="kms-key" list="kms-keys" aria-describedby="kms-key-hint"
+            placeholder="arn:aws:kms:us-east-1:123456789012:key/…" prop:value=move || kms_key.get()
+            on:input=move |e| kms_key.set(event_target_value(&e)) />
+        <span></span>
+        {hint}
+        // Suggestions while typing in the ARN field itself.
+        <datalist id="kms-keys">
+            {move || listed().into_iter().map(|k: KmsKeyChoice| view! {
+                <option value=k.key_arn.clone() label=k.alias.clone()></option>
+            }).collect_view()}
+        </datalist>
+    }
+    // Erased: the wizard's view type is otherwise deeper than rustc lays out.
+    .into_any()
+}
+
 #[component]
 fn VpcList(
     region: String,
     vpcs: Vec<VpcChoice>,
+    account: String,
     account_id: String,
     sites: RwSignal<Vec<Draft>>,
     topology: RwSignal<TopologyKind>,
@@ -265,6 +397,7 @@ fn VpcList(
             <tbody>
                 {vpcs.into_iter().map(|v| {
                     let draft = Draft {
+                        account: account.clone(),
                         account_id: account_id.clone(),
                         region: region.clone(),
                         vpc_id: v.vpc_id.clone(),

@@ -2,7 +2,8 @@ use super::*;
 use crate::dataplane::{desired_state, DataKey, Underlay};
 use crate::protocol::tests::sample_config;
 use crate::protocol::DesiredConfig;
-use crate::xfrm::SaCounters;
+use crate::xfrm::{Block, Direction, SaCounters};
+use ipnet::Ipv4Net;
 use std::net::Ipv4Addr;
 
 fn config(peers: u32) -> DesiredConfig {
@@ -45,14 +46,51 @@ fn as_observed(s: &KernelState) -> ObservedState {
             })
             .collect(),
         policies: s.policies.clone(),
+        blocks: s.blocks.clone(),
         routes: s.routes.clone(),
     }
 }
 
 #[test]
-fn one_tunnel_is_three_sas_three_policies_and_a_route() {
+fn one_tunnel_is_three_sas_three_policies_three_blocks_and_a_route() {
     let s = state(&config(1));
-    assert_eq!((s.sas.len(), s.policies.len(), s.routes.len()), (3, 3, 1));
+    assert_eq!(
+        (
+            s.sas.len(),
+            s.policies.len(),
+            s.blocks.len(),
+            s.routes.len()
+        ),
+        (3, 3, 3, 1)
+    );
+    // The blocks cover the remote CIDR both ways, from and to anywhere.
+    let remote = config(1).tunnels[0].remote_cidrs[0];
+    let any = Ipv4Net::default();
+    let covered: Vec<(Ipv4Net, Ipv4Net)> = s.blocks.keys().map(|id| (id.src, id.dst)).collect();
+    for (dir, src, dst) in [
+        (Direction::Out, any, remote),
+        (Direction::In, remote, any),
+        (Direction::Fwd, remote, any),
+    ] {
+        let id = PolicyId { dir, src, dst };
+        assert_eq!(s.blocks.get(&id), Some(&Block::new(id)), "{covered:?}");
+    }
+}
+
+#[test]
+fn a_block_policy_in_another_shape_is_rewritten_and_a_missing_one_added() {
+    let s = state(&config(1));
+    let mut observed = as_observed(&s);
+    let mut ids = observed.blocks.keys().copied();
+    let (bent, gone) = (ids.next().expect("a block"), ids.next().expect("two"));
+    if let Some(b) = observed.blocks.get_mut(&bent) {
+        b.exact = false;
+    }
+    observed.blocks.remove(&gone);
+    let changes = diff(&s, &observed);
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert!(changes.blocks.contains(&Change::Replace(Block::new(bent))));
+    assert!(changes.blocks.contains(&Change::Add(Block::new(gone))));
 }
 
 #[test]
@@ -86,8 +124,13 @@ fn a_removed_peer_is_deleted_after_the_rest_and_foreign_sas_stay() {
     let mut after = before.clone();
     after.tunnels.pop();
     let changes = diff(&state(&after), &as_observed(&state(&before)));
-    assert_eq!(changes.len(), 3 + 3 + 1);
+    // 3 SAs, 3 policies, its 3 blocks and its route.
+    assert_eq!(changes.len(), 3 + 3 + 3 + 1);
     assert!(changes.sas.iter().all(|c| matches!(c, Change::Delete(_))));
+    assert!(changes
+        .blocks
+        .iter()
+        .all(|c| matches!(c, Change::Delete(_))));
 }
 
 #[test]

@@ -1,0 +1,11 @@
+//! The site's HA pair: heartbeats between the two members
+//! (`heartbeat`), who is active (`decide`), and the task that runs both
+//! against the kernel, EC2 and IMDS (`run`).
+
+pub mod decide;
+pub mod heartbeat;
+pub mod routes;
+pub mod run;
+
+pub use routes::{RouteOwner, ROUTES_RECHECK};
+pub use run::{HaInputs, HaTask, HaView};
