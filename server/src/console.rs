@@ -141,13 +141,16 @@ impl Console for ConsoleSession {
             return Err(ConsoleError::InvalidCredentials);
         }
         let pool = &self.state.pool;
-        if let Some(retry_after_secs) = rate_limit::retry_after(pool, &email, self.client_ip)
+        let attempt = match rate_limit::reserve(pool, &email, self.client_ip)
             .await
             .or_internal("check the sign-in rate limit")?
         {
-            tracing::warn!(retry_after_secs, "sign-in rate limited");
-            return Err(ConsoleError::RateLimited { retry_after_secs });
-        }
+            Ok(attempt) => attempt,
+            Err(retry_after_secs) => {
+                tracing::warn!(retry_after_secs, "sign-in rate limited");
+                return Err(ConsoleError::RateLimited { retry_after_secs });
+            }
+        };
         let user = users::find_by_email(pool, &email)
             .await
             .or_internal("look up a user")?;
@@ -157,9 +160,11 @@ impl Console for ConsoleSession {
         )
         .await
         .or_internal("verify a password")?;
-        rate_limit::record(pool, &email, self.client_ip, ok)
-            .await
-            .or_internal("record a sign-in attempt")?;
+        if ok {
+            rate_limit::succeeded(pool, &email, attempt)
+                .await
+                .or_internal("record a sign-in")?;
+        }
         let user = match (ok, user) {
             (true, Some(user)) => user,
             (_, user) => {

@@ -69,8 +69,25 @@ impl RouteOwner {
         loop {
             let cidrs = remote.borrow_and_update().clone();
             let is_active = *active.borrow_and_update();
-            // Passive, or no config applied yet: nothing to route here.
+            // Passive, or no config applied yet: nothing to route here. A
+            // passive member reads who it is and its site's hosts now, so a
+            // takeover spends no EC2 call on them (a failure is retried
+            // at the takeover).
             let wait = if cidrs.is_empty() || !is_active {
+                if owner.is_none() && !cidrs.is_empty() {
+                    match routes
+                        .owner(
+                            &self.identity.instance_id,
+                            self.identity.interface_id.as_deref(),
+                        )
+                        .await
+                    {
+                        Ok(me) => owner = Some(me),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "this instance's VPC and site not read yet")
+                        }
+                    }
+                }
                 last = None;
                 None
             } else {

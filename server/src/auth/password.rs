@@ -1,10 +1,21 @@
-//! Argon2id password hashes, computed off the async runtime.
+//! Argon2id password hashes, computed off the async runtime, a few at a
+//! time: each takes 19 MiB, so a burst of sign-ins waits for a permit
+//! instead of exhausting memory.
 
 use argon2::{
     password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
     Argon2,
 };
 use std::sync::OnceLock;
+use tokio::sync::Semaphore;
+
+/// How many hashes run at once, per server process.
+pub const CONCURRENT_HASHES: usize = 4;
+
+fn permits() -> &'static Semaphore {
+    static PERMITS: Semaphore = Semaphore::const_new(CONCURRENT_HASHES);
+    &PERMITS
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordError {
@@ -12,10 +23,13 @@ pub enum PasswordError {
     Hash(String),
     #[error("hashing task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("the hashing permits are closed")]
+    Closed(#[from] tokio::sync::AcquireError),
 }
 
 pub async fn hash(password: &str) -> Result<String, PasswordError> {
     let password = password.to_owned();
+    let _permit = permits().acquire().await?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
@@ -35,6 +49,7 @@ pub async fn verify(password: &str, stored: Option<&str>) -> Result<bool, Passwo
         Some(h) => h.to_owned(),
         None => dummy_hash().to_owned(),
     };
+    let _permit = permits().acquire().await?;
     tokio::task::spawn_blocking(move || {
         let parsed = PasswordHash::new(&stored).map_err(|e| PasswordError::Hash(e.to_string()))?;
         let ok = Argon2::default()

@@ -1,5 +1,7 @@
 //! Sign-in throttling shared by all server replicas: failures are rows in
-//! Postgres, counted per email and per client address over a window.
+//! Postgres, counted per email and per client address over a window. An
+//! attempt is checked and recorded (as a failure, until it succeeds) in one
+//! locked step before its password is verified.
 
 use sqlx::PgPool;
 use std::net::IpAddr;
@@ -11,12 +13,32 @@ pub const MAX_FAILURES_PER_EMAIL: i64 = 5;
 pub const MAX_FAILURES_PER_IP: i64 = 20;
 pub const WINDOW_SECS: i64 = 15 * 60;
 
-/// `Some(seconds)` to wait when this email or address is over its limit.
-pub async fn retry_after(
+/// A sign-in attempt that got past the limits: counted as a failure until
+/// [`succeeded`] says otherwise, so a burst of parallel attempts cannot
+/// all pass the check before any of them is recorded.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt(i64);
+
+/// Either the attempt, reserved, or how many seconds to wait.
+pub async fn reserve(
     pool: &PgPool,
     email: &str,
     ip: IpAddr,
-) -> Result<Option<u64>, sqlx::Error> {
+) -> Result<Result<Attempt, u64>, sqlx::Error> {
+    let ip = sqlx::types::ipnetwork::IpNetwork::from(ip);
+    let mut tx = pool.begin().await?;
+    // One check-and-record at a time per email and per address, on every
+    // replica: the email's lock first, then the address's, always.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('sign-in email ' || $1, 0))")
+        .bind(email)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('sign-in address ' || host($1), 0))",
+    )
+    .bind(ip)
+    .execute(&mut *tx)
+    .await?;
     let (by_email, oldest_email, by_ip, oldest_ip): (
         i64,
         Option<OffsetDateTime>,
@@ -34,9 +56,9 @@ pub async fn retry_after(
                FROM recent",
     )
     .bind(email)
-    .bind(sqlx::types::ipnetwork::IpNetwork::from(ip))
+    .bind(ip)
     .bind(WINDOW_SECS as f64)
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
     let now = OffsetDateTime::now_utc();
     let wait = |oldest: Option<OffsetDateTime>| {
@@ -48,35 +70,36 @@ pub async fn retry_after(
             })
             .unwrap_or(1)
     };
-    Ok(if by_email >= MAX_FAILURES_PER_EMAIL {
-        Some(wait(oldest_email))
-    } else if by_ip >= MAX_FAILURES_PER_IP {
-        Some(wait(oldest_ip))
-    } else {
-        None
-    })
+    if by_email >= MAX_FAILURES_PER_EMAIL {
+        return Ok(Err(wait(oldest_email)));
+    }
+    if by_ip >= MAX_FAILURES_PER_IP {
+        return Ok(Err(wait(oldest_ip)));
+    }
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO sign_in_attempts (email, client_ip, succeeded) VALUES ($1, $2, false) RETURNING id",
+    )
+    .bind(email)
+    .bind(ip)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Ok(Attempt(id)))
 }
 
-pub async fn record(
-    pool: &PgPool,
-    email: &str,
-    ip: IpAddr,
-    succeeded: bool,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO sign_in_attempts (email, client_ip, succeeded) VALUES ($1, $2, $3)")
-        .bind(email)
-        .bind(sqlx::types::ipnetwork::IpNetwork::from(ip))
-        .bind(succeeded)
-        .execute(pool)
+/// The reserved attempt had the right password: it is no failure, and the
+/// email's failure streak is cleared.
+pub async fn succeeded(pool: &PgPool, email: &str, attempt: Attempt) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("UPDATE sign_in_attempts SET succeeded = true WHERE id = $1")
+        .bind(attempt.0)
+        .execute(&mut *tx)
         .await?;
-    if succeeded {
-        // A successful sign-in clears that email's failure streak.
-        sqlx::query("DELETE FROM sign_in_attempts WHERE email = $1 AND NOT succeeded")
-            .bind(email)
-            .execute(pool)
-            .await?;
-    }
-    Ok(())
+    sqlx::query("DELETE FROM sign_in_attempts WHERE email = $1 AND NOT succeeded")
+        .bind(email)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
 }
 
 /// Drops attempts older than the window; run periodically.

@@ -50,7 +50,12 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::map_response_with_state(limit, body_too_large))
         .layer(DefaultBodyLimit::max(limit))
         .layer(RequestBodyLimitLayer::new(limit))
-        .layer(middleware::from_fn(security_headers::add))
+        .layer(middleware::from_fn_with_state(
+            security_headers::Policy {
+                https: state.settings.secure_cookies,
+            },
+            security_headers::add,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

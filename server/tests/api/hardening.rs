@@ -159,6 +159,20 @@ async fn health_and_readiness_answer() {
 }
 
 #[tokio::test]
+async fn behind_https_every_answer_tells_browsers_to_stay_on_https() {
+    let app = TestApp::with_settings(|s| s.secure_cookies = true).await;
+    let mut c = app.client();
+    for path in ["/healthz", "/sign-in", "/api/v1/me"] {
+        let r = c.get(path).await;
+        assert_eq!(
+            r.header("strict-transport-security"),
+            Some("max-age=31536000; includeSubDomains"),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn every_response_carries_security_headers() {
     let app = TestApp::start().await;
     let mut c = app.client();
@@ -176,6 +190,10 @@ async fn every_response_carries_security_headers() {
                 .contains("frame-ancestors 'none'"),
             "{path}"
         );
+        // Pages and API answers hold a tenant's data: never stored.
+        assert_eq!(r.header("cache-control"), Some("no-store"), "{path}");
+        // Plain http (a local console): no HSTS, it would pin nothing.
+        assert_eq!(r.header("strict-transport-security"), None, "{path}");
     }
     let page = c.get("/sign-in").await;
     let csp = page.header("content-security-policy").unwrap().to_string();

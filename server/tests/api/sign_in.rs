@@ -85,6 +85,62 @@ async fn malformed_sign_in_fields_get_clear_errors() {
     assert_eq!(app.session_rows().await, 0);
 }
 
+/// Sign-ins started all at once, each with its own client; their statuses.
+async fn burst(app: &TestApp, attempts: Vec<(String, &'static str)>) -> Vec<StatusCode> {
+    let mut set = tokio::task::JoinSet::new();
+    for (email, password) in attempts {
+        let mut c = app.client();
+        set.spawn(async move { c.sign_in(&email, password).await.status });
+    }
+    let mut statuses = Vec::new();
+    while let Some(s) = set.join_next().await {
+        statuses.push(s.expect("a sign-in task"));
+    }
+    statuses
+}
+
+fn count(statuses: &[StatusCode], want: StatusCode) -> usize {
+    statuses.iter().filter(|s| **s == want).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_parallel_burst_gets_no_more_tries_than_the_limit_per_email_and_per_address() {
+    use server::auth::rate_limit::{MAX_FAILURES_PER_EMAIL, MAX_FAILURES_PER_IP};
+    let (app, _) = TestApp::acme().await;
+    // 30 guesses at once for one email: only the limit's worth is tried.
+    let guesses = (0..30)
+        .map(|_| ("ada@acme.test".to_string(), "guess guess guess"))
+        .collect();
+    let statuses = burst(&app, guesses).await;
+    assert_eq!(
+        count(&statuses, StatusCode::UNAUTHORIZED),
+        MAX_FAILURES_PER_EMAIL as usize,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        count(&statuses, StatusCode::TOO_MANY_REQUESTS),
+        30 - MAX_FAILURES_PER_EMAIL as usize,
+        "{statuses:?}"
+    );
+    // From the same address, many emails at once: the address's limit
+    // holds too (5 failures are in already).
+    let spread = (0..40)
+        .map(|i| (format!("guess{i}@acme.test"), "guess guess guess"))
+        .collect();
+    let statuses = burst(&app, spread).await;
+    assert_eq!(
+        count(&statuses, StatusCode::UNAUTHORIZED),
+        (MAX_FAILURES_PER_IP - MAX_FAILURES_PER_EMAIL) as usize,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        count(&statuses, StatusCode::UNAUTHORIZED)
+            + count(&statuses, StatusCode::TOO_MANY_REQUESTS),
+        40,
+        "{statuses:?}"
+    );
+}
+
 #[tokio::test]
 async fn repeated_failures_lock_the_email_even_for_the_right_password() {
     let (app, _) = TestApp::acme().await;
