@@ -45,6 +45,9 @@ pub struct Config {
     /// A console session ends after this long without a request.
     #[arg(long, env = "VPCMESH_SESSION_IDLE_SECS", default_value_t = 12 * 3600)]
     pub session_idle_secs: u64,
+    /// A console session ends this long after its sign-in, however busy.
+    #[arg(long, env = "VPCMESH_SESSION_LIFETIME_SECS", default_value_t = 7 * 24 * 3600)]
+    pub session_lifetime_secs: u64,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "VPCMESH_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -111,6 +114,8 @@ pub struct Settings {
     pub public_origin: String,
     pub secure_cookies: bool,
     pub session_idle: Duration,
+    /// Absolute: from the sign-in.
+    pub session_lifetime: Duration,
     pub max_body_bytes: usize,
     pub trust_forwarded_for: bool,
     pub aws_endpoint_url: Option<Url>,
@@ -140,6 +145,8 @@ pub enum ConfigError {
     InsecureHttp(String),
     #[error("--session-idle-secs must be between 1 and 2592000 (30 days)")]
     SessionIdle,
+    #[error("--session-lifetime-secs must be at least --session-idle-secs and at most 7776000 (90 days)")]
+    SessionLifetime,
     #[error("--max-body-bytes must be between 1024 and 16777216")]
     BodyLimit,
     #[error("set --database-url (DATABASE_URL) or --embedded-postgres DIR")]
@@ -173,6 +180,11 @@ impl Config {
         if self.session_idle_secs == 0 || self.session_idle_secs > 30 * 24 * 3600 {
             return Err(ConfigError::SessionIdle);
         }
+        if self.session_lifetime_secs < self.session_idle_secs
+            || self.session_lifetime_secs > 90 * 24 * 3600
+        {
+            return Err(ConfigError::SessionLifetime);
+        }
         if !(1024..=16 * 1024 * 1024).contains(&self.max_body_bytes) {
             return Err(ConfigError::BodyLimit);
         }
@@ -195,6 +207,7 @@ impl Config {
             public_origin: public.origin().ascii_serialization(),
             secure_cookies: scheme == "https",
             session_idle: Duration::from_secs(self.session_idle_secs),
+            session_lifetime: Duration::from_secs(self.session_lifetime_secs),
             max_body_bytes: self.max_body_bytes,
             trust_forwarded_for: self.trust_forwarded_for,
             aws_endpoint_url: self.aws_endpoint_url.clone(),
@@ -227,6 +240,7 @@ impl Settings {
             public_origin: origin.to_string(),
             secure_cookies: false,
             session_idle: Duration::from_secs(12 * 3600),
+            session_lifetime: Duration::from_secs(7 * 24 * 3600),
             max_body_bytes: 64 * 1024,
             trust_forwarded_for: false,
             aws_endpoint_url: None,
@@ -289,6 +303,17 @@ mod tests {
         assert_eq!(
             parse(&["--session-idle-secs", "0"]).settings().unwrap_err(),
             ConfigError::SessionIdle
+        );
+        assert_eq!(
+            parse(&[
+                "--session-idle-secs",
+                "7200",
+                "--session-lifetime-secs",
+                "3600"
+            ])
+            .settings()
+            .unwrap_err(),
+            ConfigError::SessionLifetime
         );
         assert_eq!(
             parse(&["--max-body-bytes", "10"]).settings().unwrap_err(),

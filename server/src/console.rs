@@ -86,6 +86,15 @@ impl ConsoleSession {
         let Some(id) = self.identity().await? else {
             return Err(ConsoleError::Unauthenticated);
         };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if id.expired(self.state.settings.session_lifetime, now) {
+            tracing::info!(user_id = %id.user_id, "session over its lifetime: signed out");
+            self.session
+                .flush()
+                .await
+                .or_internal("end an expired session")?;
+            return Err(ConsoleError::Unauthenticated);
+        }
         match users::find(&self.state.pool, id.org_id, id.user_id)
             .await
             .or_internal("load the signed-in user")?
@@ -188,6 +197,7 @@ impl Console for ConsoleSession {
                 SessionIdentity {
                     user_id: user.id,
                     org_id: user.org_id,
+                    signed_in_at: time::OffsetDateTime::now_utc().unix_timestamp(),
                 },
             )
             .await

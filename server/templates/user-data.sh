@@ -73,7 +73,7 @@ install_agent() {
     partial=
     return 1
   fi
-  if ! err=$(curl --fail --silent --show-error --connect-timeout 10 --max-time 600 \
+  if ! err=$(curl --fail --silent --show-error --compressed --connect-timeout 10 --max-time 600 \
     --output "$partial" "$agent_url" 2>&1); then
     log "download of $agent_url failed: $err"
     rm -f "$partial"

@@ -283,6 +283,14 @@ pub struct Plan {
     pub changes: Vec<PlannedChange>,
     /// Hash of `changes`: an apply names it, so it runs exactly what was shown.
     pub fingerprint: String,
+    /// Apply only: routes already in the sites' tables that vpcmesh did
+    /// not create, where it needs its own (read live; the apply would stop
+    /// at them). One sentence per site.
+    #[serde(default)]
+    pub route_conflicts: Vec<String>,
+    /// Apply only: sites whose route tables could not be read, with why.
+    #[serde(default)]
+    pub routes_unchecked: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,8 @@
 //! Console sessions: tower-sessions with its Postgres store. The session
-//! holds only who is signed in; the user row is re-read on every request so
-//! role changes and removals take effect at once.
+//! holds only who is signed in and when; the user row is re-read on every
+//! request so role changes and removals take effect at once. A session ends
+//! after `session_idle` without a request, and `session_lifetime` after its
+//! sign-in however busy it is.
 
 use crate::config::Settings;
 use serde::{Deserialize, Serialize};
@@ -17,6 +19,17 @@ pub const IDENTITY_KEY: &str = "identity";
 pub struct SessionIdentity {
     pub user_id: Uuid,
     pub org_id: Uuid,
+    /// Unix seconds of the sign-in. Sessions from before it was kept read
+    /// as 0: over any lifetime, so they end.
+    #[serde(default)]
+    pub signed_in_at: i64,
+}
+
+impl SessionIdentity {
+    /// Whether `lifetime` has passed since the sign-in, at `now` (unix s).
+    pub fn expired(&self, lifetime: std::time::Duration, now: i64) -> bool {
+        now.saturating_sub(self.signed_in_at) >= lifetime.as_secs() as i64
+    }
 }
 
 pub fn store(pool: &PgPool) -> PostgresStore {
@@ -34,4 +47,26 @@ pub fn layer(pool: &PgPool, settings: &Settings) -> SessionManagerLayer<Postgres
         .with_expiry(Expiry::OnInactivity(idle))
         // Save on every request, so activity pushes the idle expiry forward.
         .with_always_save(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_ends_its_lifetime_after_the_sign_in_and_old_ones_at_once() {
+        let id = |at| SessionIdentity {
+            user_id: Uuid::nil(),
+            org_id: Uuid::nil(),
+            signed_in_at: at,
+        };
+        let day = std::time::Duration::from_secs(86_400);
+        assert!(!id(1_000_000).expired(day, 1_000_000 + 86_399));
+        assert!(id(1_000_000).expired(day, 1_000_000 + 86_400));
+        let old: SessionIdentity = serde_json::from_str(
+            r#"{"user_id":"00000000-0000-0000-0000-000000000000","org_id":"00000000-0000-0000-0000-000000000000"}"#,
+        )
+        .expect("a session from before");
+        assert!(old.expired(day, 1_000_000));
+    }
 }

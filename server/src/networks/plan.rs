@@ -275,11 +275,19 @@ pub async fn preview(
         .into_iter()
         .map(|s| s.change)
         .collect();
+    let (route_conflicts, routes_unchecked) = match kind {
+        JobKind::Apply => {
+            crate::provisioning::vpc_routes::preview_conflicts(state, &net, &sites).await
+        }
+        JobKind::Teardown => (Vec::new(), Vec::new()),
+    };
     Ok(Plan {
         network_id: net.id.to_string(),
         kind: kind.as_str().to_string(),
         fingerprint: fingerprint(&changes),
         changes,
+        route_conflicts,
+        routes_unchecked,
     })
 }
 

@@ -16,7 +16,6 @@ use crate::{
     topology::RouteTarget,
 };
 use appliance::protocol::Member;
-use appliance::route_owner::{self, Route, SiteHosts};
 use aws_sdk_cloudformation::types::{Capability, Parameter, Stack};
 use aws_sdk_ec2::types::Filter;
 use ipnet::Ipv4Net;
@@ -468,50 +467,6 @@ async fn active_instance(
     Ok(ids.into_iter().next())
 }
 
-/// The routes of `tables`, as `appliance::route_owner` reads them.
-async fn table_routes(
-    ec2: &aws_sdk_ec2::Client,
-    tables: &[String],
-) -> Result<Vec<Route>, AwsError> {
-    let out = ec2
-        .describe_route_tables()
-        .set_route_table_ids(Some(tables.to_vec()))
-        .send()
-        .await
-        .map_err(|e| AwsError::from_sdk("ec2:DescribeRouteTables", e))?;
-    Ok(out
-        .route_tables()
-        .iter()
-        .flat_map(|t| {
-            let id = t.route_table_id().unwrap_or_default();
-            t.routes().iter().map(move |r| Route::from_ec2(id, r))
-        })
-        .collect())
-}
-
-/// What the site's routes may name: the instances tagged with `site_ids`
-/// (any state EC2 still lists), their interfaces, and `gateway`.
-async fn site_hosts(
-    ec2: &aws_sdk_ec2::Client,
-    site_ids: &[String],
-    gateway: Option<&str>,
-) -> Result<SiteHosts, AwsError> {
-    let mut site = SiteHosts::default();
-    site.gateways.extend(gateway.map(str::to_string));
-    for id in site_ids {
-        let mut pages = ec2
-            .describe_instances()
-            .filters(route_owner::site_filter(id))
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| AwsError::from_sdk("ec2:DescribeInstances", e))?;
-            site.add_instances(page.reservations().iter().flat_map(|r| r.instances()));
-        }
-    }
-    Ok(site)
-}
-
 /// Programs (or removes) the site's VPC routes for every remote CIDR, by
 /// `appliance::route_owner`'s rule (see `super::vpc_routes`).
 async fn routes(
@@ -529,20 +484,13 @@ async fn routes(
     let ec2 = ctx.state.aws.ec2(access, &site.region).await?;
     let tables = &site.discovered.0.route_tables;
     // The site's appliances are its edge's (a leaf has none of its own).
-    let edge_id = site
-        .edge_site_id
-        .filter(|_| !site.is_edge())
-        .unwrap_or(site.id);
-    let edge = sites.iter().find(|s| s.id == edge_id).unwrap_or(site);
-    let owners = [site.id.to_string(), edge_id.to_string()];
-    let owners: &[String] = if site.id == edge_id {
-        &owners[..1]
-    } else {
-        &owners
-    };
-    let current = table_routes(&ec2, tables).await?;
+    let (edge, owners) = super::vpc_routes::owners(sites, site);
+    let owners = &owners[..];
+    let edge_id = edge.id;
+    let current = super::vpc_routes::table_routes(&ec2, tables).await?;
     if !install {
-        let hosts = site_hosts(&ec2, owners, edge.output("TransitGatewayId")).await?;
+        let hosts =
+            super::vpc_routes::site_hosts(&ec2, owners, edge.output("TransitGatewayId")).await?;
         let ours: Vec<Ipv4Net> = mine.vpc_routes.iter().map(|(c, _)| *c).collect();
         let (gone, left) = super::vpc_routes::remove(&current, &ours, &hosts);
         let mut removed = 0;
@@ -623,7 +571,7 @@ async fn routes(
     } else {
         None
     };
-    let hosts = site_hosts(&ec2, owners, tgw.as_deref()).await?;
+    let hosts = super::vpc_routes::site_hosts(&ec2, owners, tgw.as_deref()).await?;
     let changes = match super::vpc_routes::install(&current, tables, &mine.vpc_routes, &hosts) {
         Ok(changes) => changes,
         Err(conflicts) => {

@@ -4,8 +4,15 @@
 //! else's instance) is never replaced or deleted: applying stops with a
 //! conflict that names it, before any change; a teardown leaves it.
 
-use crate::topology::RouteTarget;
-use appliance::route_owner::{Claim, Route, SiteHosts, Target};
+use crate::{
+    accounts,
+    aws::AwsError,
+    identity::orgs,
+    networks::{model, store},
+    state::AppState,
+    topology::RouteTarget,
+};
+use appliance::route_owner::{self, Claim, Route, SiteHosts, Target};
 use ipnet::Ipv4Net;
 use std::collections::HashMap;
 
@@ -52,6 +59,132 @@ impl Conflict {
             if conflicts.len() == 1 { "that route" } else { "those routes" }
         )
     }
+}
+
+/// The routes of `tables`, as `appliance::route_owner` reads them.
+pub async fn table_routes(
+    ec2: &aws_sdk_ec2::Client,
+    tables: &[String],
+) -> Result<Vec<Route>, AwsError> {
+    let out = ec2
+        .describe_route_tables()
+        .set_route_table_ids(Some(tables.to_vec()))
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:DescribeRouteTables", e))?;
+    Ok(out
+        .route_tables()
+        .iter()
+        .flat_map(|t| {
+            let id = t.route_table_id().unwrap_or_default();
+            t.routes().iter().map(move |r| Route::from_ec2(id, r))
+        })
+        .collect())
+}
+
+/// What the site's routes may name: the instances tagged with `site_ids`
+/// (any state EC2 still lists), their interfaces, and `gateway`.
+pub async fn site_hosts(
+    ec2: &aws_sdk_ec2::Client,
+    site_ids: &[String],
+    gateway: Option<&str>,
+) -> Result<SiteHosts, AwsError> {
+    let mut site = SiteHosts::default();
+    site.gateways.extend(gateway.map(str::to_string));
+    for id in site_ids {
+        let mut pages = ec2
+            .describe_instances()
+            .filters(route_owner::site_filter(id))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::from_sdk("ec2:DescribeInstances", e))?;
+            site.add_instances(page.reservations().iter().flat_map(|r| r.instances()));
+        }
+    }
+    Ok(site)
+}
+
+/// The site whose appliances a site's routes name (a leaf's are its
+/// edge's), and the ids whose tagged instances are the site's hosts.
+pub fn owners<'a>(
+    sites: &'a [store::SiteRow],
+    site: &'a store::SiteRow,
+) -> (&'a store::SiteRow, Vec<String>) {
+    let edge_id = site
+        .edge_site_id
+        .filter(|_| !site.is_edge())
+        .unwrap_or(site.id);
+    let edge = sites.iter().find(|s| s.id == edge_id).unwrap_or(site);
+    let mut ids = vec![site.id.to_string()];
+    if edge_id != site.id {
+        ids.push(edge_id.to_string());
+    }
+    (edge, ids)
+}
+
+/// For a plan: the routes an apply would find in the way, read live
+/// through each site's role, in words. Sites whose tables could not be
+/// read are named in the second list with why.
+pub async fn preview_conflicts(
+    state: &AppState,
+    net: &store::NetworkRow,
+    sites: &[store::SiteRow],
+) -> (Vec<String>, Vec<String>) {
+    let plans = match model::compile(net, sites) {
+        Ok(p) => p,
+        Err(e) => return (Vec::new(), vec![e.to_string()]),
+    };
+    let external_id = match orgs::external_id(&state.pool, net.org_id).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "read the external ID for a plan");
+            return (
+                Vec::new(),
+                vec!["the organization's external ID could not be read".into()],
+            );
+        }
+    };
+    let checks = sites.iter().filter_map(|site| {
+        let mine = plans.get(&site.id)?;
+        (!mine.vpc_routes.is_empty()).then_some((site, mine))
+    });
+    let results = futures::future::join_all(checks.map(|(site, mine)| {
+        let external_id = &external_id;
+        async move {
+            let conflicts = async {
+                let role_arn = site
+                    .role_arn
+                    .as_deref()
+                    .ok_or_else(|| "its AWS account was removed".to_string())?;
+                let access = accounts::access(role_arn, external_id).map_err(|e| e.to_string())?;
+                let aws = |e: AwsError| e.to_string();
+                let ec2 = state.aws.ec2(&access, &site.region).await.map_err(aws)?;
+                let tables = &site.discovered.0.route_tables;
+                let current = table_routes(&ec2, tables).await.map_err(aws)?;
+                let (edge, ids) = owners(sites, site);
+                let hosts = site_hosts(&ec2, &ids, edge.output("TransitGatewayId"))
+                    .await
+                    .map_err(aws)?;
+                Ok::<_, String>(match install(&current, tables, &mine.vpc_routes, &hosts) {
+                    Ok(_) => Vec::new(),
+                    Err(c) => c,
+                })
+            }
+            .await;
+            (site, conflicts)
+        }
+    }))
+    .await;
+    let (mut found, mut unread) = (Vec::new(), Vec::new());
+    for (site, r) in results {
+        match r {
+            Ok(c) if c.is_empty() => {}
+            Ok(c) => found.push(format!("{}: {}", site.name, Conflict::describe(&c))),
+            Err(e) => unread.push(format!("{}: {e}", site.name)),
+        }
+    }
+    (found, unread)
 }
 
 /// What is in a table for (table, destination).

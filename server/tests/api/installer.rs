@@ -122,6 +122,28 @@ async fn the_server_serves_the_agent_at_its_release_url_with_its_digest() {
     // No session was needed, and none was made.
     assert!(r.header("set-cookie").is_none());
 
+    // Compressed for a client that takes gzip (the user data's curl):
+    // fewer bytes, the same binary once decoded.
+    let req = c
+        .request(axum::http::Method::GET, &download_path())
+        .header("accept-encoding", "deflate, gzip")
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let r = c.send(req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert_eq!(r.header("vary"), Some("accept-encoding"));
+    assert!(
+        r.body.len() < agent.len() / 2,
+        "{} of {}",
+        r.body.len(),
+        agent.len()
+    );
+    let mut decoded = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&r.body[..]), &mut decoded)
+        .expect("a gzip stream");
+    assert_eq!(sha256_hex(&decoded), agent.sha256());
+
     let r = c
         .get("/api/appliance/v1/agent/0.0.0-other/vpcmesh-agent")
         .await;

@@ -540,3 +540,201 @@ async fn proxy_one(
         return Ok(());
     }
 }
+
+/// A loopback proxy in front of moto that pages EC2 listings as real EC2
+/// does (moto 5.2 answers DescribeVpcs, DescribeSubnets and
+/// DescribeRouteTables in one page): one item per answer, with a
+/// `nextToken` while more are left. Everything else is forwarded as is.
+pub struct PagingProxy {
+    pub url: String,
+    /// Answers that were a page with more after it.
+    pub paged: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PagingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The listings paged, and the element that holds each one's items.
+const PAGED: [(&str, &str); 3] = [
+    ("DescribeVpcs", "vpcSet"),
+    ("DescribeSubnets", "subnetSet"),
+    ("DescribeRouteTables", "routeTableSet"),
+];
+
+impl PagingProxy {
+    pub async fn start(target: &str) -> PagingProxy {
+        use std::sync::atomic::AtomicUsize;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let target = target.trim_start_matches("http://").to_string();
+        let paged = std::sync::Arc::new(AtomicUsize::new(0));
+        let p = paged.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let (target, p) = (target.clone(), p.clone());
+                tokio::spawn(async move {
+                    let _ = page_one(client, &target, &p).await;
+                });
+            }
+        });
+        PagingProxy { url, paged, task }
+    }
+}
+
+/// The top-level `<item>…</item>` elements inside `<set>…</set>` of `xml`:
+/// (where the set's content starts and ends, each item's text).
+fn set_items<'a>(xml: &'a str, set: &str) -> Option<(usize, usize, Vec<&'a str>)> {
+    let open = format!("<{set}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml[start..].find(&format!("</{set}>"))?;
+    let inner = &xml[start..end];
+    let (mut items, mut depth, mut at, mut from) = (Vec::new(), 0usize, 0usize, 0usize);
+    loop {
+        let next = |tag: &str| inner[at..].find(tag).map(|i| i + at);
+        let Some(i) = [next("<item>"), next("</item>")]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
+            break;
+        };
+        if inner[i..].starts_with("<item>") {
+            if depth == 0 {
+                from = i;
+            }
+            depth += 1;
+            at = i + "<item>".len();
+        } else {
+            depth = depth.checked_sub(1)?;
+            at = i + "</item>".len();
+            if depth == 0 {
+                items.push(&inner[from..at]);
+            }
+        }
+    }
+    Some((start, end, items))
+}
+
+async fn page_one(
+    mut client: tokio::net::TcpStream,
+    target: &str,
+    paged: &std::sync::atomic::AtomicUsize,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let header_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < header_end + length {
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = String::from_utf8_lossy(&buf[header_end..header_end + length]).to_string();
+    let listing = PAGED
+        .iter()
+        .find(|(action, _)| body.split('&').any(|p| p == format!("Action={action}")));
+    // The page asked for, and the request moto sees (without the token).
+    let mut page = 0usize;
+    let forwarded: String = body
+        .split('&')
+        .filter(|p| match p.strip_prefix("NextToken=") {
+            Some(t) => {
+                page = t.trim_start_matches("page-").parse().unwrap_or(0);
+                false
+            }
+            None => true,
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    let head: String = head
+        .split("\r\n")
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            !l.starts_with("connection:") && !l.starts_with("content-length:")
+        })
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    let head = format!(
+        "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        forwarded.len()
+    );
+    let mut upstream = tokio::net::TcpStream::connect(target).await?;
+    upstream.write_all(head.as_bytes()).await?;
+    upstream.write_all(forwarded.as_bytes()).await?;
+    let mut answer = Vec::new();
+    upstream.read_to_end(&mut answer).await?;
+    let Some((_, set)) = listing else {
+        client.write_all(&answer).await?;
+        return Ok(());
+    };
+    let Some(split) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        client.write_all(&answer).await?;
+        return Ok(());
+    };
+    let (status, xml) = (
+        String::from_utf8_lossy(&answer[..split]).to_string(),
+        String::from_utf8_lossy(&answer[split + 4..]).to_string(),
+    );
+    let Some((start, end, items)) = set_items(&xml, set) else {
+        client.write_all(&answer).await?;
+        return Ok(());
+    };
+    let one = items.get(page).copied().unwrap_or_default();
+    let mut xml = format!("{}{one}{}", &xml[..start], &xml[end..]);
+    if page + 1 < items.len() {
+        paged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let close = xml.rfind("</").unwrap_or(xml.len());
+        xml.insert_str(close, &format!("<nextToken>page-{}</nextToken>", page + 1));
+    }
+    let status_line = status.lines().next().unwrap_or("HTTP/1.1 200 OK");
+    let res = format!(
+        "{status_line}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
+        xml.len()
+    );
+    client.write_all(res.as_bytes()).await?;
+    Ok(())
+}
+
+#[test]
+fn the_paging_proxy_finds_top_level_items_only() {
+    let xml = "<R><subnetSet><item><id>a</id><tagSet><item><k>x</k></item></tagSet></item><item><id>b</id></item></subnetSet></R>";
+    let (start, end, items) = set_items(xml, "subnetSet").expect("a set");
+    assert_eq!(
+        items,
+        [
+            "<item><id>a</id><tagSet><item><k>x</k></item></tagSet></item>",
+            "<item><id>b</id></item>"
+        ]
+    );
+    assert_eq!(&xml[start..end], items.concat());
+}

@@ -1105,6 +1105,19 @@ async fn a_route_vpcmesh_did_not_create_is_never_replaced_or_deleted() {
         |routes: &[(String, String)]| routes.iter().any(|(d, t)| d == "10.85.0.0/16" && *t == pcx);
 
     let (id, _, _) = w.full_mesh("peered", &placed, "us-east-1").await;
+    // The plan already shows the route in the way, read live.
+    let plan = w
+        .admin_get(&format!("/api/v1/networks/{id}/plan?kind=apply"))
+        .await;
+    let conflicts = plan["route_conflicts"].as_array().expect("route_conflicts");
+    assert_eq!(conflicts.len(), 1, "{plan}");
+    assert!(
+        conflicts[0].as_str().is_some_and(|c| c.contains(&format!(
+            "route table {table} already sends 10.85.0.0/16 to {pcx}"
+        ))),
+        "{plan}"
+    );
+    assert_eq!(plan["routes_unchecked"], json!([]), "{plan}");
     w.start(&id, "apply").await;
     let note = until_failed(&mut w, &id).await;
     let job = w
@@ -1135,6 +1148,10 @@ async fn a_route_vpcmesh_did_not_create_is_never_replaced_or_deleted() {
         .send()
         .await
         .expect("DeleteRoute");
+    let plan = w
+        .admin_get(&format!("/api/v1/networks/{id}/plan?kind=apply"))
+        .await;
+    assert_eq!(plan["route_conflicts"], json!([]), "{plan}");
     w.run(&id, "apply", "ready").await;
     let east_routes = routes(&w.customer, "us-east-1", &table).await;
     let appliance = east_routes
@@ -1180,5 +1197,67 @@ async fn a_route_vpcmesh_did_not_create_is_never_replaced_or_deleted() {
             "left in place, not created by vpcmesh: {table} 10.85.0.0/16 -> {pcx}"
         )),
         "{events}"
+    );
+}
+
+#[tokio::test]
+async fn ec2_listings_are_read_to_their_last_page() {
+    let proxy = crate::moto::PagingProxy::start(&moto().await.url).await;
+    let url: url::Url = proxy.url.parse().expect("the proxy's URL");
+    let mut w =
+        World::with_app(TestApp::on_moto_with(4, move |s| s.aws_endpoint_url = Some(url)).await)
+            .await;
+    let placed = place(
+        &w,
+        &[
+            ("us-east-1", "10.87.0.0/16", true),
+            ("us-west-2", "10.88.0.0/16", true),
+        ],
+    )
+    .await;
+    // The VPC picker: every VPC of the region, one per page, each with
+    // both its subnets (two more pages).
+    let account = w.admin.get("/api/v1/accounts").await.json()[0]["id"]
+        .as_str()
+        .expect("account id")
+        .to_string();
+    let vpcs = w
+        .admin
+        .get(&format!("/api/v1/accounts/{account}/vpcs?region=us-east-1"))
+        .await
+        .json();
+    let listed = vpcs
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["vpc_id"] == placed[0].vpc.id.as_str()))
+        .unwrap_or_else(|| panic!("{} not listed: {vpcs}", placed[0].vpc.id));
+    assert_eq!(listed["subnets"], 2, "{listed}");
+    assert_eq!(
+        listed["availability_zones"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+    // An HA network needs subnets in two AZs: the second is on page two.
+    let (_, net, _) = w.full_mesh("paged", &placed, "us-east-1").await;
+    for site in net["sites"].as_array().expect("sites") {
+        assert_eq!(
+            site["availability_zones"].as_array().map(Vec::len),
+            Some(2),
+            "{site}"
+        );
+    }
+    // Both route tables (the main one and the test's), from two pages.
+    for p in &placed {
+        let tables: i32 = sqlx::query_scalar(
+            "SELECT jsonb_array_length(discovered->'route_tables') FROM sites WHERE vpc_id = $1",
+        )
+        .bind(&p.vpc.id)
+        .fetch_one(&w.app.pool)
+        .await
+        .expect("the site");
+        assert_eq!(tables, 2, "{}", p.vpc.id);
+    }
+    assert!(
+        proxy.paged.load(std::sync::atomic::Ordering::SeqCst) >= 4,
+        "the listings were paged"
     );
 }

@@ -216,3 +216,29 @@ async fn plain_form_with_a_wrong_password_returns_to_the_form_with_the_reason() 
         "the form page states the reason"
     );
 }
+
+#[tokio::test]
+async fn a_session_ends_at_its_absolute_lifetime_however_busy() {
+    use std::time::{Duration, Instant};
+    let app = TestApp::with_settings(|s| s.session_lifetime = Duration::from_secs(2)).await;
+    app.org_with_admin("Acme", "ada@acme.test").await;
+    let mut c = app.signed_in("ada@acme.test").await;
+    let started = Instant::now();
+    assert_eq!(c.get("/api/v1/me").await.status, StatusCode::OK);
+    // A request every 100 ms keeps the idle expiry fresh; the lifetime
+    // (counted in whole seconds from the sign-in) still ends the session.
+    let ended = loop {
+        let status = c.get("/api/v1/me").await.status;
+        if status == StatusCode::UNAUTHORIZED {
+            break started.elapsed();
+        }
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the session outlived its lifetime"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(ended >= Duration::from_millis(900), "{ended:?}");
+    assert_eq!(app.session_rows().await, 0, "the expired session is gone");
+}

@@ -161,7 +161,21 @@ fn PlanPanel(
                     match plan.await {
                         Ok(p) => {
                             let fingerprint = p.fingerprint.clone();
+                            let conflicts = p.route_conflicts.clone();
+                            let unchecked = p.routes_unchecked.clone();
                             view! {
+                                {(!conflicts.is_empty()).then(|| view! {
+                                    <div class="notice notice-error" id="plan-conflicts" role="alert">
+                                        <strong>"Routes in the way: provisioning would stop at them."</strong>
+                                        <ul>{conflicts.into_iter().map(|c| view! { <li>{c}</li> }).collect_view()}</ul>
+                                    </div>
+                                })}
+                                {(!unchecked.is_empty()).then(|| view! {
+                                    <div class="notice notice-warn" id="plan-unchecked">
+                                        <strong>"Route tables not checked:"</strong>
+                                        <ul>{unchecked.into_iter().map(|c| view! { <li>{c}</li> }).collect_view()}</ul>
+                                    </div>
+                                })}
                                 <p class="muted">{format!("Provision creates {} resources in your accounts:", p.changes.iter().filter(|c| c.action == ChangeAction::Create).count())}</p>
                                 <table class="table" id="plan-table">
                                     <thead><tr><th scope="col">"Account / region"</th><th scope="col">"What"</th><th scope="col">"Details"</th></tr></thead>
