@@ -9,7 +9,6 @@ use crate::moto::{moto, Customer, ThrottlingProxy};
 use crate::networks::World;
 use appliance::address::{AddressError, Retry, SiteAddress, SourceDestCheck, TakeOver};
 use aws_credential_types::Credentials;
-use aws_sdk_ec2::types::Filter;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -242,34 +241,8 @@ struct Bare {
 async fn bare_instance_and_address(c: &Customer) -> (Bare, String) {
     let ec2 = c.ec2(REGION);
     let vpc = c.vpc(REGION, "10.77.0.0/16").await;
-    let subnets = ec2
-        .describe_subnets()
-        .filters(Filter::builder().name("vpc-id").values(&vpc.id).build())
-        .send()
-        .await
-        .expect("DescribeSubnets");
-    let subnet = subnets.subnets()[0]
-        .subnet_id()
-        .expect("subnet")
-        .to_string();
-    let run = ec2
-        .run_instances()
-        .image_id("ami-12c6146b")
-        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
-        .min_count(1)
-        .max_count(1)
-        .subnet_id(subnet)
-        .send()
-        .await
-        .expect("RunInstances");
-    let i = &run.instances()[0];
-    let m = Bare {
-        id: i.instance_id().expect("id").to_string(),
-        interface_id: i.network_interfaces()[0]
-            .network_interface_id()
-            .expect("eni")
-            .to_string(),
-    };
+    let (id, interface_id) = c.untagged_instance(REGION, &vpc.id).await;
+    let m = Bare { id, interface_id };
     let eip = ec2
         .allocate_address()
         .domain(aws_sdk_ec2::types::DomainType::Vpc)

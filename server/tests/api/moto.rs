@@ -173,6 +173,45 @@ impl Customer {
         aws_sdk_kms::Client::new(&config(&self.endpoint, self.creds.clone(), region))
     }
 
+    /// An instance in `vpc_id`'s first subnet that is no appliance (no
+    /// vpcmesh tags): (its id, its interface).
+    pub async fn untagged_instance(&self, region: &str, vpc_id: &str) -> (String, String) {
+        let ec2 = self.ec2(region);
+        let subnets = ec2
+            .describe_subnets()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("vpc-id")
+                    .values(vpc_id)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("DescribeSubnets");
+        let subnet = subnets.subnets()[0]
+            .subnet_id()
+            .expect("subnet")
+            .to_string();
+        let run = ec2
+            .run_instances()
+            .image_id("ami-12c6146b")
+            .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+            .min_count(1)
+            .max_count(1)
+            .subnet_id(subnet)
+            .send()
+            .await
+            .expect("RunInstances");
+        let i = &run.instances()[0];
+        (
+            i.instance_id().expect("id").to_string(),
+            i.network_interfaces()[0]
+                .network_interface_id()
+                .expect("eni")
+                .to_string(),
+        )
+    }
+
     /// A VPC with one subnet in each of the region's first two AZs and a
     /// route table associated with them.
     pub async fn vpc(&self, region: &str, cidr: &str) -> TestVpc {
@@ -464,6 +503,43 @@ impl ThrottlingProxy {
     }
 }
 
+/// One HTTP request from `client`: its head, everything read, where the
+/// head ends, and the body's length. None once the client hangs up.
+async fn read_request(
+    client: &mut tokio::net::TcpStream,
+) -> std::io::Result<Option<(String, Vec<u8>, usize, usize)>> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let header_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < header_end + length {
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(Some((head, buf, header_end, length)))
+}
+
 async fn proxy_one(
     mut client: tokio::net::TcpStream,
     target: &str,
@@ -475,35 +551,9 @@ async fn proxy_one(
     use std::sync::atomic::Ordering;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
-        // Read one request: headers, then Content-Length bytes of body.
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 8192];
-        let header_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let n = client.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
+        let Some((head, buf, header_end, length)) = read_request(&mut client).await? else {
+            return Ok(());
         };
-        let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
-            .unwrap_or(0);
-        while buf.len() < header_end + length {
-            let n = client.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
         let body = String::from_utf8_lossy(&buf[header_end..]).to_string();
         if body.contains(matching) || head.contains(matching) {
             if throttled.fetch_add(1, Ordering::SeqCst) < failures {
@@ -630,34 +680,9 @@ async fn page_one(
     paged: &std::sync::atomic::AtomicUsize,
 ) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let header_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = client.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
+    let Some((head, buf, header_end, length)) = read_request(&mut client).await? else {
+        return Ok(());
     };
-    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    while buf.len() < header_end + length {
-        let n = client.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
     let body = String::from_utf8_lossy(&buf[header_end..header_end + length]).to_string();
     let listing = PAGED
         .iter()

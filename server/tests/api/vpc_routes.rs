@@ -543,7 +543,7 @@ async fn a_replacement_of_member_a_takes_the_vpc_routes_once_and_keeps_them() {
     // The customer sends a remote CIDR to an instance of their own (not
     // tagged with the site): that route is someone else's, reported and
     // left alone, however often the appliance looks.
-    let theirs = untagged_instance(c, &vpc_id).await;
+    let (theirs, _) = c.untagged_instance(REGION, &vpc_id).await;
     c.ec2(REGION)
         .replace_route()
         .route_table_id(&remote_tables[0])
@@ -567,33 +567,4 @@ async fn a_replacement_of_member_a_takes_the_vpc_routes_once_and_keeps_them() {
         routes_of(c, &vpc_id).await[&(remote_tables[0].clone(), "10.2.0.0/16".into())],
         theirs
     );
-}
-
-/// An instance in `vpc_id` that is no appliance (no vpcmesh tags).
-async fn untagged_instance(c: &Customer, vpc_id: &str) -> String {
-    let ec2 = c.ec2(REGION);
-    let subnets = ec2
-        .describe_subnets()
-        .filters(Filter::builder().name("vpc-id").values(vpc_id).build())
-        .send()
-        .await
-        .expect("DescribeSubnets");
-    let subnet = subnets.subnets()[0]
-        .subnet_id()
-        .expect("subnet")
-        .to_string();
-    let run = ec2
-        .run_instances()
-        .image_id("ami-12c6146b")
-        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
-        .min_count(1)
-        .max_count(1)
-        .subnet_id(subnet)
-        .send()
-        .await
-        .expect("RunInstances");
-    run.instances()[0]
-        .instance_id()
-        .expect("an instance id")
-        .to_string()
 }
