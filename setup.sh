@@ -129,7 +129,7 @@ setup_lab() {
 }
 
 setup_tests() {
-  apt_ensure chromium
+  apt_ensure chromium prometheus
   command -v npm >/dev/null || apt_ensure nodejs npm
   local e2e="$VPCMESH_ROOT/e2e"
   if [ ! -f "$e2e/node_modules/.package-lock.json" ] || [ "$e2e/package-lock.json" -nt "$e2e/node_modules/.package-lock.json" ]; then

@@ -61,6 +61,10 @@ pub struct RunArgs {
     /// An AWS endpoint override for KMS (a local emulator).
     #[arg(long, env = "VPCMESH_AWS_ENDPOINT_URL")]
     pub aws_endpoint_url: Option<String>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address. Default:
+    /// not served.
+    #[arg(long, env = "VPCMESH_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Seconds between status reports.
     #[arg(long, default_value_t = 10)]
     pub status_every_secs: u64,

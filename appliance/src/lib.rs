@@ -21,6 +21,8 @@ pub mod kms;
 #[cfg(feature = "agent")]
 pub mod local;
 #[cfg(feature = "agent")]
+pub mod metrics;
+#[cfg(feature = "agent")]
 pub mod netlink;
 #[cfg(feature = "agent")]
 pub mod probe;

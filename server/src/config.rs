@@ -1,5 +1,6 @@
 //! Start-up configuration: flags and environment, validated once.
 
+use crate::appliances::limits::LimitSettings;
 use appliance::protocol::{
     DEAD_AFTER_BEATS, DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT_MS, HEARTBEAT_INTERVALS_MS,
 };
@@ -105,6 +106,39 @@ pub struct Config {
     pub agent_binary: Option<PathBuf>,
     #[arg(long, env = "VPCMESH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address, apart from
+    /// the console and the appliance API. Default: no metrics listener.
+    #[arg(long, env = "VPCMESH_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Postgres connections this process keeps at most (console, appliance
+    /// API and background work share them).
+    #[arg(long, env = "VPCMESH_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+    /// Config long-polls one appliance may have waiting at once.
+    #[arg(long, env = "VPCMESH_APPLIANCE_POLLS", default_value_t = 2)]
+    pub appliance_polls: u32,
+    /// Requests per minute one appliance may send (polls, status, probes).
+    #[arg(
+        long,
+        env = "VPCMESH_APPLIANCE_REQUESTS_PER_MIN",
+        default_value_t = 600
+    )]
+    pub appliance_requests_per_min: u32,
+    /// Appliance registrations per minute from one client address.
+    #[arg(
+        long,
+        env = "VPCMESH_APPLIANCE_REGISTRATIONS_PER_MIN",
+        default_value_t = 30
+    )]
+    pub appliance_registrations_per_min: u32,
+    /// Missing or unknown appliance credentials per minute from one client
+    /// address before that address's unknown credentials are refused unread.
+    #[arg(
+        long,
+        env = "VPCMESH_APPLIANCE_FAILED_CREDENTIALS_PER_MIN",
+        default_value_t = 20
+    )]
+    pub appliance_failed_credentials_per_min: u32,
 }
 
 /// What the running server needs to know, derived from [`Config`] and checked.
@@ -133,6 +167,8 @@ pub struct Settings {
     pub failover_after: Duration,
     /// When an unfinished monitor request is asked once more.
     pub failover_retry: Duration,
+    /// What each appliance and client address may ask of the appliance API.
+    pub appliance_limits: LimitSettings,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -159,6 +195,10 @@ pub enum ConfigError {
     FailoverAfter,
     #[error("--failover-retry-secs must be between 1 and 3600")]
     FailoverRetry,
+    #[error("--db-pool-size must be between 2 and 1000")]
+    DbPoolSize,
+    #[error("--{0} must be between 1 and {1}")]
+    ApplianceLimit(&'static str, u32),
 }
 
 impl Config {
@@ -203,6 +243,31 @@ impl Config {
         if !(1..=3600).contains(&self.failover_retry_secs) {
             return Err(ConfigError::FailoverRetry);
         }
+        if !(2..=1000).contains(&self.db_pool_size) {
+            return Err(ConfigError::DbPoolSize);
+        }
+        for (flag, value, max) in [
+            ("appliance-polls", self.appliance_polls, 16),
+            (
+                "appliance-requests-per-min",
+                self.appliance_requests_per_min,
+                100_000,
+            ),
+            (
+                "appliance-registrations-per-min",
+                self.appliance_registrations_per_min,
+                100_000,
+            ),
+            (
+                "appliance-failed-credentials-per-min",
+                self.appliance_failed_credentials_per_min,
+                100_000,
+            ),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(ConfigError::ApplianceLimit(flag, max));
+            }
+        }
         Ok(Settings {
             public_origin: public.origin().ascii_serialization(),
             secure_cookies: scheme == "https",
@@ -220,6 +285,12 @@ impl Config {
             ha_dead_after: self.ha_dead_after,
             failover_after: Duration::from_secs(self.failover_after_secs),
             failover_retry: Duration::from_secs(self.failover_retry_secs),
+            appliance_limits: LimitSettings {
+                polls_per_appliance: self.appliance_polls,
+                requests_per_appliance: self.appliance_requests_per_min,
+                registrations_per_address: self.appliance_registrations_per_min,
+                failed_credentials_per_address: self.appliance_failed_credentials_per_min,
+            },
         })
     }
 }
@@ -253,6 +324,7 @@ impl Settings {
             ha_dead_after: DEFAULT_DEAD_AFTER,
             failover_after: Duration::from_secs(25),
             failover_retry: Duration::from_secs(60),
+            appliance_limits: LimitSettings::default(),
         }
     }
 }
@@ -347,6 +419,19 @@ mod tests {
                 .unwrap_err(),
             ConfigError::FailoverRetry
         );
+        assert_eq!(
+            parse(&["--db-pool-size", "1"]).settings().unwrap_err(),
+            ConfigError::DbPoolSize
+        );
+        assert_eq!(
+            parse(&["--appliance-polls", "0"]).settings().unwrap_err(),
+            ConfigError::ApplianceLimit("appliance-polls", 16)
+        );
+        let l = parse(&["--appliance-requests-per-min", "60"])
+            .settings()
+            .expect("valid")
+            .appliance_limits;
+        assert_eq!((l.requests_per_appliance, l.polls_per_appliance), (60, 2));
         let s = parse(&["--ha-heartbeat-ms", "50", "--ha-dead-after", "4"])
             .settings()
             .expect("valid");

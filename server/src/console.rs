@@ -22,7 +22,7 @@ use app::{
     backend::Console,
 };
 use axum::{extract::FromRequestParts, http::request::Parts};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 use tower_sessions::Session;
 use uuid::Uuid;
 
@@ -48,29 +48,9 @@ impl FromRequestParts<AppState> for ConsoleSession {
         Ok(ConsoleSession {
             state: state.clone(),
             session,
-            client_ip: client_ip(parts, state.settings.trust_forwarded_for),
+            client_ip: crate::http::client_ip::client_ip(parts, state.settings.trust_forwarded_for),
         })
     }
-}
-
-fn client_ip(parts: &Parts, trust_forwarded_for: bool) -> IpAddr {
-    if trust_forwarded_for {
-        // The load balancer appends the address it saw: the last entry is the one to trust.
-        let forwarded = parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse().ok());
-        if let Some(ip) = forwarded {
-            return ip;
-        }
-    }
-    parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
 impl ConsoleSession {

@@ -14,6 +14,7 @@ pub mod failover;
 pub mod http;
 pub mod identity;
 pub mod internal;
+pub mod metrics;
 pub mod networks;
 pub mod provisioning;
 pub mod run;

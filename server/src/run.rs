@@ -29,7 +29,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         (None, None) => unreachable!("Config::settings requires a database"),
     };
-    let pool = db::connect(&database_url)
+    let pool = db::connect(&database_url, config.db_pool_size)
         .await
         .context("connect to Postgres")?;
     db::migrate(&pool).await.context("apply migrations")?;
@@ -92,6 +92,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     spawn_chores(&pool);
+    if let Some(addr) = config.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen for metrics on {addr}"))?;
+        tracing::info!(%addr, "serving metrics");
+        let router = crate::metrics::router(state.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics, router).await {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

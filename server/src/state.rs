@@ -16,7 +16,13 @@ pub struct AppState {
     /// Wakes idle provisioning workers when a job starts or a phase ends.
     pub engine_wake: Arc<tokio::sync::Notify>,
     /// Network ids whose appliance configs may have changed (any replica).
-    pub config_changes: tokio::sync::broadcast::Sender<uuid::Uuid>,
+    pub config_changes: tokio::sync::broadcast::Sender<crate::appliances::Change>,
+    /// Appliance credentials already looked up (dropped on every change).
+    pub credentials: Arc<crate::appliances::CredentialCache>,
+    /// Each network's compiled state, shared by its appliances' polls.
+    pub snapshots: Arc<crate::appliances::Snapshots>,
+    /// What each appliance and client address may ask of the appliance API.
+    pub appliance_limits: Arc<crate::appliances::limits::Limits>,
     /// The agent binary appliances install; `None`: no appliance stack can
     /// be provisioned (see `--agent-binary`).
     pub agent: Option<crate::appliances::agent_binary::AgentRelease>,
@@ -31,8 +37,17 @@ impl FromRef<AppState> for LeptosOptions {
 impl AppState {
     pub fn new(pool: PgPool, settings: Settings, leptos_options: LeptosOptions, aws: Aws) -> Self {
         let routes = leptos_axum::generate_route_list(app::App);
-        let config_changes = crate::appliances::listen_for_changes(pool.clone());
+        let credentials = Arc::new(crate::appliances::CredentialCache::default());
+        let snapshots = Arc::new(crate::appliances::Snapshots::default());
+        let config_changes = crate::appliances::listen_for_changes(pool.clone(), {
+            let (credentials, snapshots) = (credentials.clone(), snapshots.clone());
+            move |change| {
+                credentials.forget(change);
+                snapshots.forget(change);
+            }
+        });
         crate::appliances::rotation::spawn_sweeper(pool.clone(), settings.rotation_grace);
+        let appliance_limits = crate::appliances::limits::Limits::new(settings.appliance_limits);
         AppState {
             pool,
             settings: Arc::new(settings),
@@ -41,6 +56,9 @@ impl AppState {
             aws,
             engine_wake: Arc::new(tokio::sync::Notify::new()),
             config_changes,
+            credentials,
+            snapshots,
+            appliance_limits,
             agent: None,
         }
     }

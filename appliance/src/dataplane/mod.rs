@@ -14,4 +14,4 @@ pub use nat_t::{NatTSocket, NAT_T_PORT};
 pub use reconcile::{
     diff, ChangeSet, Kernel, ObservedState, Plan, ReconcileError, ReconcileReport,
 };
-pub use status::{status_report, tunnel_status};
+pub use status::{inbound_drops, status_report, tunnel_status};

@@ -1,9 +1,12 @@
 //! Tunnel state and counters read from the kernel's SAs.
 
 use super::reconcile::ObservedState;
-use crate::protocol::{DesiredConfig, HaRole, HaStatus, StatusReport, TunnelState, TunnelStatus};
-use crate::xfrm::SaId;
+use crate::protocol::{
+    DesiredConfig, HaRole, HaStatus, StatusReport, Tunnel, TunnelState, TunnelStatus,
+};
+use crate::xfrm::{ObservedSa, SaId};
 use std::collections::BTreeSet;
+use uuid::Uuid;
 
 pub fn tunnel_status(config: &DesiredConfig, observed: &ObservedState) -> Vec<TunnelStatus> {
     config
@@ -14,16 +17,7 @@ pub fn tunnel_status(config: &DesiredConfig, observed: &ObservedState) -> Vec<Tu
                 dst: t.peer_address,
                 spi: t.out.spi,
             });
-            let ins: Vec<_> = t
-                .inbound
-                .iter()
-                .map(|i| {
-                    observed.sas.get(&SaId {
-                        dst: config.local_address,
-                        spi: i.spi,
-                    })
-                })
-                .collect();
+            let ins = inbound_sas(config, t, observed);
             let mut status = TunnelStatus {
                 peer_site: t.peer_site,
                 out_epoch: t.out.epoch,
@@ -63,6 +57,42 @@ pub fn tunnel_status(config: &DesiredConfig, observed: &ObservedState) -> Vec<Tu
                 TunnelState::Up
             };
             status
+        })
+        .collect()
+}
+
+/// The kernel's SAs for a tunnel's inbound SAs, in the config's order.
+fn inbound_sas<'a>(
+    config: &DesiredConfig,
+    t: &Tunnel,
+    observed: &'a ObservedState,
+) -> Vec<Option<&'a ObservedSa>> {
+    t.inbound
+        .iter()
+        .map(|i| {
+            observed.sas.get(&SaId {
+                dst: config.local_address,
+                spi: i.spi,
+            })
+        })
+        .collect()
+}
+
+/// Inbound drops per tunnel, told apart: (peer site, replay-window drops,
+/// integrity failures). The status report sends only their sum.
+pub fn inbound_drops(config: &DesiredConfig, observed: &ObservedState) -> Vec<(Uuid, u64, u64)> {
+    config
+        .tunnels
+        .iter()
+        .map(|t| {
+            let sas = inbound_sas(config, t, observed);
+            let (replay, integrity) = sas.iter().flatten().fold((0, 0), |(r, i), sa| {
+                (
+                    r + sa.counters.replay_drops,
+                    i + sa.counters.integrity_failures,
+                )
+            });
+            (t.peer_site, replay, integrity)
         })
         .collect()
 }

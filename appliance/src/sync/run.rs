@@ -6,11 +6,12 @@ use super::{BootConfig, ControlPlane, Identity, StoredCredential, SyncError};
 use crate::address::SiteAddress;
 use crate::config::RunArgs;
 use crate::dataplane::{
-    heartbeat_key, status_report, DataKey, EpochKeys, Kernel, NatTSocket, ReconcileError,
-    ReconcileReport,
+    heartbeat_key, inbound_drops, status_report, DataKey, EpochKeys, Kernel, NatTSocket,
+    ReconcileError, ReconcileReport,
 };
 use crate::ha::{HaInputs, HaTask, HaView, ROUTES_RECHECK};
 use crate::kms::Kms;
+use crate::metrics::METRICS;
 use crate::protocol::{DesiredConfig, RegisterRequest};
 use crate::vpc_routes;
 use anyhow::Context;
@@ -37,6 +38,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| boot.server_url.clone());
     let cp = Arc::new(ControlPlane::new(server.clone())?);
     args.require_tls(&server)?;
+    if let Some(addr) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening for metrics on {addr}"))?;
+        tracing::info!(%addr, "serving metrics");
+        tokio::spawn(crate::metrics::serve(listener));
+    }
     let identity = Identity::resolve(&args, &crate::imds::Imds::new(args.imds_url.clone())).await?;
     let kernel: SharedKernel = Arc::new(Mutex::new(Kernel::open().context("opening netlink")?));
     let mut ha_task = None;
@@ -211,6 +219,7 @@ async fn follow_config(
     // The config version last given to the HA task.
     let mut ha_sent: Option<u64> = None;
     let set_error = |e: String| {
+        METRICS.config_error();
         if let Ok(mut s) = shared.lock() {
             s.error = Some(e);
         }
@@ -286,6 +295,7 @@ async fn follow_config(
                 }
             }
         }
+        let reconciling = Instant::now();
         let outcome = apply(
             kernel.clone(),
             config.clone(),
@@ -295,6 +305,7 @@ async fn follow_config(
         .await;
         match outcome {
             Ok(Applied::Done(report, g)) => {
+                METRICS.applied(config.version, &report, reconciling.elapsed());
                 generations = g;
                 backoff.reset();
                 kernel_backoff.reset();
@@ -456,19 +467,27 @@ async fn report_status(
         // One snapshot: the version reported is the one whose tunnels are read.
         let report = tokio::task::spawn_blocking(move || {
             let observed = k.lock().ok().and_then(|mut k| k.observe().ok());
-            status_report(
+            let drops = match (&applied, &observed) {
+                (Some(c), Some(o)) => inbound_drops(c, o),
+                _ => Vec::new(),
+            };
+            let report = status_report(
                 applied.as_ref(),
                 error,
                 view.role,
                 Some(view.status()),
                 observed.as_ref(),
-            )
+            );
+            METRICS.tunnels(report.ha_role, &report.tunnels, &drops);
+            report
         })
         .await;
         let Ok(report) = report else {
             continue;
         };
-        if let Err(e) = cp.status(&credential, &report).await {
+        let delivered = cp.status(&credential, &report).await;
+        METRICS.status_report(delivered.is_ok());
+        if let Err(e) = delivered {
             tracing::warn!(error = %e, "status report not delivered");
         }
     }

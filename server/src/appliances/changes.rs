@@ -11,25 +11,68 @@ use uuid::Uuid;
 
 pub const CHANNEL: &str = "vpcmesh_config";
 
+/// What may have changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The configs of this network's appliances.
+    Network(Uuid),
+    /// Anything: the listener was reconnected, and what was notified while
+    /// it was away is lost.
+    Resync,
+}
+
 /// Starts the listener; returns the sender long-polls subscribe to.
-pub fn listen(pool: PgPool) -> broadcast::Sender<Uuid> {
+/// `forget` drops what the change makes stale, before any waiter wakes.
+pub fn listen(pool: PgPool, forget: impl Fn(Change) + Send + 'static) -> broadcast::Sender<Change> {
     let (tx, _) = broadcast::channel(1024);
     let sender = tx.clone();
     tokio::spawn(async move {
+        let mut reconnect = false;
         loop {
             match PgListener::connect_with(&pool).await {
-                Ok(mut listener) => {
-                    if let Err(e) = listener.listen(CHANNEL).await {
-                        tracing::warn!(error = %e, "LISTEN {CHANNEL} failed");
-                    } else {
-                        // `recv` reconnects by itself after a dropped connection.
-                        while let Ok(n) = listener.recv().await {
-                            if let Ok(id) = n.payload().parse::<Uuid>() {
-                                let _ = sender.send(id);
+                Ok(mut listener) => match listener.listen(CHANNEL).await {
+                    Err(e) => tracing::warn!(error = %e, "LISTEN {CHANNEL} failed"),
+                    Ok(()) => {
+                        if reconnect {
+                            tracing::info!(
+                                "listening for config changes again; every waiter rechecks"
+                            );
+                            crate::metrics::METRICS
+                                .config_notifications
+                                .with_label_values(&["resync"])
+                                .inc();
+                            forget(Change::Resync);
+                            let _ = sender.send(Change::Resync);
+                        }
+                        reconnect = true;
+                        // `Ok(None)`: the connection was lost; reconnect here,
+                        // so the resync follows the new LISTEN.
+                        loop {
+                            match listener.try_recv().await {
+                                Ok(Some(n)) => {
+                                    if let Ok(id) = n.payload().parse::<Uuid>() {
+                                        crate::metrics::METRICS
+                                            .config_notifications
+                                            .with_label_values(&["network"])
+                                            .inc();
+                                        forget(Change::Network(id));
+                                        let _ = sender.send(Change::Network(id));
+                                    }
+                                }
+                                Ok(None) => {
+                                    tracing::warn!(
+                                        "the config-change listener lost its connection"
+                                    );
+                                    break;
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "the config-change listener failed");
+                                    break;
+                                }
                             }
                         }
                     }
-                }
+                },
                 Err(e) => tracing::warn!(error = %e, "cannot listen for config changes"),
             }
             if pool.is_closed() {

@@ -7,7 +7,11 @@ use super::rotation::{self, LIVE_WITHIN};
 use super::store::{self, ApplianceRow, MemberSas};
 use super::ApplianceError;
 use crate::failover::config::{self as ha, Recipient, Timing};
-use crate::networks::{model, store as networks};
+use crate::networks::{
+    model,
+    store::{self as networks, NetworkRow, SiteRow},
+};
+use crate::topology::SitePlan;
 use appliance::protocol::{
     spi_epoch_parity, spi_for, DesiredConfig, EpochKey, InboundSa, Member, OutboundSa, Tunnel,
     PREVIOUS_PROTOCOL_VERSION, PROTOCOL_VERSION, SPI_BASE_MASK,
@@ -92,39 +96,74 @@ impl Generations {
     }
 }
 
+/// What every appliance config of a network is cut from: read and
+/// compiled once (see `snapshots`), shared by all its appliances' polls.
+pub struct NetworkSnapshot {
+    net: NetworkRow,
+    sites: Vec<SiteRow>,
+    plans: BTreeMap<Uuid, SitePlan>,
+    epochs: rotation::InPlay,
+    /// During a rotation: which sites accept the new epoch.
+    peer_accepts_new: Option<BTreeMap<Uuid, bool>>,
+    gens: Generations,
+}
+
+impl NetworkSnapshot {
+    pub async fn load(pool: &PgPool, network_id: Uuid) -> Result<Self, ApplianceError> {
+        let net = networks::find_any(pool, network_id)
+            .await?
+            .ok_or(ApplianceError::SiteGone)?;
+        let sites = networks::sites(pool, net.id).await?;
+        let plans = model::compile(&net, &sites).map_err(|e| {
+            tracing::error!(network_id = %net.id, error = %e, "a stored network no longer compiles");
+            ApplianceError::Internal
+        })?;
+        let epochs = rotation::in_play(pool, net.id)
+            .await?
+            .ok_or(ApplianceError::Internal)?;
+        // During a rotation a tunnel sends with the new epoch once every live
+        // appliance of the peer site accepts it (see `rotation`).
+        let peer_accepts_new = match &epochs.retiring {
+            None => None,
+            Some(_) => Some(rotation::sites_accepting(pool, net.id, epochs.active.epoch).await?),
+        };
+        let gens = Generations(
+            store::member_sas(pool, net.id, LIVE_WITHIN)
+                .await?
+                .into_iter()
+                .map(|m| ((m.site_id, m.member), m))
+                .collect(),
+        );
+        Ok(NetworkSnapshot {
+            net,
+            sites,
+            plans,
+            epochs,
+            peer_accepts_new,
+            gens,
+        })
+    }
+}
+
+/// One appliance's config, cut from its network's snapshot.
 pub async fn desired_config(
     pool: &PgPool,
+    snapshot: &NetworkSnapshot,
     appliance: &ApplianceRow,
     protocol: u16,
     timing: Timing,
 ) -> Result<DesiredConfig, ApplianceError> {
-    let net = networks::find_any(pool, appliance.network_id)
-        .await?
-        .ok_or(ApplianceError::SiteGone)?;
-    let sites = networks::sites(pool, net.id).await?;
-    let plans = model::compile(&net, &sites).map_err(|e| {
-        tracing::error!(network_id = %net.id, error = %e, "a stored network no longer compiles");
-        ApplianceError::Internal
-    })?;
+    let NetworkSnapshot {
+        net,
+        sites,
+        plans,
+        epochs,
+        peer_accepts_new,
+        gens,
+    } = snapshot;
     let plan = plans
         .get(&appliance.site_id)
         .ok_or(ApplianceError::SiteGone)?;
-    let epochs = rotation::in_play(pool, net.id)
-        .await?
-        .ok_or(ApplianceError::Internal)?;
-    // During a rotation a tunnel sends with the new epoch once every live
-    // appliance of the peer site accepts it (see `rotation`).
-    let peer_accepts_new = match &epochs.retiring {
-        None => None,
-        Some(_) => Some(rotation::sites_accepting(pool, net.id, epochs.active.epoch).await?),
-    };
-    let gens = Generations(
-        store::member_sas(pool, net.id, LIVE_WITHIN)
-            .await?
-            .into_iter()
-            .map(|m| ((m.site_id, m.member), m))
-            .collect(),
-    );
     let me = (appliance.site_id, appliance.member);
     let member = appliance.member.index();
     let tunnels = plan
@@ -135,7 +174,7 @@ pub async fn desired_config(
             // later version.
             let peer = sites.iter().find(|s| s.id == t.peer)?;
             let peer_address = peer.output("PublicIp")?.parse().ok()?;
-            let out_epoch = match (&epochs.retiring, &peer_accepts_new) {
+            let out_epoch = match (&epochs.retiring, peer_accepts_new) {
                 (Some(old), Some(ready)) if !ready.get(&t.peer).copied().unwrap_or(true) => {
                     old.epoch
                 }

@@ -31,6 +31,13 @@ pub enum ApplianceError {
     SiteGone,
     #[error("no connectivity check {0} was asked of this appliance's site")]
     UnknownProbe(uuid::Uuid),
+    #[error("too many {what}; retry in {retry_after} s")]
+    RateLimited {
+        what: &'static str,
+        retry_after: u64,
+    },
+    #[error("this appliance already has {0} config requests waiting; one is enough")]
+    TooManyPolls(u32),
     #[error("the server could not complete the request")]
     Internal,
 }
@@ -50,6 +57,8 @@ impl ApplianceError {
             ApplianceError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ApplianceError::SiteGone => (StatusCode::GONE, "site_gone"),
             ApplianceError::UnknownProbe(_) => (StatusCode::NOT_FOUND, "unknown_probe"),
+            ApplianceError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApplianceError::TooManyPolls(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_polls"),
             ApplianceError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -65,10 +74,24 @@ impl From<sqlx::Error> for ApplianceError {
 impl IntoResponse for ApplianceError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
+        crate::metrics::METRICS
+            .appliance_refusals
+            .with_label_values(&[code])
+            .inc();
         let mut body = json!({ "error": { "code": code, "message": self.to_string() } });
         if let ApplianceError::InvalidInput { field, .. } = &self {
             body["error"]["field"] = json!(field);
         }
-        (status, Json(body)).into_response()
+        let retry_after = match &self {
+            ApplianceError::RateLimited { retry_after, .. } => Some(*retry_after),
+            ApplianceError::TooManyPolls(_) => Some(1),
+            _ => None,
+        };
+        let mut res = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            res.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        res
     }
 }

@@ -1,10 +1,13 @@
 //! Thin handlers: parse, authenticate the appliance, call the domain, answer.
 
 use super::{
+    changes::Change,
     config::{desired_config, served_protocol},
     probe, register, status, store, ApplianceError,
 };
 use crate::failover::config::Timing;
+use crate::http::client_ip::ClientIp;
+use crate::metrics::METRICS;
 use crate::state::AppState;
 use appliance::protocol::{
     GenerationRequest, GenerationResponse, ProbeReport, RegisterRequest, RegisterResponse,
@@ -44,8 +47,10 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApplianceErro
 
 async fn register_appliance(
     State(state): State<AppState>,
+    ClientIp(from): ClientIp,
     body: Result<Json<RegisterRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApplianceError> {
+    state.appliance_limits.registration(from)?;
     let req = json_body(body)?;
     Ok((
         StatusCode::CREATED,
@@ -53,19 +58,50 @@ async fn register_appliance(
     ))
 }
 
+/// The appliance a request's credential belongs to, counted against its
+/// request limit. A known credential is served from the cache; an address
+/// that sent too many unknown ones gets no further lookups for a while.
 async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
+    from: std::net::IpAddr,
 ) -> Result<store::ApplianceRow, ApplianceError> {
-    let credential = headers
+    let limits = &state.appliance_limits;
+    let Some(credential) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .filter(|c| c.len() <= 256)
-        .ok_or(ApplianceError::Unauthenticated)?;
-    store::by_credential(&state.pool, &register::hash(credential))
-        .await?
-        .ok_or(ApplianceError::Unauthenticated)
+    else {
+        limits.lookup_allowed(from)?;
+        limits.failed_credential(from);
+        return Err(ApplianceError::Unauthenticated);
+    };
+    let hash = register::hash(credential);
+    let lookups = &METRICS.credential_lookups;
+    let appliance = match state.credentials.get(&hash) {
+        Ok(row) => {
+            lookups.with_label_values(&["cached"]).inc();
+            row
+        }
+        Err(ticket) => {
+            limits.lookup_allowed(from)?;
+            match store::by_credential(&state.pool, &hash).await? {
+                Some(row) => {
+                    lookups.with_label_values(&["database"]).inc();
+                    state.credentials.store(hash, row.clone(), ticket);
+                    row
+                }
+                None => {
+                    lookups.with_label_values(&["unknown"]).inc();
+                    limits.failed_credential(from);
+                    return Err(ApplianceError::Unauthenticated);
+                }
+            }
+        }
+    };
+    limits.request(appliance.id)?;
+    Ok(appliance)
 }
 
 #[derive(Deserialize)]
@@ -80,10 +116,12 @@ struct ConfigQuery {
 
 async fn config(
     State(state): State<AppState>,
+    ClientIp(from): ClientIp,
     headers: HeaderMap,
     Query(q): Query<ConfigQuery>,
 ) -> Result<Response, ApplianceError> {
-    let appliance = authenticate(&state, &headers).await?;
+    let appliance = authenticate(&state, &headers, from).await?;
+    let _slot = state.appliance_limits.poll(appliance.id)?;
     let protocol = served_protocol(q.protocol)?;
     store::record_protocol(&state.pool, appliance.id, protocol).await?;
     let wait = Duration::from_secs(q.wait.unwrap_or(MAX_WAIT_SECS).min(MAX_WAIT_SECS));
@@ -95,21 +133,30 @@ async fn config(
         dead_after: state.settings.ha_dead_after,
     };
     loop {
-        let config = desired_config(&state.pool, &appliance, protocol, timing).await?;
+        let snapshot = state
+            .snapshots
+            .get(&state.pool, appliance.network_id)
+            .await?;
+        let config = desired_config(&state.pool, &snapshot, &appliance, protocol, timing).await?;
         if Some(config.version) != q.after {
+            METRICS.config_answers.with_label_values(&["changed"]).inc();
             return Ok(Json(config).into_response());
         }
         let until = deadline.min(Instant::now() + RECHECK);
         loop {
             let left = until.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, changes.recv()).await {
-                Ok(Ok(id)) if id != appliance.network_id => continue,
+                Ok(Ok(Change::Network(id))) if id != appliance.network_id => continue,
                 // Ours, or lagged/closed: recompute.
                 Ok(_) => break,
                 Err(_) => break,
             }
         }
         if Instant::now() >= deadline {
+            METRICS
+                .config_answers
+                .with_label_values(&["unchanged"])
+                .inc();
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
     }
@@ -117,10 +164,11 @@ async fn config(
 
 async fn report_status(
     State(state): State<AppState>,
+    ClientIp(from): ClientIp,
     headers: HeaderMap,
     body: Result<Json<StatusReport>, JsonRejection>,
 ) -> Result<StatusCode, ApplianceError> {
-    let appliance = authenticate(&state, &headers).await?;
+    let appliance = authenticate(&state, &headers, from).await?;
     status::record(
         &state.pool,
         &appliance,
@@ -128,16 +176,18 @@ async fn report_status(
         state.settings.rotation_grace,
     )
     .await?;
+    METRICS.status_reports.inc();
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// What a connectivity probe measured (see `probe`).
 async fn report_probe(
     State(state): State<AppState>,
+    ClientIp(from): ClientIp,
     headers: HeaderMap,
     body: Result<Json<ProbeReport>, JsonRejection>,
 ) -> Result<StatusCode, ApplianceError> {
-    let appliance = authenticate(&state, &headers).await?;
+    let appliance = authenticate(&state, &headers, from).await?;
     probe::record(&state.pool, &appliance, json_body(body)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -146,10 +196,11 @@ async fn report_probe(
 /// configs change with it (a notification from the generation's trigger).
 async fn new_generation(
     State(state): State<AppState>,
+    ClientIp(from): ClientIp,
     headers: HeaderMap,
     body: Result<Json<GenerationRequest>, JsonRejection>,
 ) -> Result<Json<GenerationResponse>, ApplianceError> {
-    let appliance = authenticate(&state, &headers).await?;
+    let appliance = authenticate(&state, &headers, from).await?;
     let req = json_body(body)?;
     let generation =
         store::next_generation(&state.pool, appliance.id, req.above, MAX_MEMBER_GENERATION)

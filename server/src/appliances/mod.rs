@@ -5,16 +5,21 @@
 pub mod agent_binary;
 mod changes;
 mod config;
+mod credentials;
 mod error;
 mod http;
+pub mod limits;
 mod probe;
 mod register;
 pub mod rotation;
+mod snapshots;
 mod status;
 mod store;
 
-pub use changes::listen as listen_for_changes;
-pub use config::desired_config;
+pub use changes::{listen as listen_for_changes, Change};
+pub use config::{desired_config, NetworkSnapshot};
+pub use credentials::CredentialCache;
 pub use error::ApplianceError;
 pub use http::routes;
+pub use snapshots::Snapshots;
 pub use store::summaries;

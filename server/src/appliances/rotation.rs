@@ -187,6 +187,17 @@ pub async fn advance(
     network_id: Uuid,
     grace: Duration,
 ) -> Result<Option<i32>, sqlx::Error> {
+    // Every status report comes here: without a rotation running, one
+    // plain read and no transaction or lock.
+    let rotating: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM key_epochs WHERE network_id = $1 AND state = 'retiring')",
+    )
+    .bind(network_id)
+    .fetch_one(pool)
+    .await?;
+    if !rotating {
+        return Ok(None);
+    }
     let mut tx = pool.begin().await?;
     // One replica at a time per network: the retiring row is the lock.
     let retiring: Option<(i32, Option<time::OffsetDateTime>)> = sqlx::query_as(

@@ -8,9 +8,9 @@ pub use pg_cluster::{ClusterError, Durability, PrivateCluster};
 use sqlx::{postgres::PgPoolOptions, PgPool};
 use std::time::Duration;
 
-pub async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
-        .max_connections(16)
+        .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect(url)
         .await

@@ -2,6 +2,7 @@
 //! functions, the JSON API and health checks.
 
 pub mod api;
+pub mod client_ip;
 pub mod error;
 pub mod health;
 pub mod pages;

@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
             },
             security_headers::add,
         ))
+        .layer(middleware::from_fn(crate::metrics::track))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -55,6 +55,16 @@ async fn run_one(state: &AppState, owner: &str, step: &jobs::ClaimedStep) {
         let _ = jobs::step_event(&state.pool, step, &started, None).await;
     }
     let outcome = steps::run(&steps::Ctx { state, step, owner }).await;
+    let turn = match &outcome {
+        Outcome::Failed(_) => "failed",
+        Outcome::Retry { .. } => "retry",
+        Outcome::Succeeded(_) => "succeeded",
+        Outcome::Waiting(_) => "waiting",
+    };
+    crate::metrics::METRICS
+        .job_steps
+        .with_label_values(&[step.action.as_str(), turn])
+        .inc();
     match &outcome {
         Outcome::Failed(e) => {
             tracing::warn!(step = %step.id, stack = %step.stack_name, error = %e, "step failed")

@@ -59,7 +59,11 @@ pub(crate) async fn tokens(w: &World, region: &str) -> BTreeMap<char, String> {
 /// A World with a ready two-site full mesh (us-east-1 10.1/16, eu-west-1
 /// 10.2/16, HA), provisioned in moto; returns it and the network id.
 pub(crate) async fn ready_east_west(name: &str) -> (World, String) {
-    let mut w = World::new().await;
+    ready_east_west_in(World::new().await, name).await
+}
+
+/// [`ready_east_west`] in a World of the caller's.
+pub(crate) async fn ready_east_west_in(mut w: World, name: &str) -> (World, String) {
     let placed = place(
         &w,
         &[
@@ -430,5 +434,421 @@ async fn appliances_register_once_get_matching_configs_and_report_status() {
     assert!(
         page.contains("up · 10 / 10"),
         "per-tunnel counters are shown"
+    );
+}
+
+/// A request of the appliance API from client address `from`.
+fn appliance_request(
+    c: &Client,
+    method: Method,
+    path: &str,
+    from: &str,
+    credential: Option<&str>,
+    body: Option<&Value>,
+) -> axum::http::Request<Body> {
+    let peer: std::net::SocketAddr = format!("{from}:40000").parse().expect("address");
+    let mut b = c
+        .request(method, &format!("/api/appliance/v1{path}"))
+        .extension(axum::extract::ConnectInfo(peer));
+    if let Some(cred) = credential {
+        b = b.header(header::AUTHORIZATION, format!("Bearer {cred}"));
+    }
+    match body {
+        Some(v) => b
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(v.to_string())),
+        None => b.body(Body::empty()),
+    }
+    .expect("request")
+}
+
+#[tokio::test]
+async fn the_appliance_api_limits_registrations_unknown_credentials_requests_and_waiting_polls() {
+    use server::appliances::limits::LimitSettings;
+    let app = crate::support::TestApp::on_moto_with(4, |s| {
+        s.appliance_limits = LimitSettings {
+            polls_per_appliance: 2,
+            requests_per_appliance: 12,
+            registrations_per_address: 4,
+            failed_credentials_per_address: 3,
+        }
+    })
+    .await;
+    let (w, _) = ready_east_west_in(World::with_app(app).await, "limits").await;
+    let east = tokens(&w, "us-east-1").await;
+    let (ea, eb) = (
+        instance(&w, "us-east-1", 'a').await,
+        instance(&w, "us-east-1", 'b').await,
+    );
+    let mut c = w.app.client();
+    let code = |r: &crate::support::Response| r.json()["error"]["code"].as_str().map(String::from);
+
+    // Registrations: four attempts a minute from one address, good or bad.
+    let r = c
+        .send(appliance_request(
+            &c,
+            Method::POST,
+            "/register",
+            "198.51.100.7",
+            None,
+            Some(&registration(&east[&'a'], &ea)),
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let a: RegisterResponse = serde_json::from_value(r.json()).expect("response");
+    for _ in 0..3 {
+        let r = c
+            .send(appliance_request(
+                &c,
+                Method::POST,
+                "/register",
+                "198.51.100.7",
+                None,
+                Some(&registration("vmb_guessed", &eb)),
+            ))
+            .await;
+        assert_eq!(code(&r).as_deref(), Some("unknown_token"));
+    }
+    let r = c
+        .send(appliance_request(
+            &c,
+            Method::POST,
+            "/register",
+            "198.51.100.7",
+            None,
+            Some(&registration(&east[&'b'], &eb)),
+        ))
+        .await;
+    assert_eq!(
+        (r.status, code(&r).as_deref()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")),
+        "a fifth attempt is refused, even with a good token: {}",
+        r.text()
+    );
+    let wait: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&wait), "{wait}");
+    let r = c
+        .send(appliance_request(
+            &c,
+            Method::POST,
+            "/register",
+            "198.51.100.8",
+            None,
+            Some(&registration(&east[&'b'], &eb)),
+        ))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "another address registers: {}",
+        r.text()
+    );
+    let b: RegisterResponse = serde_json::from_value(r.json()).expect("response");
+
+    // Unknown credentials: three a minute from one address, then no lookups.
+    let r = c
+        .send(appliance_request(
+            &c,
+            Method::GET,
+            "/config?protocol=3",
+            "203.0.113.5",
+            Some(&a.credential),
+            None,
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let version = r.json()["version"].as_u64().expect("version");
+    for forged in ["vma_1", "vma_2"] {
+        let r = c
+            .send(appliance_request(
+                &c,
+                Method::GET,
+                "/config",
+                "203.0.113.5",
+                Some(forged),
+                None,
+            ))
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    let r = c
+        .send(appliance_request(
+            &c,
+            Method::POST,
+            "/status",
+            "203.0.113.5",
+            None,
+            Some(&json!({})),
+        ))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "no credential counts too"
+    );
+    let r = c
+        .send(appliance_request(
+            &c,
+            Method::GET,
+            "/config",
+            "203.0.113.5",
+            Some("vma_4"),
+            None,
+        ))
+        .await;
+    assert_eq!(
+        (r.status, code(&r).as_deref()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")),
+        "{}",
+        r.text()
+    );
+    let r = c
+        .send(appliance_request(
+            &c,
+            Method::GET,
+            "/config",
+            "203.0.113.6",
+            Some("vma_4"),
+            None,
+        ))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "other addresses are still answered"
+    );
+    // A credential already known keeps working from the limited address.
+    let report = json!({"agent_version": "0.1.0", "applied_version": version, "ha_role": "active", "tunnels": []});
+    let r = c
+        .send(appliance_request(
+            &c,
+            Method::POST,
+            "/status",
+            "203.0.113.5",
+            Some(&a.credential),
+            Some(&report),
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+
+    // Waiting long-polls: two per appliance; a third is refused at once.
+    let waiting = |n: u64| {
+        let limits = w.app.state.appliance_limits.clone();
+        async move {
+            crate::support::eventually(
+                std::time::Duration::from_secs(20),
+                "long-polls waiting",
+                || {
+                    let limits = limits.clone();
+                    async move { (limits.polls_waiting() == n).then_some(()) }
+                },
+            )
+            .await
+        }
+    };
+    let polls: Vec<_> = (0..2)
+        .map(|_| {
+            let mut pc = w.app.client();
+            let req = appliance_request(
+                &pc,
+                Method::GET,
+                &format!("/config?protocol=3&after={version}&wait=3"),
+                "203.0.113.5",
+                Some(&a.credential),
+                None,
+            );
+            tokio::spawn(async move { pc.send(req).await.status })
+        })
+        .collect();
+    waiting(2).await;
+    let r = c
+        .send(appliance_request(
+            &c,
+            Method::GET,
+            &format!("/config?protocol=3&after={version}&wait=3"),
+            "203.0.113.5",
+            Some(&a.credential),
+            None,
+        ))
+        .await;
+    assert_eq!(
+        (r.status, code(&r).as_deref(), r.header("retry-after")),
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            Some("too_many_polls"),
+            Some("1")
+        ),
+        "{}",
+        r.text()
+    );
+    let r = c
+        .send(appliance_request(
+            &c,
+            Method::GET,
+            "/config?protocol=3&wait=0",
+            "203.0.113.9",
+            Some(&b.credential),
+            None,
+        ))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "another appliance polls: {}",
+        r.text()
+    );
+    for p in polls {
+        assert_eq!(p.await.expect("poll"), StatusCode::NO_CONTENT);
+    }
+    waiting(0).await;
+
+    // Requests: twelve a minute per appliance; b has used one.
+    for n in 2..=12 {
+        let r = c
+            .send(appliance_request(
+                &c,
+                Method::POST,
+                "/status",
+                "203.0.113.9",
+                Some(&b.credential),
+                Some(&report),
+            ))
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::NO_CONTENT,
+            "request {n}: {}",
+            r.text()
+        );
+    }
+    let r = c
+        .send(appliance_request(
+            &c,
+            Method::POST,
+            "/status",
+            "203.0.113.9",
+            Some(&b.credential),
+            Some(&report),
+        ))
+        .await;
+    assert_eq!(
+        (r.status, code(&r).as_deref()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")),
+        "{}",
+        r.text()
+    );
+    let r = c
+        .send(appliance_request(
+            &c,
+            Method::GET,
+            "/config?protocol=3&wait=0",
+            "203.0.113.5",
+            Some(&a.credential),
+            None,
+        ))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "a is not held up by b: {}",
+        r.text()
+    );
+}
+
+#[tokio::test]
+async fn one_change_is_compiled_once_for_all_the_waiting_polls_of_its_network() {
+    let (w, id) = ready_east_west("one compile").await;
+    let mut c = w.app.client();
+    let mut credentials = Vec::new();
+    for region in ["us-east-1", "eu-west-1"] {
+        let t = tokens(&w, region).await;
+        for member in ['a', 'b'] {
+            let (s, r) = register(
+                &mut c,
+                registration(&t[&member], &instance(&w, region, member).await),
+            )
+            .await;
+            assert_eq!(s, StatusCode::CREATED, "{r}");
+            let r: RegisterResponse = serde_json::from_value(r).expect("response");
+            credentials.push(r.credential);
+        }
+    }
+    let mut versions = Vec::new();
+    for cred in &credentials {
+        let (s, cfg) = config(&mut c, cred, "").await;
+        assert_eq!(s, StatusCode::OK);
+        versions.push(cfg.expect("config").version);
+    }
+    // Every notification so far has been heard (they arrive in order): a
+    // marker sent now comes back after them.
+    let mut heard = w.app.state.config_changes.subscribe();
+    let marker = uuid::Uuid::new_v4();
+    sqlx::query("SELECT pg_notify('vpcmesh_config', $1)")
+        .bind(marker.to_string())
+        .execute(&w.app.pool)
+        .await
+        .expect("notify");
+    crate::support::eventually(
+        std::time::Duration::from_secs(10),
+        "the marker heard",
+        || {
+            let got = std::iter::from_fn(|| heard.try_recv().ok())
+                .any(|ch| ch == server::appliances::Change::Network(marker));
+            async move { got.then_some(()) }
+        },
+    )
+    .await;
+
+    // Two waiting polls per appliance, eight in all.
+    let polls: Vec<_> = credentials
+        .iter()
+        .zip(&versions)
+        .flat_map(|(cred, v)| [(cred.clone(), *v), (cred.clone(), *v)])
+        .map(|(cred, v)| {
+            let mut pc = w.app.client();
+            tokio::spawn(
+                async move { config(&mut pc, &cred, &format!("?after={v}&wait=30")).await },
+            )
+        })
+        .collect();
+    let limits = w.app.state.appliance_limits.clone();
+    crate::support::eventually(
+        std::time::Duration::from_secs(20),
+        "eight polls waiting",
+        || {
+            let n = limits.polls_waiting();
+            async move { (n == 8).then_some(()) }
+        },
+    )
+    .await;
+    let before = w.app.state.snapshots.loads();
+
+    // One change of the network, in one statement: NAT-T switched.
+    let nat_t: bool = sqlx::query_scalar(
+        "UPDATE networks SET options = jsonb_set(options, '{nat_t}',
+                to_jsonb(NOT (options->>'nat_t')::boolean))
+          WHERE id = $1::uuid RETURNING (options->>'nat_t')::boolean",
+    )
+    .bind(&id)
+    .fetch_one(&w.app.pool)
+    .await
+    .expect("change");
+    for p in polls {
+        let (s, cfg) = p.await.expect("poll");
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(
+            cfg.expect("config").nat_traversal,
+            nat_t,
+            "the change is in every answer"
+        );
+    }
+    assert_eq!(
+        w.app.state.snapshots.loads() - before,
+        1,
+        "eight polls woken by one change share one compile of the network"
     );
 }

@@ -17,7 +17,7 @@ async fn a_durable_cluster_keeps_its_data_across_restarts_and_stops_with_its_han
         .await
         .expect("first start");
     let url = cluster.ensure_database("keep").await.unwrap();
-    let pool = server::db::connect(&url).await.unwrap();
+    let pool = server::db::connect(&url, 16).await.unwrap();
     sqlx::raw_sql("CREATE TABLE notes (body text); INSERT INTO notes VALUES ('still here')")
         .execute(&pool)
         .await
@@ -33,7 +33,7 @@ async fn a_durable_cluster_keeps_its_data_across_restarts_and_stops_with_its_han
     let cluster = PrivateCluster::start(&dir, Durability::Durable)
         .await
         .expect("restart");
-    let pool = server::db::connect(&cluster.ensure_database("keep").await.unwrap())
+    let pool = server::db::connect(&cluster.ensure_database("keep").await.unwrap(), 16)
         .await
         .unwrap();
     let body: String = sqlx::query_scalar("SELECT body FROM notes")

@@ -10,13 +10,13 @@ use crate::appliances::{
 };
 use crate::moto::moto;
 use crate::networks::{place, World};
+use crate::support::eventually;
 use crate::support::{Client, TestApp};
 use app::api::Role;
 use appliance::protocol::{DesiredConfig, Member, RegisterResponse};
 use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
 use server::Settings;
-use std::future::Future;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -121,26 +121,6 @@ async fn east_pair(w: &World) -> (Agent, Agent) {
     a.reports(&mut c, "active", "holds_address", None).await;
     b.reports(&mut c, "passive", "partner_active", None).await;
     (a, b)
-}
-
-/// Polls `probe` every 100 ms until it gives a value, or panics with `what`
-/// after `within`.
-async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn failover_rows(app: &TestApp) -> i64 {
@@ -587,7 +567,7 @@ async fn the_health_monitor_asks_the_partner_of_a_silent_active_to_take_over_onc
         stale.then_some(())
     })
     .await;
-    let other = server::db::connect(&w.app.db_url)
+    let other = server::db::connect(&w.app.db_url, 16)
         .await
         .expect("a second pool");
     for _ in 0..10 {

@@ -7,6 +7,7 @@ use crate::appliances::{
 };
 use crate::mirror::Mirror;
 use crate::networks::World;
+use crate::support::eventually;
 use crate::support::Client;
 use appliance::protocol::{spi_generation, DesiredConfig, Member, RegisterResponse};
 use axum::http::{Method, StatusCode};
@@ -347,26 +348,6 @@ async fn an_agent_of_the_previous_protocol_gets_configs_it_accepts() {
     // A protocol this server does not serve is refused with the field.
     let (s, _) = config(&mut c, &old.credential, "?protocol=9").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-}
-
-/// Polls `probe` every 100 ms until it gives a value, or panics with `what`
-/// after `within`.
-async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// (instance id, last seen) of the live appliance of a region's member.

@@ -19,6 +19,7 @@ mod isolation;
 mod kms_keys;
 mod lifecycle;
 mod live_lab;
+mod metrics;
 mod mirror;
 mod networks;
 mod pages;

@@ -130,7 +130,7 @@ impl TestApp {
             .ensure_database(&name)
             .await
             .expect("create test database");
-        let pool = db::connect(&url).await.expect("connect test database");
+        let pool = db::connect(&url, 16).await.expect("connect test database");
         db::migrate(&pool).await.expect("migrations apply");
         let mut settings = Settings::local(ORIGIN);
         // Rotations finish in seconds, not the production half minute.
@@ -418,4 +418,24 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Polls `probe` every 100 ms until it gives a value, or panics with `what`
+/// after `within`.
+pub async fn eventually<T, F, Fut>(within: std::time::Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not happen within {within:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -11,6 +11,7 @@ use crate::appliances::{
     config, ready_east_west, register, registration, running_instances, tokens, Instance,
 };
 use crate::moto::{moto, Customer, ThrottlingProxy};
+use crate::support::eventually;
 use appliance::address::SiteAddress;
 use appliance::ha::routes::forwarding_on;
 use appliance::ha::RouteOwner;
@@ -22,7 +23,7 @@ use axum::http::StatusCode;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 
 const REGION: &str = "us-east-1";
@@ -62,24 +63,6 @@ async fn routes_of(c: &Customer, vpc_id: &str) -> Routes {
         }
     }
     routes
-}
-
-async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The one running instance of the east site's `member`, other than `not`.
