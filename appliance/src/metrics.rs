@@ -313,32 +313,43 @@ fn answer(req: &Request<Incoming>) -> Response<Full<Bytes>> {
     res
 }
 
+/// `promtool check metrics` (Debian's prometheus package) on an exposition:
+/// its verdict, lint problems included. For tests and for operators.
+pub fn promtool_check(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            format!("promtool does not run (is the prometheus package installed?): {e}")
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("writing to promtool: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("promtool did not finish: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-    use std::process::{Command, Stdio};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    fn promtool(text: &str) -> (bool, String) {
-        let mut child = Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("promtool runs (Debian's prometheus package; setup.sh installs it)");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write");
-        let out = child.wait_with_output().expect("promtool finishes");
-        let said = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), said)
-    }
 
     fn tunnel(peer: Uuid, state: TunnelState, in_bytes: u64) -> TunnelStatus {
         TunnelStatus {
@@ -398,8 +409,7 @@ mod tests {
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert!(head.contains("text/plain; version=0.0.4"), "{head}");
 
-        let (ok, said) = promtool(text);
-        assert!(ok, "promtool: {said}\n{text}");
+        promtool_check(text).unwrap_or_else(|e| panic!("promtool: {e}\n{text}"));
         let e = east.to_string();
         for line in [
             "vpcmesh_agent_config_version 42".to_string(),

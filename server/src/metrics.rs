@@ -69,7 +69,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let config_compile_seconds = Histogram::with_opts(
         HistogramOpts::new(
             "vpcmesh_config_compile_duration_seconds",
-            "Time to compile one appliance's desired config",
+            "Time to read and compile one network's snapshot",
         )
         .buckets(SECONDS[..9].to_vec()),
     )
@@ -104,7 +104,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         config_compiles: counter(
             &r,
             "vpcmesh_config_compiles_total",
-            "Appliance configs compiled",
+            "Network snapshots read and compiled (each shared by the network's waiting polls)",
         ),
         config_compile_seconds,
         config_answers: counters(
@@ -116,7 +116,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         config_notifications: counters(
             &r,
             "vpcmesh_config_notifications_total",
-            "Config change notifications heard from Postgres (resync: after a reconnect)",
+            "Notifications heard from Postgres: config changes by network, revoked credentials, resyncs after a reconnect",
             &["kind"],
         ),
         polls_waiting,

@@ -10,12 +10,17 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 pub const CHANNEL: &str = "vpcmesh_config";
+/// Appliances whose credential stopped working (migration 0012).
+pub const REVOKED: &str = "vpcmesh_credentials";
 
 /// What may have changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
     /// The configs of this network's appliances.
     Network(Uuid),
+    /// This appliance's credential no longer works (never broadcast:
+    /// it concerns the credential cache alone).
+    Revoked(Uuid),
     /// Anything: the listener was reconnected, and what was notified while
     /// it was away is lost.
     Resync,
@@ -30,8 +35,8 @@ pub fn listen(pool: PgPool, forget: impl Fn(Change) + Send + 'static) -> broadca
         let mut reconnect = false;
         loop {
             match PgListener::connect_with(&pool).await {
-                Ok(mut listener) => match listener.listen(CHANNEL).await {
-                    Err(e) => tracing::warn!(error = %e, "LISTEN {CHANNEL} failed"),
+                Ok(mut listener) => match listener.listen_all([CHANNEL, REVOKED]).await {
+                    Err(e) => tracing::warn!(error = %e, "LISTEN {CHANNEL}, {REVOKED} failed"),
                     Ok(()) => {
                         if reconnect {
                             tracing::info!(
@@ -49,6 +54,15 @@ pub fn listen(pool: PgPool, forget: impl Fn(Change) + Send + 'static) -> broadca
                         // so the resync follows the new LISTEN.
                         loop {
                             match listener.try_recv().await {
+                                Ok(Some(n)) if n.channel() == REVOKED => {
+                                    if let Ok(id) = n.payload().parse::<Uuid>() {
+                                        crate::metrics::METRICS
+                                            .config_notifications
+                                            .with_label_values(&["revoked"])
+                                            .inc();
+                                        forget(Change::Revoked(id));
+                                    }
+                                }
                                 Ok(Some(n)) => {
                                     if let Ok(id) = n.payload().parse::<Uuid>() {
                                         crate::metrics::METRICS

@@ -1,7 +1,8 @@
 //! Appliance credentials already looked up, so a poll or a status report
-//! costs no query for them. An entry is dropped when its network changes
-//! (the same notifications that wake long-polls: a retirement is one), on
-//! any gap in those notifications, and after a minute in any case.
+//! costs no query for them. An entry is dropped when its appliance is
+//! retired or removed (a notification from migration 0012's triggers, heard
+//! by every replica), on any gap in the notifications, and after a minute in
+//! any case.
 
 use super::changes::Change;
 use super::store::ApplianceRow;
@@ -53,10 +54,14 @@ impl CredentialCache {
     }
 
     pub fn forget(&self, change: Change) {
+        if matches!(change, Change::Network(_)) {
+            return;
+        }
         let mut e = self.entries();
         e.epoch += 1;
         match change {
-            Change::Network(id) => e.rows.retain(|_, (row, _)| row.network_id != id),
+            Change::Revoked(id) => e.rows.retain(|_, (row, _)| row.id != id),
+            Change::Network(_) => {}
             Change::Resync => e.rows.clear(),
         }
     }
@@ -79,15 +84,17 @@ mod tests {
     }
 
     #[test]
-    fn a_change_of_its_network_drops_an_entry_and_others_stay() {
+    fn a_revoked_credential_is_dropped_and_others_stay() {
         let cache = CredentialCache::default();
-        let (ours, theirs) = (Uuid::new_v4(), Uuid::new_v4());
-        for (hash, net) in [(b"a", ours), (b"b", theirs)] {
+        let net = Uuid::new_v4();
+        let (a, b) = (row(net), row(net));
+        for (hash, r) in [(b"a", &a), (b"b", &b)] {
             let ticket = cache.get(hash).expect_err("not cached yet");
-            cache.store(hash.to_vec(), row(net), ticket);
+            cache.store(hash.to_vec(), r.clone(), ticket);
         }
-        assert!(cache.get(b"a").is_ok());
-        cache.forget(Change::Network(ours));
+        cache.forget(Change::Network(net));
+        assert!(cache.get(b"a").is_ok(), "a config change revokes nothing");
+        cache.forget(Change::Revoked(a.id));
         assert!(cache.get(b"a").is_err());
         assert!(cache.get(b"b").is_ok());
         cache.forget(Change::Resync);
@@ -99,7 +106,7 @@ mod tests {
         let cache = CredentialCache::default();
         let ticket = cache.get(b"a").expect_err("not cached yet");
         // The appliance is retired while its row is being read.
-        cache.forget(Change::Network(Uuid::new_v4()));
+        cache.forget(Change::Revoked(Uuid::new_v4()));
         cache.store(b"a".to_vec(), row(Uuid::new_v4()), ticket);
         assert!(cache.get(b"a").is_err());
     }

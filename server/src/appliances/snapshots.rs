@@ -76,6 +76,7 @@ impl Snapshots {
             Change::Network(id) => {
                 cells.remove(&id);
             }
+            Change::Revoked(_) => {}
             Change::Resync => cells.clear(),
         }
     }

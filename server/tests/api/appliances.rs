@@ -437,29 +437,82 @@ async fn appliances_register_once_get_matching_configs_and_report_status() {
     );
 }
 
-/// A request of the appliance API from client address `from`.
-fn appliance_request(
-    c: &Client,
-    method: Method,
-    path: &str,
-    from: &str,
-    credential: Option<&str>,
-    body: Option<&Value>,
-) -> axum::http::Request<Body> {
-    let peer: std::net::SocketAddr = format!("{from}:40000").parse().expect("address");
-    let mut b = c
-        .request(method, &format!("/api/appliance/v1{path}"))
-        .extension(axum::extract::ConnectInfo(peer));
-    if let Some(cred) = credential {
-        b = b.header(header::AUTHORIZATION, format!("Bearer {cred}"));
+/// The appliance API as one client address reaches it.
+struct Caller<'a> {
+    app: &'a crate::support::TestApp,
+    addr: &'static str,
+}
+
+impl Caller<'_> {
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        credential: Option<&str>,
+        body: Option<&Value>,
+    ) -> (Client, axum::http::Request<Body>) {
+        let c = self.app.client();
+        let peer: std::net::SocketAddr = format!("{}:40000", self.addr).parse().expect("address");
+        let mut b = c
+            .request(method, &format!("/api/appliance/v1{path}"))
+            .extension(axum::extract::ConnectInfo(peer));
+        if let Some(cred) = credential {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {cred}"));
+        }
+        let req = match body {
+            Some(v) => b
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(v.to_string())),
+            None => b.body(Body::empty()),
+        }
+        .expect("request");
+        (c, req)
     }
-    match body {
-        Some(v) => b
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(v.to_string())),
-        None => b.body(Body::empty()),
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        credential: Option<&str>,
+        body: Option<&Value>,
+    ) -> crate::support::Response {
+        let (mut c, req) = self.request(method, path, credential, body);
+        c.send(req).await
     }
-    .expect("request")
+
+    async fn register(&self, token: &str, instance: &Instance) -> crate::support::Response {
+        let body = registration(token, instance);
+        self.call(Method::POST, "/register", None, Some(&body))
+            .await
+    }
+
+    async fn poll(&self, credential: &str, query: &str) -> crate::support::Response {
+        let path = format!("/config?protocol=3{query}");
+        self.call(Method::GET, &path, Some(credential), None).await
+    }
+
+    async fn status(&self, credential: Option<&str>, report: &Value) -> crate::support::Response {
+        self.call(Method::POST, "/status", credential, Some(report))
+            .await
+    }
+}
+
+/// The answer is the refusal with `code`, and says when to retry.
+fn refused(r: &crate::support::Response, status: StatusCode, code: &str) {
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (status, Some(code)),
+        "{}",
+        r.text()
+    );
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let wait: u64 = r
+            .header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .expect("seconds");
+        assert!((1..=60).contains(&wait), "{wait}");
+    }
 }
 
 #[tokio::test]
@@ -480,67 +533,26 @@ async fn the_appliance_api_limits_registrations_unknown_credentials_requests_and
         instance(&w, "us-east-1", 'a').await,
         instance(&w, "us-east-1", 'b').await,
     );
-    let mut c = w.app.client();
-    let code = |r: &crate::support::Response| r.json()["error"]["code"].as_str().map(String::from);
+    let from = |addr| Caller { app: &w.app, addr };
+    let (first, second, flood, other, b_addr) = (
+        from("198.51.100.7"),
+        from("198.51.100.8"),
+        from("203.0.113.5"),
+        from("203.0.113.6"),
+        from("203.0.113.9"),
+    );
 
     // Registrations: four attempts a minute from one address, good or bad.
-    let r = c
-        .send(appliance_request(
-            &c,
-            Method::POST,
-            "/register",
-            "198.51.100.7",
-            None,
-            Some(&registration(&east[&'a'], &ea)),
-        ))
-        .await;
+    let r = first.register(&east[&'a'], &ea).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     let a: RegisterResponse = serde_json::from_value(r.json()).expect("response");
     for _ in 0..3 {
-        let r = c
-            .send(appliance_request(
-                &c,
-                Method::POST,
-                "/register",
-                "198.51.100.7",
-                None,
-                Some(&registration("vmb_guessed", &eb)),
-            ))
-            .await;
-        assert_eq!(code(&r).as_deref(), Some("unknown_token"));
+        let r = first.register("vmb_guessed", &eb).await;
+        refused(&r, StatusCode::UNAUTHORIZED, "unknown_token");
     }
-    let r = c
-        .send(appliance_request(
-            &c,
-            Method::POST,
-            "/register",
-            "198.51.100.7",
-            None,
-            Some(&registration(&east[&'b'], &eb)),
-        ))
-        .await;
-    assert_eq!(
-        (r.status, code(&r).as_deref()),
-        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")),
-        "a fifth attempt is refused, even with a good token: {}",
-        r.text()
-    );
-    let wait: u64 = r
-        .header("retry-after")
-        .expect("Retry-After")
-        .parse()
-        .expect("seconds");
-    assert!((1..=60).contains(&wait), "{wait}");
-    let r = c
-        .send(appliance_request(
-            &c,
-            Method::POST,
-            "/register",
-            "198.51.100.8",
-            None,
-            Some(&registration(&east[&'b'], &eb)),
-        ))
-        .await;
+    let r = first.register(&east[&'b'], &eb).await;
+    refused(&r, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    let r = second.register(&east[&'b'], &eb).await;
     assert_eq!(
         r.status,
         StatusCode::CREATED,
@@ -549,152 +561,61 @@ async fn the_appliance_api_limits_registrations_unknown_credentials_requests_and
     );
     let b: RegisterResponse = serde_json::from_value(r.json()).expect("response");
 
-    // Unknown credentials: three a minute from one address, then no lookups.
-    let r = c
-        .send(appliance_request(
-            &c,
-            Method::GET,
-            "/config?protocol=3",
-            "203.0.113.5",
-            Some(&a.credential),
-            None,
-        ))
-        .await;
+    // Unknown credentials: three a minute from one address (a missing one
+    // counts too), then no lookups; other addresses are still answered.
+    let r = flood.poll(&a.credential, "").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let version = r.json()["version"].as_u64().expect("version");
     for forged in ["vma_1", "vma_2"] {
-        let r = c
-            .send(appliance_request(
-                &c,
-                Method::GET,
-                "/config",
-                "203.0.113.5",
-                Some(forged),
-                None,
-            ))
-            .await;
-        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        refused(
+            &flood.poll(forged, "").await,
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        );
     }
-    let r = c
-        .send(appliance_request(
-            &c,
-            Method::POST,
-            "/status",
-            "203.0.113.5",
-            None,
-            Some(&json!({})),
-        ))
-        .await;
-    assert_eq!(
-        r.status,
-        StatusCode::UNAUTHORIZED,
-        "no credential counts too"
+    let r = flood.status(None, &json!({})).await;
+    refused(&r, StatusCode::UNAUTHORIZED, "unauthenticated");
+    refused(
+        &flood.poll("vma_4", "").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
     );
-    let r = c
-        .send(appliance_request(
-            &c,
-            Method::GET,
-            "/config",
-            "203.0.113.5",
-            Some("vma_4"),
-            None,
-        ))
-        .await;
-    assert_eq!(
-        (r.status, code(&r).as_deref()),
-        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")),
-        "{}",
-        r.text()
-    );
-    let r = c
-        .send(appliance_request(
-            &c,
-            Method::GET,
-            "/config",
-            "203.0.113.6",
-            Some("vma_4"),
-            None,
-        ))
-        .await;
-    assert_eq!(
-        r.status,
+    refused(
+        &other.poll("vma_4", "").await,
         StatusCode::UNAUTHORIZED,
-        "other addresses are still answered"
+        "unauthenticated",
     );
     // A credential already known keeps working from the limited address.
-    let report = json!({"agent_version": "0.1.0", "applied_version": version, "ha_role": "active", "tunnels": []});
-    let r = c
-        .send(appliance_request(
-            &c,
-            Method::POST,
-            "/status",
-            "203.0.113.5",
-            Some(&a.credential),
-            Some(&report),
-        ))
-        .await;
+    let report = json!({"agent_version": "0.1.0", "applied_version": version,
+                        "ha_role": "active", "tunnels": []});
+    let r = flood.status(Some(&a.credential), &report).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
 
     // Waiting long-polls: two per appliance; a third is refused at once.
     let waiting = |n: u64| {
         let limits = w.app.state.appliance_limits.clone();
-        async move {
-            crate::support::eventually(
-                std::time::Duration::from_secs(20),
-                "long-polls waiting",
-                || {
-                    let limits = limits.clone();
-                    async move { (limits.polls_waiting() == n).then_some(()) }
-                },
-            )
-            .await
-        }
+        crate::support::eventually(
+            std::time::Duration::from_secs(20),
+            "long-polls waiting",
+            move || {
+                let now = limits.polls_waiting();
+                async move { (now == n).then_some(()) }
+            },
+        )
     };
+    let wait_for_change = format!("&after={version}&wait=3");
     let polls: Vec<_> = (0..2)
         .map(|_| {
-            let mut pc = w.app.client();
-            let req = appliance_request(
-                &pc,
-                Method::GET,
-                &format!("/config?protocol=3&after={version}&wait=3"),
-                "203.0.113.5",
-                Some(&a.credential),
-                None,
-            );
-            tokio::spawn(async move { pc.send(req).await.status })
+            let path = format!("/config?protocol=3{wait_for_change}");
+            let (mut c, req) = flood.request(Method::GET, &path, Some(&a.credential), None);
+            tokio::spawn(async move { c.send(req).await.status })
         })
         .collect();
     waiting(2).await;
-    let r = c
-        .send(appliance_request(
-            &c,
-            Method::GET,
-            &format!("/config?protocol=3&after={version}&wait=3"),
-            "203.0.113.5",
-            Some(&a.credential),
-            None,
-        ))
-        .await;
-    assert_eq!(
-        (r.status, code(&r).as_deref(), r.header("retry-after")),
-        (
-            StatusCode::TOO_MANY_REQUESTS,
-            Some("too_many_polls"),
-            Some("1")
-        ),
-        "{}",
-        r.text()
-    );
-    let r = c
-        .send(appliance_request(
-            &c,
-            Method::GET,
-            "/config?protocol=3&wait=0",
-            "203.0.113.9",
-            Some(&b.credential),
-            None,
-        ))
-        .await;
+    let r = flood.poll(&a.credential, &wait_for_change).await;
+    refused(&r, StatusCode::TOO_MANY_REQUESTS, "too_many_polls");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let r = b_addr.poll(&b.credential, "&wait=0").await;
     assert_eq!(
         r.status,
         StatusCode::OK,
@@ -708,16 +629,7 @@ async fn the_appliance_api_limits_registrations_unknown_credentials_requests_and
 
     // Requests: twelve a minute per appliance; b has used one.
     for n in 2..=12 {
-        let r = c
-            .send(appliance_request(
-                &c,
-                Method::POST,
-                "/status",
-                "203.0.113.9",
-                Some(&b.credential),
-                Some(&report),
-            ))
-            .await;
+        let r = b_addr.status(Some(&b.credential), &report).await;
         assert_eq!(
             r.status,
             StatusCode::NO_CONTENT,
@@ -725,32 +637,9 @@ async fn the_appliance_api_limits_registrations_unknown_credentials_requests_and
             r.text()
         );
     }
-    let r = c
-        .send(appliance_request(
-            &c,
-            Method::POST,
-            "/status",
-            "203.0.113.9",
-            Some(&b.credential),
-            Some(&report),
-        ))
-        .await;
-    assert_eq!(
-        (r.status, code(&r).as_deref()),
-        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")),
-        "{}",
-        r.text()
-    );
-    let r = c
-        .send(appliance_request(
-            &c,
-            Method::GET,
-            "/config?protocol=3&wait=0",
-            "203.0.113.5",
-            Some(&a.credential),
-            None,
-        ))
-        .await;
+    let r = b_addr.status(Some(&b.credential), &report).await;
+    refused(&r, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    let r = flood.poll(&a.credential, "&wait=0").await;
     assert_eq!(
         r.status,
         StatusCode::OK,
