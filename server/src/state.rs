@@ -16,7 +16,7 @@ pub struct AppState {
     /// Wakes idle provisioning workers when a job starts or a phase ends.
     pub engine_wake: Arc<tokio::sync::Notify>,
     /// Network ids whose appliance configs may have changed (any replica).
-    pub config_changes: tokio::sync::broadcast::Sender<crate::appliances::Change>,
+    pub config_waiters: Arc<crate::appliances::Waiters>,
     /// Appliance credentials already looked up (dropped on every change).
     pub credentials: Arc<crate::appliances::CredentialCache>,
     /// Each network's compiled state, shared by its appliances' polls.
@@ -39,11 +39,18 @@ impl AppState {
         let routes = leptos_axum::generate_route_list(app::App);
         let credentials = Arc::new(crate::appliances::CredentialCache::default());
         let snapshots = Arc::new(crate::appliances::Snapshots::default());
-        let config_changes = crate::appliances::listen_for_changes(pool.clone(), {
-            let (credentials, snapshots) = (credentials.clone(), snapshots.clone());
+        let config_waiters = Arc::new(crate::appliances::Waiters::default());
+        crate::appliances::listen_for_changes(pool.clone(), {
+            let (credentials, snapshots, waiters) = (
+                credentials.clone(),
+                snapshots.clone(),
+                config_waiters.clone(),
+            );
+            // The caches drop what the change made stale before anyone wakes.
             move |change| {
                 credentials.forget(change);
                 snapshots.forget(change);
+                waiters.wake(change);
             }
         });
         crate::appliances::rotation::spawn_sweeper(pool.clone(), settings.rotation_grace);
@@ -55,7 +62,7 @@ impl AppState {
             routes: Arc::new(routes),
             aws,
             engine_wake: Arc::new(tokio::sync::Notify::new()),
-            config_changes,
+            config_waiters,
             credentials,
             snapshots,
             appliance_limits,

@@ -1,7 +1,6 @@
 //! Thin handlers: parse, authenticate the appliance, call the domain, answer.
 
 use super::{
-    changes::Change,
     config::{desired_config, served_protocol},
     probe, register, status, store, ApplianceError,
 };
@@ -127,30 +126,40 @@ async fn config(
     let wait = Duration::from_secs(q.wait.unwrap_or(MAX_WAIT_SECS).min(MAX_WAIT_SECS));
     let deadline = Instant::now() + wait;
     // Subscribe before computing, so a change in between is not missed.
-    let mut changes = state.config_changes.subscribe();
+    let mut changes = state.config_waiters.subscribe(appliance.network_id);
     let timing = Timing {
         heartbeat_ms: state.settings.ha_heartbeat_ms,
         dead_after: state.settings.ha_dead_after,
     };
     loop {
-        let snapshot = state
-            .snapshots
-            .get(&state.pool, appliance.network_id)
-            .await?;
+        // A poll that names the version it has waits for a change and shares
+        // the network's snapshot; one without a config reads the network now.
+        let snapshot = match q.after {
+            None => {
+                state
+                    .snapshots
+                    .load(&state.pool, appliance.network_id)
+                    .await?
+            }
+            Some(_) => {
+                state
+                    .snapshots
+                    .get(&state.pool, appliance.network_id)
+                    .await?
+            }
+        };
         let config = desired_config(&state.pool, &snapshot, &appliance, protocol, timing).await?;
         if Some(config.version) != q.after {
             METRICS.config_answers.with_label_values(&["changed"]).inc();
             return Ok(Json(config).into_response());
         }
-        let until = deadline.min(Instant::now() + RECHECK);
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, changes.recv()).await {
-                Ok(Ok(Change::Network(id))) if id != appliance.network_id => continue,
-                // Ours, or lagged/closed: recompute.
-                Ok(_) => break,
-                Err(_) => break,
-            }
+        let left = deadline
+            .min(Instant::now() + RECHECK)
+            .saturating_duration_since(Instant::now());
+        // Woken by a change of this network (or a resync), or rechecking.
+        if let Ok(Err(_)) = tokio::time::timeout(left, changes.changed()).await {
+            tracing::error!("the network's change counter is gone while waited for");
+            tokio::time::sleep(left).await;
         }
         if Instant::now() >= deadline {
             METRICS

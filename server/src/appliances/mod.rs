@@ -16,7 +16,7 @@ mod snapshots;
 mod status;
 mod store;
 
-pub use changes::{listen as listen_for_changes, Change};
+pub use changes::{listen as listen_for_changes, Change, Waiters};
 pub use config::{desired_config, NetworkSnapshot};
 pub use credentials::CredentialCache;
 pub use error::ApplianceError;

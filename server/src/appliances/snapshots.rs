@@ -51,18 +51,27 @@ impl Snapshots {
                 }
             }
         };
-        cell.get_or_try_init(|| async {
-            self.loads.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::METRICS.config_compiles.inc();
-            let started = Instant::now();
-            let snapshot = NetworkSnapshot::load(pool, network_id).await;
-            crate::metrics::METRICS
-                .config_compile_seconds
-                .observe(started.elapsed().as_secs_f64());
-            snapshot.map(Arc::new)
-        })
-        .await
-        .cloned()
+        cell.get_or_try_init(|| self.load(pool, network_id))
+            .await
+            .cloned()
+    }
+
+    /// The network read now, not shared: for an appliance that has no
+    /// config yet, which must see every write committed before it asked
+    /// (a cached snapshot trails a write by the notification's delay).
+    pub async fn load(
+        &self,
+        pool: &PgPool,
+        network_id: Uuid,
+    ) -> Result<Arc<NetworkSnapshot>, ApplianceError> {
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::METRICS.config_compiles.inc();
+        let started = Instant::now();
+        let snapshot = NetworkSnapshot::load(pool, network_id).await;
+        crate::metrics::METRICS
+            .config_compile_seconds
+            .observe(started.elapsed().as_secs_f64());
+        snapshot.map(Arc::new)
     }
 
     /// Snapshots loaded so far by this process.

@@ -674,23 +674,17 @@ async fn one_change_is_compiled_once_for_all_the_waiting_polls_of_its_network() 
     }
     // Every notification so far has been heard (they arrive in order): a
     // marker sent now comes back after them.
-    let mut heard = w.app.state.config_changes.subscribe();
     let marker = uuid::Uuid::new_v4();
+    let mut heard = w.app.state.config_waiters.subscribe(marker);
     sqlx::query("SELECT pg_notify('vpcmesh_config', $1)")
         .bind(marker.to_string())
         .execute(&w.app.pool)
         .await
         .expect("notify");
-    crate::support::eventually(
-        std::time::Duration::from_secs(10),
-        "the marker heard",
-        || {
-            let got = std::iter::from_fn(|| heard.try_recv().ok())
-                .any(|ch| ch == server::appliances::Change::Network(marker));
-            async move { got.then_some(()) }
-        },
-    )
-    .await;
+    tokio::time::timeout(std::time::Duration::from_secs(10), heard.changed())
+        .await
+        .expect("the marker is heard within 10 s")
+        .expect("the marker's counter stays");
 
     // Two waiting polls per appliance, eight in all.
     let polls: Vec<_> = credentials
