@@ -204,15 +204,23 @@ async fn seed(pool: &PgPool, n: usize, sites: usize) -> anyhow::Result<Vec<Sim>>
     .bind(org)
     .execute(pool)
     .await?;
-    let account = Uuid::new_v4();
-    sqlx::query(
-        "INSERT INTO aws_accounts (id, org_id, account_id, role_arn, label, verified_at)
-         VALUES ($1, $2, '123456789012', 'arn:aws:iam::123456789012:role/vpcmesh', 'bench', now())",
-    )
-    .bind(account)
-    .bind(org)
-    .execute(pool)
-    .await?;
+    // One account per site index: a full mesh has one site per account and region.
+    let mut accounts = Vec::new();
+    for i in 0..sites {
+        let account = Uuid::new_v4();
+        let number = format!("{:012}", 100_000_000_000u64 + i as u64);
+        sqlx::query(
+            "INSERT INTO aws_accounts (id, org_id, account_id, role_arn, label, verified_at)
+             VALUES ($1, $2, $3, $4, 'bench', now())",
+        )
+        .bind(account)
+        .bind(org)
+        .bind(&number)
+        .bind(format!("arn:aws:iam::{number}:role/vpcmesh"))
+        .execute(pool)
+        .await?;
+        accounts.push(account);
+    }
     let kms = "arn:aws:kms:us-east-1:123456789012:key/bench";
     let options = NetworkOptions {
         instance_types: vec!["c6gn.medium".into()],
@@ -267,7 +275,7 @@ async fn seed(pool: &PgPool, n: usize, sites: usize) -> anyhow::Result<Vec<Sim>>
                 NewSite {
                     id: *site,
                     network_id: net,
-                    account_ref: account,
+                    account_ref: accounts[i],
                     region: "us-east-1",
                     vpc_id: &format!("vpc-{net_index}x{i}"),
                     name: &format!("site {i}"),
@@ -487,7 +495,15 @@ async fn poll_loop(client: HttpClient, base: String, sim: Sim, i: usize, seen: A
                 }
             }
             Ok(res) if res.status() == StatusCode::NO_CONTENT => {}
-            Ok(_) | Err(_) => {
+            Ok(res) => {
+                if seen.errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                    let status = res.status();
+                    let body = res.into_body().collect().await.map(|b| b.to_bytes());
+                    eprintln!("first config error: {status} {body:?}");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(_) => {
                 seen.errors.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
