@@ -20,6 +20,13 @@ pub trait Console: Send + Sync {
     async fn list_users(&self) -> Result<Vec<UserSummary>, ConsoleError>;
     async fn create_user(&self, new: NewUser) -> Result<UserSummary, ConsoleError>;
     async fn set_user_role(&self, user_id: &str, role: Role) -> Result<UserSummary, ConsoleError>;
+    /// Removes a user of the organization (admins; never the last admin);
+    /// their sessions end at once.
+    async fn remove_user(&self, user_id: &str) -> Result<(), ConsoleError>;
+    /// Ends every session of a user of the organization (admins).
+    async fn revoke_sessions(&self, user_id: &str) -> Result<(), ConsoleError>;
+    /// Changes the caller's password; their other sessions end.
+    async fn change_password(&self, current: &str, new: &str) -> Result<(), ConsoleError>;
     async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, ConsoleError>;
     /// Renames the caller's organization (admins).
     async fn rename_org(&self, name: &str) -> Result<OrgSummary, ConsoleError>;

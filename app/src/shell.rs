@@ -1,6 +1,6 @@
 use crate::components::ConsoleLayout;
 use crate::pages::{
-    AccountsPage, AdminPage, DashboardPage, KeysPage, NetworkPage, NetworksPage, NewNetworkPage,
+    AccountsPage, AdminPage, ProfilePage, DashboardPage, KeysPage, NetworkPage, NetworksPage, NewNetworkPage,
     NotFoundPage, SignInPage,
 };
 use leptos::prelude::*;
@@ -54,6 +54,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("accounts") view=AccountsPage ssr=SsrMode::Async />
                     <Route path=path!("keys") view=KeysPage ssr=SsrMode::Async />
                     <Route path=path!("admin") view=AdminPage ssr=SsrMode::Async />
+                    <Route path=path!("account") view=ProfilePage ssr=SsrMode::Async />
                 </ParentRoute>
             </Routes>
         </Router>

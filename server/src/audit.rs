@@ -1,4 +1,5 @@
-//! The organization's audit log: who did what, when.
+//! The organization's audit log: who did what, when. The actor's email is
+//! kept with each entry, so it still reads after that user is removed.
 
 use app::api::AuditEntry;
 use sqlx::{PgExecutor, Row};
@@ -13,7 +14,8 @@ pub async fn record(
     target: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO audit_events (org_id, actor_id, action, target) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO audit_events (org_id, actor_id, actor_email, action, target)
+         VALUES ($1, $2, (SELECT email FROM users WHERE id = $2), $3, $4)",
     )
     .bind(org_id)
     .bind(actor_id)
@@ -30,7 +32,7 @@ pub async fn recent(
     limit: i64,
 ) -> Result<Vec<AuditEntry>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT a.at, u.email AS actor, a.action, a.target
+        "SELECT a.at, coalesce(a.actor_email, u.email) AS actor, a.action, a.target
            FROM audit_events a LEFT JOIN users u ON u.id = a.actor_id
           WHERE a.org_id = $1
           ORDER BY a.at DESC, a.id DESC

@@ -15,7 +15,7 @@ use crate::{
 };
 use app::{
     api::{
-        AccountSetup, AccountSummary, AuditEntry, ConnectivityCheck, ConsoleError, JobView,
+        Action, AccountSetup, AccountSummary, AuditEntry, ConnectivityCheck, ConsoleError, JobView,
         KmsKeyChoice, NetworkRequest, NetworkSummary, NewAccount, NewUser, OrgSummary, Plan,
         ProgressEvent, Role, TakeoverView, UserSummary, Viewer, VpcChoice,
     },
@@ -79,8 +79,13 @@ impl ConsoleSession {
             .await
             .or_internal("load the signed-in user")?
         {
-            Some(user) => Ok(user),
-            None => {
+            Some(user) if user.session_epoch == id.epoch => Ok(user),
+            found => {
+                tracing::info!(
+                    user_id = %id.user_id,
+                    removed = found.is_none(),
+                    "session revoked or its user removed: signed out"
+                );
                 self.session
                     .flush()
                     .await
@@ -90,12 +95,41 @@ impl ConsoleSession {
         }
     }
 
-    pub(crate) async fn admin(&self) -> Result<users::UserRecord, ConsoleError> {
+    /// The signed-in user, if their role may do `action` (see
+    /// [`app::api::Action`]: the one table of who may do what).
+    pub(crate) async fn authorize(
+        &self,
+        action: Action,
+    ) -> Result<users::UserRecord, ConsoleError> {
         let user = self.current().await?;
-        if user.role != Role::Admin {
-            return Err(ConsoleError::Forbidden);
+        if !user.role.may(action) {
+            tracing::info!(user_id = %user.id, role = %user.role, ?action, "refused by role");
+            return Err(ConsoleError::Forbidden {
+                needs: action.needs(),
+            });
         }
         Ok(user)
+    }
+
+    /// Remembers `user` as signed in on this session (a new session id, so an
+    /// id planted or seen before is worthless).
+    async fn remember(&self, user: &users::UserRecord, signed_in_at: i64) -> Result<(), ConsoleError> {
+        self.session
+            .cycle_id()
+            .await
+            .or_internal("rotate the session id")?;
+        self.session
+            .insert(
+                IDENTITY_KEY,
+                SessionIdentity {
+                    user_id: user.id,
+                    org_id: user.org_id,
+                    signed_in_at,
+                    epoch: user.session_epoch,
+                },
+            )
+            .await
+            .or_internal("store the session")
     }
 }
 
@@ -166,22 +200,8 @@ impl Console for ConsoleSession {
                 return Err(ConsoleError::InvalidCredentials);
             }
         };
-        // A new session id at sign-in, so an id planted before sign-in is worthless.
-        self.session
-            .cycle_id()
-            .await
-            .or_internal("rotate the session id")?;
-        self.session
-            .insert(
-                IDENTITY_KEY,
-                SessionIdentity {
-                    user_id: user.id,
-                    org_id: user.org_id,
-                    signed_in_at: time::OffsetDateTime::now_utc().unix_timestamp(),
-                },
-            )
-            .await
-            .or_internal("store the session")?;
+        self.remember(&user, time::OffsetDateTime::now_utc().unix_timestamp())
+            .await?;
         audit::record(pool, user.org_id, Some(user.id), "sign_in", None)
             .await
             .or_internal("audit a sign-in")?;
@@ -205,14 +225,14 @@ impl Console for ConsoleSession {
     }
 
     async fn overview(&self) -> Result<OrgSummary, ConsoleError> {
-        let user = self.current().await?;
+        let user = self.authorize(Action::Read).await?;
         orgs::summary(&self.state.pool, user.org_id)
             .await
             .or_internal("summarise the organization")
     }
 
     async fn list_users(&self) -> Result<Vec<UserSummary>, ConsoleError> {
-        let admin = self.admin().await?;
+        let admin = self.authorize(Action::ManageUsers).await?;
         let rows = users::list(&self.state.pool, admin.org_id)
             .await
             .or_internal("list users")?;
@@ -221,7 +241,7 @@ impl Console for ConsoleSession {
 
     #[tracing::instrument(skip_all)]
     async fn create_user(&self, new: NewUser) -> Result<UserSummary, ConsoleError> {
-        let admin = self.admin().await?;
+        let admin = self.authorize(Action::ManageUsers).await?;
         let email = validate::email(&new.email)?;
         let name = validate::display_name(&new.name)?;
         validate::new_password(&new.password)?;
@@ -268,10 +288,8 @@ impl Console for ConsoleSession {
     }
 
     async fn set_user_role(&self, user_id: &str, role: Role) -> Result<UserSummary, ConsoleError> {
-        let admin = self.admin().await?;
-        let id: Uuid = user_id
-            .parse()
-            .map_err(|_| ConsoleError::invalid("user_id", "is not a user id"))?;
+        let admin = self.authorize(Action::ManageUsers).await?;
+        let id = user_id_arg(user_id)?;
         let pool = &self.state.pool;
         let target = users::find(pool, admin.org_id, id)
             .await
@@ -302,15 +320,158 @@ impl Console for ConsoleSession {
         Ok(updated.summary())
     }
 
+    #[tracing::instrument(skip_all)]
+    async fn remove_user(&self, user_id: &str) -> Result<(), ConsoleError> {
+        let admin = self.authorize(Action::ManageUsers).await?;
+        let id = user_id_arg(user_id)?;
+        if id == admin.id {
+            return Err(ConsoleError::Conflict {
+                message: "You cannot remove yourself: ask another admin.".into(),
+            });
+        }
+        let mut tx = self
+            .state
+            .pool
+            .begin()
+            .await
+            .or_internal("begin a transaction")?;
+        let email = match users::remove(&mut tx, admin.org_id, id)
+            .await
+            .or_internal("remove a user")?
+        {
+            Ok(email) => email,
+            Err(users::RemoveRefused::NotFound) => return Err(ConsoleError::not_found("User")),
+            Err(users::RemoveRefused::LastAdmin) => {
+                return Err(ConsoleError::Conflict {
+                    message: "An organization needs at least one admin: make someone else admin first."
+                        .into(),
+                })
+            }
+        };
+        audit::record(
+            &mut *tx,
+            admin.org_id,
+            Some(admin.id),
+            "user.removed",
+            Some(&email),
+        )
+        .await
+        .or_internal("audit a removal")?;
+        tx.commit().await.or_internal("commit a removal")?;
+        tracing::info!(user_id = %id, org_id = %admin.org_id, "user removed");
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn revoke_sessions(&self, user_id: &str) -> Result<(), ConsoleError> {
+        let admin = self.authorize(Action::ManageUsers).await?;
+        let id = user_id_arg(user_id)?;
+        let pool = &self.state.pool;
+        let target = users::find(pool, admin.org_id, id)
+            .await
+            .or_internal("load a user")?
+            .ok_or_else(|| ConsoleError::not_found("User"))?;
+        users::revoke_sessions(pool, admin.org_id, id)
+            .await
+            .or_internal("revoke sessions")?
+            .ok_or_else(|| ConsoleError::not_found("User"))?;
+        audit::record(
+            pool,
+            admin.org_id,
+            Some(admin.id),
+            "user.sessions_revoked",
+            Some(&target.email),
+        )
+        .await
+        .or_internal("audit a revocation")?;
+        tracing::info!(user_id = %id, org_id = %admin.org_id, "sessions revoked");
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(client_ip = %self.client_ip))]
+    async fn change_password(&self, current: &str, new: &str) -> Result<(), ConsoleError> {
+        let user = self.authorize(Action::ChangeOwnPassword).await?;
+        if current.is_empty() {
+            return Err(ConsoleError::invalid(
+                "current_password",
+                "enter your current password",
+            ));
+        }
+        validate::new_password(new).map_err(|e| match e {
+            ConsoleError::InvalidInput { message, .. } => {
+                ConsoleError::invalid("new_password", message)
+            }
+            other => other,
+        })?;
+        if current == new {
+            return Err(ConsoleError::invalid(
+                "new_password",
+                "is your current password: choose a new one",
+            ));
+        }
+        let pool = &self.state.pool;
+        // Guesses of the current password count against the sign-in limits,
+        // so a borrowed session cannot try passwords faster than sign-in.
+        let attempt = match rate_limit::reserve(pool, &user.email, self.client_ip)
+            .await
+            .or_internal("check the sign-in rate limit")?
+        {
+            Ok(attempt) => attempt,
+            Err(retry_after_secs) => {
+                tracing::warn!(retry_after_secs, "password change rate limited");
+                return Err(ConsoleError::RateLimited { retry_after_secs });
+            }
+        };
+        let ok = current.len() <= validate::PASSWORD_MAX
+            && password::verify(current, Some(user.password_hash.as_str()))
+                .await
+                .or_internal("verify a password")?;
+        if !ok {
+            audit::record(pool, user.org_id, Some(user.id), "password.change_failed", None)
+                .await
+                .or_internal("audit a failed password change")?;
+            return Err(ConsoleError::invalid(
+                "current_password",
+                "is not your current password",
+            ));
+        }
+        rate_limit::succeeded(pool, &user.email, attempt)
+            .await
+            .or_internal("record a password check")?;
+        let hash = password::hash(new).await.or_internal("hash a password")?;
+        let mut tx = pool.begin().await.or_internal("begin a transaction")?;
+        let epoch = users::set_password_hash(&mut *tx, user.id, &hash)
+            .await
+            .or_internal("store a password")?;
+        audit::record(&mut *tx, user.org_id, Some(user.id), "password.changed", None)
+            .await
+            .or_internal("audit a password change")?;
+        tx.commit().await.or_internal("commit a password change")?;
+        // This session stays signed in (same sign-in time, new id and epoch);
+        // every other session of the user ends at its next request.
+        let signed_in_at = self
+            .identity()
+            .await?
+            .map(|id| id.signed_in_at)
+            .ok_or(ConsoleError::Unauthenticated)?;
+        let user = users::UserRecord {
+            session_epoch: epoch,
+            ..user
+        };
+        self.remember(&user, signed_in_at).await?;
+        tracing::info!(user_id = %user.id, "password changed; other sessions ended");
+        Ok(())
+    }
+
     async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, ConsoleError> {
-        let admin = self.admin().await?;
+        let admin = self.authorize(Action::ReadAuditLog).await?;
         audit::recent(&self.state.pool, admin.org_id, limit)
             .await
             .or_internal("read the audit log")
     }
 
     async fn rename_org(&self, name: &str) -> Result<OrgSummary, ConsoleError> {
-        let admin = self.admin().await?;
+        let admin = self.authorize(Action::RenameOrganization).await?;
         let name = validate::display_name(name)?;
         let pool = &self.state.pool;
         orgs::rename(pool, admin.org_id, &name)
@@ -331,48 +492,48 @@ impl Console for ConsoleSession {
     }
 
     async fn account_setup(&self) -> Result<AccountSetup, ConsoleError> {
-        let user = self.current().await?;
+        let user = self.authorize(Action::Read).await?;
         accounts::ops::setup(&self.state, &user).await
     }
 
     async fn list_accounts(&self) -> Result<Vec<AccountSummary>, ConsoleError> {
-        let user = self.current().await?;
+        let user = self.authorize(Action::Read).await?;
         accounts::ops::list(&self.state, &user).await
     }
 
     async fn add_account(&self, new: NewAccount) -> Result<AccountSummary, ConsoleError> {
-        let admin = self.admin().await?;
+        let admin = self.authorize(Action::ManageAccounts).await?;
         accounts::ops::add(&self.state, &admin, new).await
     }
 
     async fn verify_account(&self, id: &str) -> Result<AccountSummary, ConsoleError> {
-        let admin = self.admin().await?;
+        let admin = self.authorize(Action::ManageAccounts).await?;
         accounts::ops::verify(&self.state, &admin, id).await
     }
 
     async fn remove_account(&self, id: &str) -> Result<(), ConsoleError> {
-        let admin = self.admin().await?;
+        let admin = self.authorize(Action::ManageAccounts).await?;
         accounts::ops::remove(&self.state, &admin, id).await
     }
 
     async fn list_networks(&self) -> Result<Vec<NetworkSummary>, ConsoleError> {
-        let user = self.current().await?;
+        let user = self.authorize(Action::Read).await?;
         networks::view::list(&self.state.pool, user.org_id).await
     }
 
     async fn create_network(&self, req: NetworkRequest) -> Result<NetworkSummary, ConsoleError> {
-        let user = self.current().await?;
+        let user = self.authorize(Action::CreateNetwork).await?;
         networks::create::create(&self.state, &user, req).await
     }
 
     async fn network(&self, id: &str) -> Result<NetworkSummary, ConsoleError> {
-        let user = self.current().await?;
+        let user = self.authorize(Action::Read).await?;
         let id = networks::view::parse_id(id)?;
         networks::view::summary(&self.state.pool, user.org_id, id).await
     }
 
     async fn network_plan(&self, id: &str, teardown: bool) -> Result<Plan, ConsoleError> {
-        let user = self.current().await?;
+        let user = self.authorize(Action::PreviewPlan).await?;
         networks::plan::preview(&self.state, &user, id, job_kind(teardown)).await
     }
 
@@ -382,12 +543,14 @@ impl Console for ConsoleSession {
         teardown: bool,
         fingerprint: &str,
     ) -> Result<JobView, ConsoleError> {
-        let user = self.current().await?;
+        let user = self
+            .authorize(if teardown { Action::TearDownNetwork } else { Action::ApplyNetwork })
+            .await?;
         networks::plan::start(&self.state, &user, id, job_kind(teardown), fingerprint).await
     }
 
     async fn network_job(&self, id: &str) -> Result<Option<JobView>, ConsoleError> {
-        let user = self.current().await?;
+        let user = self.authorize(Action::Read).await?;
         let id = networks::view::owned(&self.state.pool, user.org_id, id).await?;
         jobs::latest(&self.state.pool, id)
             .await
@@ -399,7 +562,7 @@ impl Console for ConsoleSession {
         id: &str,
         after: i64,
     ) -> Result<Vec<ProgressEvent>, ConsoleError> {
-        let user = self.current().await?;
+        let user = self.authorize(Action::Read).await?;
         let id = networks::view::owned(&self.state.pool, user.org_id, id).await?;
         jobs::events_after(&self.state.pool, id, after.max(0))
             .await
@@ -407,22 +570,22 @@ impl Console for ConsoleSession {
     }
 
     async fn check_connectivity(&self, id: &str) -> Result<ConnectivityCheck, ConsoleError> {
-        let user = self.current().await?;
+        let user = self.authorize(Action::CheckConnectivity).await?;
         networks::connectivity::request(&self.state, &user, id).await
     }
 
     async fn connectivity(&self, id: &str) -> Result<Option<ConnectivityCheck>, ConsoleError> {
-        let user = self.current().await?;
+        let user = self.authorize(Action::Read).await?;
         networks::connectivity::latest(&self.state.pool, &user, id).await
     }
 
     async fn fail_over(&self, id: &str, site_id: &str) -> Result<TakeoverView, ConsoleError> {
-        let admin = self.admin().await?;
+        let admin = self.authorize(Action::FailOver).await?;
         crate::failover::request::fail_over(&self.state, &admin, id, site_id).await
     }
 
     async fn rotate_key(&self, id: &str) -> Result<NetworkSummary, ConsoleError> {
-        let admin = self.admin().await?;
+        let admin = self.authorize(Action::RotateKeys).await?;
         networks::keys::rotate(&self.state, &admin, id).await
     }
 
@@ -431,12 +594,12 @@ impl Console for ConsoleSession {
         id: &str,
         every_days: Option<u32>,
     ) -> Result<NetworkSummary, ConsoleError> {
-        let admin = self.admin().await?;
+        let admin = self.authorize(Action::RotateKeys).await?;
         networks::schedule::set(&self.state, &admin, id, every_days).await
     }
 
     async fn invalidate_key(&self, id: &str, epoch: i32) -> Result<NetworkSummary, ConsoleError> {
-        let admin = self.admin().await?;
+        let admin = self.authorize(Action::RotateKeys).await?;
         networks::keys::invalidate(&self.state, &admin, id, epoch).await
     }
 
@@ -445,7 +608,7 @@ impl Console for ConsoleSession {
         account: &str,
         region: &str,
     ) -> Result<Vec<VpcChoice>, ConsoleError> {
-        let user = self.current().await?;
+        let user = self.authorize(Action::DiscoverCloud).await?;
         accounts::ops::vpcs(&self.state, &user, account, region).await
     }
 
@@ -454,9 +617,15 @@ impl Console for ConsoleSession {
         account: &str,
         region: &str,
     ) -> Result<Vec<KmsKeyChoice>, ConsoleError> {
-        let user = self.current().await?;
+        let user = self.authorize(Action::DiscoverCloud).await?;
         accounts::ops::kms_keys(&self.state, &user, account, region).await
     }
+}
+
+fn user_id_arg(user_id: &str) -> Result<Uuid, ConsoleError> {
+    user_id
+        .parse()
+        .map_err(|_| ConsoleError::invalid("user_id", "is not a user id"))
 }
 
 fn job_kind(teardown: bool) -> JobKind {

@@ -28,7 +28,7 @@ pub async fn ensure_demo_admin(pool: &PgPool, email: &str) -> anyhow::Result<Str
     };
     match users::find_by_email(&mut *tx, &email).await? {
         Some(user) if user.org_id == org.id => {
-            users::set_password_hash(&mut *tx, user.id, &hash).await?
+            users::set_password_hash(&mut *tx, user.id, &hash).await?;
         }
         Some(_) => anyhow::bail!(
             "{email} already belongs to another organization; choose another --demo-admin"

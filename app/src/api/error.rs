@@ -2,6 +2,7 @@ use leptos::server_fn::{
     codec::JsonEncoding,
     error::{FromServerFnError, ServerFnErrorErr},
 };
+use super::Role;
 use serde::{Deserialize, Serialize};
 
 /// Every error a console user can meet, with a message that says what to do.
@@ -13,8 +14,9 @@ use serde::{Deserialize, Serialize};
 pub enum ConsoleError {
     #[error("Sign in to continue.")]
     Unauthenticated,
-    #[error("Only organization admins can do this.")]
-    Forbidden,
+    /// The caller's role is below what the operation needs.
+    #[error("{}", forbidden_message(*.needs))]
+    Forbidden { needs: Role },
     #[error("Email or password is incorrect.")]
     InvalidCredentials,
     #[error("Too many sign-in attempts. Try again in {retry_after_secs} seconds.")]
@@ -41,6 +43,14 @@ pub enum ConsoleError {
     AwsUnavailable { message: String },
 }
 
+fn forbidden_message(needs: Role) -> &'static str {
+    match needs {
+        Role::Admin => "Only organization admins can do this.",
+        Role::Member => "Viewers can only look: this needs a member or admin role.",
+        Role::Viewer => "Your role does not allow this.",
+    }
+}
+
 impl ConsoleError {
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         Self::InvalidInput {
@@ -59,7 +69,7 @@ impl ConsoleError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Unauthenticated => "unauthenticated",
-            Self::Forbidden => "forbidden",
+            Self::Forbidden { .. } => "forbidden",
             Self::InvalidCredentials => "invalid_credentials",
             Self::RateLimited { .. } => "rate_limited",
             Self::InvalidInput { .. } => "invalid_input",
@@ -77,7 +87,7 @@ impl ConsoleError {
     pub fn status(&self) -> u16 {
         match self {
             Self::Unauthenticated | Self::InvalidCredentials => 401,
-            Self::Forbidden => 403,
+            Self::Forbidden { .. } => 403,
             Self::RateLimited { .. } => 429,
             Self::InvalidInput { .. } | Self::Request { .. } => 400,
             Self::NotFound { .. } => 404,
@@ -113,7 +123,9 @@ mod tests {
     fn code_matches_serialized_tag() {
         let errors = [
             ConsoleError::Unauthenticated,
-            ConsoleError::Forbidden,
+            ConsoleError::Forbidden {
+                needs: Role::Admin,
+            },
             ConsoleError::InvalidCredentials,
             ConsoleError::RateLimited {
                 retry_after_secs: 3,

@@ -1,6 +1,7 @@
 //! What the console asks of the server: shared types, the error type, and the
 //! server functions (bodies run on the server, stubs are compiled into the client).
 
+mod access;
 mod accounts;
 mod auth;
 mod cloud;
@@ -12,6 +13,7 @@ mod regions;
 mod types;
 mod users;
 
+pub use access::Action;
 pub use accounts::*;
 pub use auth::*;
 pub use cloud::*;

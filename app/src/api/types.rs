@@ -7,6 +7,8 @@ use std::{fmt, str::FromStr};
 pub enum Role {
     Admin,
     Member,
+    /// Reads everything in the organization, changes nothing but their own password.
+    Viewer,
 }
 
 impl Role {
@@ -14,6 +16,7 @@ impl Role {
         match self {
             Role::Admin => "admin",
             Role::Member => "member",
+            Role::Viewer => "viewer",
         }
     }
 }
@@ -30,7 +33,8 @@ impl FromStr for Role {
         match s {
             "admin" => Ok(Role::Admin),
             "member" => Ok(Role::Member),
-            other => Err(format!("unknown role '{other}': use admin or member")),
+            "viewer" => Ok(Role::Viewer),
+            other => Err(format!("unknown role '{other}': use admin, member or viewer")),
         }
     }
 }
@@ -49,6 +53,11 @@ pub struct Viewer {
 impl Viewer {
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
+    }
+
+    /// Whether this user may do `action` (the server checks it again).
+    pub fn may(&self, action: super::Action) -> bool {
+        self.role.may(action)
     }
 }
 

@@ -40,6 +40,35 @@ pub async fn set_user_role(user_id: String, role: String) -> Result<UserSummary,
         .await
 }
 
+#[server(endpoint = "remove_user")]
+pub async fn remove_user(user_id: String) -> Result<(), ConsoleError> {
+    crate::backend::console()?.remove_user(&user_id).await
+}
+
+/// Signs a user of the organization out everywhere.
+#[server(endpoint = "revoke_sessions")]
+pub async fn revoke_sessions(user_id: String) -> Result<(), ConsoleError> {
+    crate::backend::console()?.revoke_sessions(&user_id).await
+}
+
+/// The caller's own password; the caller's other sessions end.
+#[server(endpoint = "change_password")]
+pub async fn change_password(
+    current_password: String,
+    new_password: String,
+    confirm_password: String,
+) -> Result<(), ConsoleError> {
+    if new_password != confirm_password {
+        return Err(ConsoleError::invalid(
+            "confirm_password",
+            "does not match the new password",
+        ));
+    }
+    crate::backend::console()?
+        .change_password(&current_password, &new_password)
+        .await
+}
+
 #[server(endpoint = "audit_log")]
 pub async fn audit_log() -> Result<Vec<AuditEntry>, ConsoleError> {
     crate::backend::console()?.audit_log(100).await

@@ -6,7 +6,7 @@ use leptos::prelude::*;
 pub fn ErrorPanel(error: ConsoleError) -> impl IntoView {
     set_http_status(error.status());
     let hint = match &error {
-        ConsoleError::Forbidden => Some("Ask an admin of your organization for access."),
+        ConsoleError::Forbidden { .. } => Some("Ask an admin of your organization for access."),
         ConsoleError::Unauthenticated => Some("Your session ended. Sign in again."),
         ConsoleError::Internal => Some("The details are in the server log."),
         _ => None,

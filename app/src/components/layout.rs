@@ -40,7 +40,7 @@ pub fn ConsoleLayout() -> impl IntoView {
 #[component]
 fn Chrome(viewer: Viewer) -> impl IntoView {
     let sign_out = ServerAction::<SignOut>::new();
-    let is_admin = viewer.is_admin();
+    let is_admin = viewer.may(crate::api::Action::ManageUsers);
     view! {
         <div class="app">
             <header class="topbar">
@@ -58,7 +58,7 @@ fn Chrome(viewer: Viewer) -> impl IntoView {
                     </Show>
                 </nav>
                 <div class="user-menu">
-                    <span class="user-name">{viewer.name.clone()}</span>
+                    <a class="user-name" href="/account" id="my-account" title="Your account">{viewer.name.clone()}</a>
                     <span class="badge" title="Your role">{viewer.role.to_string()}</span>
                     <span class="org-name">{viewer.org_name.clone()}</span>
                     <ActionForm action=sign_out attr:class="inline">

@@ -1,6 +1,6 @@
 use crate::api::{
     get_account_setup, list_accounts, AccountSetup, AccountStatus, AccountSummary, AddAccount,
-    RemoveAccount, VerifyAccount, Viewer,
+    RemoveAccount, VerifyAccount,
 };
 use crate::components::{time, ErrorPanel};
 use leptos::prelude::*;
@@ -24,7 +24,7 @@ pub fn AccountsPage() -> impl IntoView {
         |_| list_accounts(),
     );
     let setup = Resource::new(|| (), |_| get_account_setup());
-    let is_admin = use_context::<Viewer>().is_some_and(|v| v.is_admin());
+    let is_admin = crate::components::viewer_may(crate::api::Action::ManageAccounts);
 
     view! {
         <Title text="Accounts" />

@@ -1,5 +1,6 @@
 use crate::api::{
-    audit_log, list_users, AuditEntry, CreateUser, RenameOrg, SetUserRole, UserSummary, Viewer,
+    audit_log, list_users, AuditEntry, CreateUser, RemoveUser, RenameOrg, RevokeSessions, Role,
+    SetUserRole, UserSummary, Viewer,
 };
 use crate::components::{time, ErrorPanel};
 use leptos::prelude::*;
@@ -12,18 +13,17 @@ pub fn AdminPage() -> impl IntoView {
     let create = ServerAction::<CreateUser>::new();
     let set_role = ServerAction::<SetUserRole>::new();
     let rename = ServerAction::<RenameOrg>::new();
+    let actions = UserActions {
+        set_role,
+        remove: ServerAction::<RemoveUser>::new(),
+        revoke: ServerAction::<RevokeSessions>::new(),
+    };
     let users = Resource::new(
-        move || (create.version().get(), set_role.version().get()),
+        move || (create.version().get(), actions.version()),
         |_| list_users(),
     );
     let audit = Resource::new(
-        move || {
-            (
-                create.version().get(),
-                set_role.version().get(),
-                rename.version().get(),
-            )
-        },
+        move || (create.version().get(), actions.version(), rename.version().get()),
         |_| audit_log(),
     );
 
@@ -36,7 +36,7 @@ pub fn AdminPage() -> impl IntoView {
             {move || Suspend::new(async move {
                 match users.await {
                     Ok(list) => view! {
-                        <UsersTable users=list set_role=set_role />
+                        <UsersTable users=list actions />
                         <NewUserForm create=create />
                     }.into_any(),
                     Err(e) => view! { <ErrorPanel error=e /> }.into_any(),
@@ -52,33 +52,82 @@ pub fn AdminPage() -> impl IntoView {
     }
 }
 
+/// What an admin does to an existing user.
+#[derive(Clone, Copy)]
+struct UserActions {
+    set_role: ServerAction<SetUserRole>,
+    remove: ServerAction<RemoveUser>,
+    revoke: ServerAction<RevokeSessions>,
+}
+
+impl UserActions {
+    fn version(&self) -> (usize, usize, usize) {
+        (
+            self.set_role.version().get(),
+            self.remove.version().get(),
+            self.revoke.version().get(),
+        )
+    }
+
+    fn error(&self) -> Option<String> {
+        let err = |r: Option<Result<_, crate::api::ConsoleError>>| r.and_then(|r| r.err());
+        err(self.set_role.value().get().map(|r| r.map(|_| ())))
+            .or_else(|| err(self.remove.value().get()))
+            .or_else(|| err(self.revoke.value().get()))
+            .map(|e| e.to_string())
+    }
+}
+
 #[component]
-fn UsersTable(users: Vec<UserSummary>, set_role: ServerAction<SetUserRole>) -> impl IntoView {
-    let error = move || set_role.value().get().and_then(|r| r.err());
+fn UsersTable(users: Vec<UserSummary>, actions: UserActions) -> impl IntoView {
+    let me = use_context::<Viewer>().map(|v| v.user_id).unwrap_or_default();
+    let revoked = move || actions.revoke.value().get().is_some_and(|r| r.is_ok());
     view! {
         <section class="panel" aria-labelledby="users-title">
             <h2 id="users-title">"Users"</h2>
-            {move || error().map(|e| view! { <p class="field-error" role="alert">{e.to_string()}</p> })}
-            <table class="table">
+            <p class="muted small">"Viewers read everything and change nothing. Members also create, provision and check networks. Admins also delete networks, rotate keys, fail over, and manage accounts and people."</p>
+            {move || actions.error().map(|e| view! { <p class="field-error" role="alert" id="users-error">{e}</p> })}
+            {move || revoked().then(|| view! { <p class="notice notice-ok" role="status">"Signed out everywhere: their sessions have ended."</p> })}
+            <table class="table" id="users-table">
                 <thead>
-                    <tr><th scope="col">"Name"</th><th scope="col">"Email"</th><th scope="col">"Role"</th><th scope="col">"Added"</th></tr>
+                    <tr><th scope="col">"Name"</th><th scope="col">"Email"</th><th scope="col">"Role"</th><th scope="col">"Added"</th><th scope="col"><span class="visually-hidden">"Actions"</span></th></tr>
                 </thead>
                 <tbody>
                     {users.into_iter().map(|u| {
-                        let other = if u.role == crate::api::Role::Admin { "member" } else { "admin" };
+                        let is_me = u.id == me;
+                        let role = u.role;
+                        let (role_id, revoke_id, remove_id) = (u.id.clone(), u.id.clone(), u.id.clone());
+                        let select_id = format!("role-{}", u.id);
+                        let label = format!("Role of {}", u.email);
                         view! {
-                            <tr>
+                            <tr data-email=u.email.clone()>
                                 <td>{u.name.clone()}</td>
                                 <td>{u.email.clone()}</td>
                                 <td>
-                                    <span class="badge">{u.role.to_string()}</span>
-                                    <ActionForm action=set_role attr:class="inline">
-                                        <input type="hidden" name="user_id" value=u.id.clone() />
-                                        <input type="hidden" name="role" value=other />
-                                        <button type="submit" class="link">{format!("Make {other}")}</button>
+                                    <ActionForm action=actions.set_role attr:class="inline role-form">
+                                        <input type="hidden" name="user_id" value=role_id />
+                                        <label class="visually-hidden" for=select_id.clone()>{label}</label>
+                                        <select name="role" id=select_id>
+                                            {[Role::Admin, Role::Member, Role::Viewer].into_iter().map(move |r| view! {
+                                                <option value=r.as_str() selected=r == role>{r.as_str()}</option>
+                                            }).collect_view()}
+                                        </select>
+                                        <button type="submit" class="link">"Change"</button>
                                     </ActionForm>
                                 </td>
                                 <td><time datetime=u.created_at.clone()>{u.created_at.get(..10).unwrap_or_default().to_string()}</time></td>
+                                <td class="actions">
+                                    <ActionForm action=actions.revoke attr:class="inline">
+                                        <input type="hidden" name="user_id" value=revoke_id />
+                                        <button type="submit" class="ghost revoke-sessions">"Sign out everywhere"</button>
+                                    </ActionForm>
+                                    {(!is_me).then(|| view! {
+                                        <ActionForm action=actions.remove attr:class="inline">
+                                            <input type="hidden" name="user_id" value=remove_id.clone() />
+                                            <button type="submit" class="ghost danger remove-user">"Remove"</button>
+                                        </ActionForm>
+                                    })}
+                                </td>
                             </tr>
                         }
                     }).collect_view()}
@@ -103,6 +152,7 @@ fn NewUserForm(create: ServerAction<CreateUser>) -> impl IntoView {
                 <label for="new-role">"Role"</label>
                 <select id="new-role" name="role">
                     <option value="member" selected>"Member"</option>
+                    <option value="viewer">"Viewer (read only)"</option>
                     <option value="admin">"Admin"</option>
                 </select>
                 <label for="new-password">"Initial password"</label>

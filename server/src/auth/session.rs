@@ -23,6 +23,10 @@ pub struct SessionIdentity {
     /// as 0: over any lifetime, so they end.
     #[serde(default)]
     pub signed_in_at: i64,
+    /// The user's session epoch at sign-in: a revocation or a password
+    /// change raises the user's epoch and so ends this session.
+    #[serde(default)]
+    pub epoch: i32,
 }
 
 impl SessionIdentity {
@@ -59,6 +63,7 @@ mod tests {
             user_id: Uuid::nil(),
             org_id: Uuid::nil(),
             signed_in_at: at,
+            epoch: 0,
         };
         let day = std::time::Duration::from_secs(86_400);
         assert!(!id(1_000_000).expired(day, 1_000_000 + 86_399));

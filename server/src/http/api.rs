@@ -19,10 +19,12 @@ pub fn routes() -> Router<crate::state::AppState> {
     Router::new()
         .route("/session", post(sign_in).delete(sign_out))
         .route("/me", get(me))
+        .route("/me/password", put(change_password))
         .route("/overview", get(overview))
         .route("/organization", patch(rename_org))
         .route("/users", get(list_users).post(create_user))
-        .route("/users/{id}", patch(update_user))
+        .route("/users/{id}", patch(update_user).delete(remove_user))
+        .route("/users/{id}/sessions", delete(revoke_sessions))
         .route("/audit", get(audit))
         .route("/accounts", get(list_accounts).post(add_account))
         .route("/accounts/setup", get(account_setup))
@@ -142,6 +144,38 @@ async fn update_user(
     ApiJson(body): ApiJson<UpdateUserBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(console.set_user_role(&id, body.role).await?))
+}
+
+async fn remove_user(
+    console: ConsoleSession,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    console.remove_user(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn revoke_sessions(
+    console: ConsoleSession,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    console.revoke_sessions(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct PasswordBody {
+    current_password: String,
+    new_password: String,
+}
+
+async fn change_password(
+    console: ConsoleSession,
+    ApiJson(body): ApiJson<PasswordBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    console
+        .change_password(&body.current_password, &body.new_password)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn audit(console: ConsoleSession) -> Result<impl IntoResponse, ApiError> {

@@ -13,6 +13,8 @@ pub struct UserRecord {
     pub name: String,
     pub role: Role,
     pub password_hash: String,
+    /// Sessions signed in under another epoch are over.
+    pub session_epoch: i32,
     pub created_at: OffsetDateTime,
 }
 
@@ -29,7 +31,7 @@ impl UserRecord {
 }
 
 const SELECT: &str = "SELECT u.id, u.org_id, o.name AS org_name, u.email, u.name, u.role,
-                             u.password_hash, u.created_at
+                             u.password_hash, u.session_epoch, u.created_at
                         FROM users u JOIN organizations o ON o.id = u.org_id";
 
 fn from_row(row: sqlx::postgres::PgRow) -> Result<UserRecord, sqlx::Error> {
@@ -44,6 +46,7 @@ fn from_row(row: sqlx::postgres::PgRow) -> Result<UserRecord, sqlx::Error> {
             .parse()
             .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
         password_hash: row.try_get("password_hash")?,
+        session_epoch: row.try_get("session_epoch")?,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -139,15 +142,78 @@ pub async fn set_role(
     Ok(updated.rows_affected() == 1)
 }
 
+/// Sets a new password hash and ends every session signed in with the old
+/// password; returns the new session epoch.
 pub async fn set_password_hash(
     db: impl PgExecutor<'_>,
     id: Uuid,
     hash: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
-        .bind(id)
-        .bind(hash)
-        .execute(db)
-        .await
-        .map(|_| ())
+) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE users SET password_hash = $2, session_epoch = session_epoch + 1
+          WHERE id = $1 RETURNING session_epoch",
+    )
+    .bind(id)
+    .bind(hash)
+    .fetch_one(db)
+    .await
+}
+
+/// Ends every session of a user of `org_id` at its next request; `None`
+/// when there is no such user.
+pub async fn revoke_sessions(
+    db: impl PgExecutor<'_>,
+    org_id: Uuid,
+    id: Uuid,
+) -> Result<Option<i32>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE users SET session_epoch = session_epoch + 1
+          WHERE org_id = $1 AND id = $2 RETURNING session_epoch",
+    )
+    .bind(org_id)
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// Why a user was not removed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RemoveRefused {
+    NotFound,
+    LastAdmin,
+}
+
+/// Removes a user of `org_id`; their sessions end at their next request (the
+/// row they name is gone). The last admin is never removed: the check and
+/// the delete are one statement, so two concurrent removals cannot both pass.
+pub async fn remove(
+    conn: &mut sqlx::PgConnection,
+    org_id: Uuid,
+    id: Uuid,
+) -> Result<Result<String, RemoveRefused>, sqlx::Error> {
+    let removed: Option<String> = sqlx::query_scalar(
+        "DELETE FROM users
+          WHERE org_id = $1 AND id = $2
+            AND (role <> 'admin'
+                 OR (SELECT count(*) FROM users WHERE org_id = $1 AND role = 'admin' AND id <> $2) > 0)
+          RETURNING email",
+    )
+    .bind(org_id)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(email) = removed {
+        return Ok(Ok(email));
+    }
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE org_id = $1 AND id = $2)")
+            .bind(org_id)
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(Err(if exists {
+        RemoveRefused::LastAdmin
+    } else {
+        RemoveRefused::NotFound
+    }))
 }

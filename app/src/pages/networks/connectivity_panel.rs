@@ -34,6 +34,7 @@ pub fn ConnectivityPanel(network: NetworkSummary, action: ConnectivityAction) ->
     let action = action.0;
     let ready = network.status == NetworkStatus::Ready;
     let running = ConnectivityAction::running(&network);
+    let may_check = crate::components::viewer_may(crate::api::Action::CheckConnectivity);
     let hint = if !ready {
         Some("Available once the network is provisioned: the appliances do the pinging.")
     } else if running {
@@ -45,6 +46,7 @@ pub fn ConnectivityPanel(network: NetworkSummary, action: ConnectivityAction) ->
         <section class="panel" aria-labelledby="connectivity-title" id="connectivity">
             <div class="panel-header">
                 <h2 id="connectivity-title">"Connectivity"</h2>
+                {may_check.then(|| view! {
                 <ActionForm action=action attr:class="inline" attr:id="connectivity-form">
                     <input type="hidden" name="id" value=network.id.clone() />
                     <button type="submit" class="secondary" id="check-connectivity"
@@ -53,6 +55,7 @@ pub fn ConnectivityPanel(network: NetworkSummary, action: ConnectivityAction) ->
                         {move || if action.pending().get() { "Starting…" } else { "Check connectivity" }}
                     </button>
                 </ActionForm>
+                })}
             </div>
             {hint.map(|h| view! { <p class="muted small" id="connectivity-hint">{h}</p> })}
             {move || action.value().get().and_then(|r| r.err()).map(|e| view! {

@@ -14,7 +14,7 @@ use crate::api::{
     get_network, network_events, network_job, network_plan, start_job, ChangeAction, ConsoleError,
     JobView, NetworkStatus, NetworkSummary, Plan, ProgressEvent,
 };
-use crate::components::{time, ErrorPanel};
+use crate::components::{time, viewer_may, ErrorPanel};
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::use_params_map;
@@ -117,11 +117,11 @@ fn NetworkView(
     let can_provision = matches!(
         network.status,
         NetworkStatus::Planned | NetworkStatus::Failed
-    );
+    ) && viewer_may(crate::api::Action::ApplyNetwork);
     let can_delete = matches!(
         network.status,
         NetworkStatus::Planned | NetworkStatus::Ready | NetworkStatus::Failed
-    );
+    ) && viewer_may(crate::api::Action::TearDownNetwork);
     let name = network.name.clone();
     view! {
         <Title text=network.name.clone() />

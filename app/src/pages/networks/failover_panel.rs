@@ -5,7 +5,7 @@
 
 use crate::api::{
     describe_ha_reason, ApplianceSummary, FailOver, FailoverEntry, NetworkStatus, NetworkSummary,
-    TakeoverView, Viewer,
+    TakeoverView,
 };
 use crate::components::time;
 use leptos::prelude::*;
@@ -108,7 +108,7 @@ pub fn FailoverPanel(network: NetworkSummary, action: FailoverAction) -> impl In
         ask: action,
         confirmed,
     } = action;
-    let is_admin = use_context::<Viewer>().is_some_and(|v| v.is_admin());
+    let is_admin = crate::components::viewer_may(crate::api::Action::FailOver);
     let live = network.status == NetworkStatus::Ready;
     let pairs = pairs(&network);
     let id = network.id.clone();

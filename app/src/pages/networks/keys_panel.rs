@@ -4,7 +4,7 @@
 
 use crate::api::{
     ConsoleError, InvalidateKey, NetworkStatus, NetworkSummary, RotateKey, SetRotationSchedule,
-    Viewer,
+   
 };
 use crate::components::time;
 use leptos::prelude::*;
@@ -49,7 +49,7 @@ pub fn KeysPanel(network: NetworkSummary, actions: KeyActions) -> impl IntoView 
         invalidate,
         schedule,
     } = actions;
-    let is_admin = use_context::<Viewer>().is_some_and(|v| v.is_admin());
+    let is_admin = crate::components::viewer_may(crate::api::Action::RotateKeys);
     let live = !matches!(
         network.status,
         NetworkStatus::Deleting | NetworkStatus::Deleted

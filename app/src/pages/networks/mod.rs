@@ -43,7 +43,9 @@ pub fn NetworksPage() -> impl IntoView {
         <Title text="Networks" />
         <div class="page-header">
             <h1>"Networks"</h1>
-            <a class="button primary" href="/networks/new" id="new-network">"New network"</a>
+            {crate::components::viewer_may(crate::api::Action::CreateNetwork).then(|| view! {
+                <a class="button primary" href="/networks/new" id="new-network">"New network"</a>
+            })}
         </div>
         <Suspense fallback=|| view! { <p class="muted">"Loading networks…"</p> }>
             {move || Suspend::new(async move {
