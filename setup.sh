@@ -9,6 +9,7 @@ VPCMESH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VPCMESH_CACHE=${VPCMESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vpcmesh}
 CARGO_LEPTOS_VERSION=0.3.11
 MOTO_VERSION=5.2.5
+PARLIAMENT_VERSION=1.6.4
 mkdir -p "$VPCMESH_CACHE/tools/bin"
 # One build folder shared by every checkout on this machine: a fresh clone
 # reuses compiled dependencies instead of starting cold.
@@ -106,10 +107,15 @@ setup_runtime() {
   fi
   # moto's CloudFormation support brings cfn-lint, which the template tests run.
   [ -x "$venv/bin/cfn-lint" ] || "$venv/bin/pip" install --quiet --disable-pip-version-check cfn-lint
+  # parliament lints every IAM policy the templates hold (server/tests/api/iam_lint.rs).
+  if [ "$("$venv/bin/pip" show parliament 2>/dev/null | awk '/^Version:/{print $2}')" != "$PARLIAMENT_VERSION" ]; then
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "parliament==$PARLIAMENT_VERSION"
+  fi
   # moto with routable Elastic IPs (e2e/lab/moto_server.py says why).
   export VPCMESH_MOTO_PYTHON="$venv/bin/python"
   export VPCMESH_MOTO_SERVER="$VPCMESH_ROOT/e2e/lab/moto-server"
   export VPCMESH_CFN_LINT="$venv/bin/cfn-lint"
+  export VPCMESH_PARLIAMENT="$venv/bin/parliament"
   setup_lab
 }
 

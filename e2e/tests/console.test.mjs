@@ -156,3 +156,83 @@ test('pages read without JavaScript, and the sign-in form works as a plain form'
   await page.screenshot({ path: `${ARTIFACTS}/06-no-javascript.png`, fullPage: true });
   await context.close();
 });
+
+async function signIn(context, email, password) {
+  const page = await context.newPage();
+  await page.goto(`${server.url}/sign-in`);
+  await clickUntil(page, '#toggle-password', async () => (await page.getAttribute('#password', 'type')) === 'text');
+  await page.fill('#email', email);
+  await page.fill('#password', password);
+  await Promise.all([page.waitForURL(`${server.url}/`), page.click('button[type=submit]')]);
+  return page;
+}
+
+test('an admin makes a user a viewer, signs them out everywhere and removes them; users change their own password', async () => {
+  const email = 'lin@demo.vpcmesh.dev';
+  const first = 'first long passphrase here';
+  const second = 'second long passphrase here';
+  const adminContext = await browser.newContext();
+  const admin = await signIn(adminContext, server.email, server.password);
+  await admin.goto(`${server.url}/admin`);
+  await admin.waitForSelector('#new-role');
+  await admin.fill('#new-name', 'Lin Viewer');
+  await admin.fill('#new-email', email);
+  await admin.selectOption('#new-role', 'member');
+  await admin.fill('#new-password', first);
+  await admin.click('text=Add user');
+  const row = admin.locator(`#users-table tr[data-email="${email}"]`);
+  await row.waitFor();
+
+  // Lin changes her password on her Account page; a second session of hers ends.
+  const linContext = await browser.newContext();
+  const lin = await signIn(linContext, email, first);
+  const otherContext = await browser.newContext();
+  const other = await signIn(otherContext, email, first);
+  await lin.click('#my-account');
+  await lin.waitForURL(`${server.url}/account`);
+  await lin.fill('#current-password', first);
+  await lin.fill('#new-password', second);
+  await lin.fill('#confirm-password', second);
+  await lin.click('#password-form button[type=submit]');
+  await lin.waitForSelector('#password-changed');
+  const otherNow = await other.goto(`${server.url}/networks`);
+  assert.equal(new URL(other.url()).pathname, '/sign-in', `the other session ended (${otherNow.status()})`);
+  await otherContext.close();
+
+  // Made a viewer: the next page Lin opens offers no New network.
+  await row.locator('select[name=role]').selectOption('viewer');
+  await row.locator('button:text("Change")').click();
+  for (let i = 0; ; i++) {
+    const users = await (await admin.request.get(`${server.url}/api/v1/users`)).json();
+    if (users.find((u) => u.email === email)?.role === 'viewer') break;
+    assert.ok(i < 100, 'the role change is stored');
+    await admin.waitForTimeout(100);
+  }
+  await lin.goto(`${server.url}/networks`);
+  await lin.waitForSelector('h1:text("Networks")');
+  assert.equal(await lin.locator('#new-network').count(), 0, 'viewers are not offered New network');
+  await lin.goto(`${server.url}/account`);
+  assert.equal(await lin.textContent('#my-role'), 'viewer');
+  await lin.screenshot({ path: `${ARTIFACTS}/08-viewer-account.png`, fullPage: true });
+
+  // Signed out everywhere: Lin's next page is the sign-in.
+  await row.locator('.revoke-sessions').click();
+  await admin.waitForSelector('text=Signed out everywhere');
+  await lin.goto(`${server.url}/networks`);
+  assert.equal(new URL(lin.url()).pathname, '/sign-in');
+
+  // Removed: the row goes, and her password no longer signs in.
+  const linAgain = await signIn(linContext, email, second);
+  await admin.locator(`#users-table tr[data-email="${email}"] .remove-user`).click();
+  await admin.locator(`#users-table tr[data-email="${email}"]`).waitFor({ state: 'detached' });
+  await linAgain.goto(`${server.url}/networks`);
+  assert.equal(new URL(linAgain.url()).pathname, '/sign-in');
+  const refused = await linContext.request.post(`${server.url}/api/v1/session`, {
+    headers: { Origin: server.url },
+    data: { email, password: second },
+  });
+  assert.equal(refused.status(), 401);
+  await admin.screenshot({ path: `${ARTIFACTS}/09-admin-removed-user.png`, fullPage: true });
+  await linContext.close();
+  await adminContext.close();
+});

@@ -131,6 +131,34 @@ impl ConsoleSession {
             .await
             .or_internal("store the session")
     }
+
+    /// A transaction holding the organization's admin lock, with `admin`
+    /// checked to be an admin still under it.
+    async fn admin_change(
+        &self,
+        admin: &users::UserRecord,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ConsoleError> {
+        let mut tx = self
+            .state
+            .pool
+            .begin()
+            .await
+            .or_internal("begin a transaction")?;
+        if !users::lock_admins(&mut tx, admin.org_id, admin.id)
+            .await
+            .or_internal("lock the organization's admins")?
+        {
+            tracing::info!(user_id = %admin.id, "no longer an admin: change refused");
+            return Err(ConsoleError::Forbidden { needs: Role::Admin });
+        }
+        Ok(tx)
+    }
+}
+
+fn last_admin() -> ConsoleError {
+    ConsoleError::Conflict {
+        message: "An organization needs at least one admin: make someone else admin first.".into(),
+    }
 }
 
 fn viewer(user: &users::UserRecord) -> Viewer {
@@ -290,22 +318,19 @@ impl Console for ConsoleSession {
     async fn set_user_role(&self, user_id: &str, role: Role) -> Result<UserSummary, ConsoleError> {
         let admin = self.authorize(Action::ManageUsers).await?;
         let id = user_id_arg(user_id)?;
-        let pool = &self.state.pool;
-        let target = users::find(pool, admin.org_id, id)
+        let mut tx = self.admin_change(&admin).await?;
+        let target = users::find(&mut *tx, admin.org_id, id)
             .await
             .or_internal("load a user")?
             .ok_or_else(|| ConsoleError::not_found("User"))?;
-        if !users::set_role(pool, admin.org_id, id, role)
+        if !users::set_role(&mut *tx, admin.org_id, id, role)
             .await
             .or_internal("change a role")?
         {
-            return Err(ConsoleError::Conflict {
-                message: "An organization needs at least one admin: make someone else admin first."
-                    .into(),
-            });
+            return Err(last_admin());
         }
         audit::record(
-            pool,
+            &mut *tx,
             admin.org_id,
             Some(admin.id),
             &format!("user.role.{role}"),
@@ -313,10 +338,12 @@ impl Console for ConsoleSession {
         )
         .await
         .or_internal("audit a role change")?;
-        let updated = users::find(pool, admin.org_id, id)
+        let updated = users::find(&mut *tx, admin.org_id, id)
             .await
             .or_internal("read back a user")?
             .ok_or_else(|| ConsoleError::not_found("User"))?;
+        tx.commit().await.or_internal("commit a role change")?;
+        tracing::info!(user_id = %id, org_id = %admin.org_id, %role, "role changed");
         Ok(updated.summary())
     }
 
@@ -329,24 +356,14 @@ impl Console for ConsoleSession {
                 message: "You cannot remove yourself: ask another admin.".into(),
             });
         }
-        let mut tx = self
-            .state
-            .pool
-            .begin()
-            .await
-            .or_internal("begin a transaction")?;
+        let mut tx = self.admin_change(&admin).await?;
         let email = match users::remove(&mut tx, admin.org_id, id)
             .await
             .or_internal("remove a user")?
         {
             Ok(email) => email,
             Err(users::RemoveRefused::NotFound) => return Err(ConsoleError::not_found("User")),
-            Err(users::RemoveRefused::LastAdmin) => {
-                return Err(ConsoleError::Conflict {
-                    message: "An organization needs at least one admin: make someone else admin first."
-                        .into(),
-                })
-            }
+            Err(users::RemoveRefused::LastAdmin) => return Err(last_admin()),
         };
         audit::record(
             &mut *tx,

@@ -163,6 +163,10 @@ pub struct RotationProgress {
     pub accepting: i64,
     /// Appliances that send with it on every tunnel.
     pub sending: i64,
+    /// Sites with appliances none of which reports: the old epoch stays
+    /// until they are heard again.
+    #[serde(default)]
+    pub sites_cut_off: i64,
     /// The live appliances the rotation still waits for, and why.
     #[serde(default)]
     pub waiting: Vec<RotationLaggard>,

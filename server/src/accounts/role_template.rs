@@ -5,6 +5,10 @@ use crate::aws::AccountId;
 
 const TEMPLATE: &str = include_str!("../../templates/customer-role.yaml");
 pub const ROLE_NAME: &str = "vpcmesh-access";
+/// The permissions boundary the template creates; every role vpcmesh creates
+/// (the appliance stacks' instance roles) lives under its path and carries it.
+pub const BOUNDARY_NAME: &str = "vpcmesh-appliance-boundary";
+pub const BOUNDARY_PATH: &str = "/vpcmesh/";
 
 /// The template with `TrustedAccountId` and `ExternalId` defaulting to this
 /// organization's values, so deploying it needs no typing.
@@ -57,6 +61,10 @@ mod tests {
                 .as_sequence()
                 .expect("statements")
             {
+                // Deny statements narrow the grants; they are tested apart.
+                if st["Effect"].as_str() == Some("Deny") {
+                    continue;
+                }
                 assert_eq!(st["Effect"].as_str(), Some("Allow"));
                 let actions = match &st["Action"] {
                     serde_norway::Value::Sequence(a) => a.iter().map(text).collect(),
@@ -140,6 +148,14 @@ mod tests {
             "kms:DescribeKey",
             "kms:GenerateDataKeyWithoutPlaintext",
             "kms:ListAliases",
+            "ssm:GetParameters",
+            "ec2:CreateTransitGatewayRouteTable",
+            "ec2:DeleteTransitGatewayRouteTable",
+            "ec2:AssociateTransitGatewayRouteTable",
+            "ec2:DisassociateTransitGatewayRouteTable",
+            "ec2:EnableTransitGatewayRouteTablePropagation",
+            "ec2:DisableTransitGatewayRouteTablePropagation",
+            "iam:CreateServiceLinkedRole",
         ];
         want.sort();
         assert_eq!(actions, want, "each action once, nothing more");
@@ -161,5 +177,116 @@ mod tests {
         );
         assert_eq!(actions, &vec!["kms:ListAliases".to_string()]);
         assert_eq!(resource.trim(), "'*'");
+    }
+
+    /// Every statement of the access role's inline policies, as YAML.
+    fn raw_statements(yaml: &str) -> Vec<serde_norway::Value> {
+        let doc: serde_norway::Value = serde_norway::from_str(yaml).expect("the template is YAML");
+        doc["Resources"]["AccessRole"]["Properties"]["Policies"]
+            .as_sequence()
+            .expect("inline policies")
+            .iter()
+            .flat_map(|p| {
+                p["PolicyDocument"]["Statement"]
+                    .as_sequence()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    fn actions_of(st: &serde_norway::Value) -> Vec<String> {
+        match &st["Action"] {
+            serde_norway::Value::Sequence(a) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            one => one.as_str().map(str::to_string).into_iter().collect(),
+        }
+    }
+
+    fn rendered() -> String {
+        let account: AccountId = "123456789012".parse().expect("account");
+        render(&account, "vpcmesh-abc")
+    }
+
+    #[test]
+    fn roles_it_creates_carry_the_boundary_and_go_only_to_ec2() {
+        let yaml = rendered();
+        let statements = raw_statements(&yaml);
+        let text = |v: &serde_norway::Value| serde_norway::to_string(v).expect("yaml");
+        for st in &statements {
+            let actions = actions_of(st);
+            let iam: Vec<&String> = actions.iter().filter(|a| a.starts_with("iam:")).collect();
+            if iam.is_empty() {
+                continue;
+            }
+            let resource = text(&st["Resource"]);
+            let condition = text(&st["Condition"]);
+            if actions == ["iam:CreateServiceLinkedRole"] {
+                assert!(resource.contains("role/aws-service-role/autoscaling.amazonaws.com/"), "{resource}");
+                assert!(condition.contains("iam:AWSServiceName: autoscaling.amazonaws.com"), "{condition}");
+                continue;
+            }
+            // Never the access role itself (vpcmesh-access, at /): only the
+            // /vpcmesh/ path.
+            assert!(!resource.contains("role/vpcmesh-"), "{resource}");
+            assert!(resource.contains("/vpcmesh/*"), "{resource}");
+            for a in &iam {
+                assert!(
+                    !["iam:PutRolePermissionsBoundary", "iam:DeleteRolePermissionsBoundary", "iam:AttachRolePolicy", "iam:UpdateAssumeRolePolicy"]
+                        .contains(&a.as_str()),
+                    "{a} is never granted"
+                );
+            }
+            if actions.iter().any(|a| a == "iam:CreateRole" || a == "iam:PutRolePolicy") {
+                assert!(
+                    condition.contains("iam:PermissionsBoundary") && condition.contains("ApplianceBoundary"),
+                    "{condition}"
+                );
+            }
+            if actions.iter().any(|a| a == "iam:PassRole") {
+                assert_eq!(actions, vec!["iam:PassRole".to_string()], "PassRole alone");
+                assert!(condition.contains("iam:PassedToService: ec2.amazonaws.com"), "{condition}");
+            }
+        }
+        // The boundary grants nothing in IAM, and is the role template's own.
+        let doc: serde_norway::Value = serde_norway::from_str(&yaml).expect("yaml");
+        let boundary = &doc["Resources"]["ApplianceBoundary"]["Properties"];
+        assert_eq!(boundary["ManagedPolicyName"].as_str(), Some(BOUNDARY_NAME));
+        assert_eq!(boundary["Path"].as_str(), Some(BOUNDARY_PATH));
+        let boundary_text = text(&boundary["PolicyDocument"]);
+        assert!(!boundary_text.contains("iam:"), "{boundary_text}");
+        assert!(!boundary_text.contains("Action: '*'"), "{boundary_text}");
+    }
+
+    #[test]
+    fn instances_launch_only_from_vpcmesh_launch_templates() {
+        let statements = raw_statements(&rendered());
+        let launching: Vec<_> = statements
+            .iter()
+            .filter(|st| actions_of(st).iter().any(|a| a == "ec2:RunInstances"))
+            .collect();
+        // One grant (from launch templates only) and one denial (of
+        // templates without a site tag).
+        assert_eq!(launching.len(), 2);
+        assert_eq!(
+            launching
+                .iter()
+                .filter(|st| st["Effect"].as_str() == Some("Deny"))
+                .count(),
+            1
+        );
+        for st in launching {
+            assert_eq!(actions_of(st), vec!["ec2:RunInstances".to_string()]);
+            let resource = serde_norway::to_string(&st["Resource"]).expect("yaml");
+            assert!(!resource.contains("'*'"), "{resource}");
+            let condition = serde_norway::to_string(&st["Condition"]).expect("yaml");
+            assert!(
+                condition.contains("aws:ResourceTag/vpcmesh:site")
+                    || condition.contains("ec2:LaunchTemplate"),
+                "{condition}"
+            );
+        }
     }
 }

@@ -13,7 +13,7 @@ use appliance::protocol::{
     StatusReport, MAX_MEMBER_GENERATION,
 };
 use axum::{
-    extract::{rejection::JsonRejection, Query, State},
+    extract::{rejection::{JsonRejection, QueryRejection}, Query, State},
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -117,9 +117,13 @@ async fn config(
     State(state): State<AppState>,
     ClientIp(from): ClientIp,
     headers: HeaderMap,
-    Query(q): Query<ConfigQuery>,
+    q: Result<Query<ConfigQuery>, QueryRejection>,
 ) -> Result<Response, ApplianceError> {
     let appliance = authenticate(&state, &headers, from).await?;
+    let Query(q) = q.map_err(|e| ApplianceError::InvalidInput {
+        field: "query",
+        message: e.body_text(),
+    })?;
     let _slot = state.appliance_limits.poll(appliance.id)?;
     let protocol = served_protocol(q.protocol)?;
     store::record_protocol(&state.pool, appliance.id, protocol).await?;

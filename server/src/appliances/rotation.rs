@@ -3,13 +3,17 @@
 //!
 //! 1. Every appliance is told to accept both epochs (inbound SAs of each).
 //! 2. A tunnel's sender moves to the new epoch once every live appliance of
-//!    the receiving site reports that it accepts it.
+//!    the receiving site reports that it accepts it, and at least one does.
 //! 3. Once every live appliance of the network sends with the new epoch for
-//!    a grace period, the retiring epoch is retired and its SAs removed.
+//!    a grace period, and every site with appliances has a live one, the
+//!    retiring epoch is retired and its SAs removed.
 //!
 //! An appliance is live when it reported within [`LIVE_WITHIN`]: a dead
-//! instance cannot hold a rotation up forever, and when it comes back its
-//! config accepts every epoch in play.
+//! member of an HA pair cannot hold a rotation up, and when it comes back
+//! its config accepts every epoch in play. A site none of whose appliances
+//! reports (cut off from the control plane, perhaps still forwarding, or
+//! every server replica just restarted) holds it: the old epoch stays until
+//! the site is heard again, is replaced, or an admin invalidates the epoch.
 
 use sqlx::{PgExecutor, PgPool};
 use std::collections::BTreeMap;
@@ -69,19 +73,24 @@ pub async fn in_play(
     Ok(active.map(|active| InPlay { active, retiring }))
 }
 
-/// Per site of the network: do all its live appliances accept `epoch`?
-/// Sites without live appliances are absent (nobody there to lose packets;
-/// an appliance that comes back accepts every epoch in play).
+/// Per site of the network with appliances: do all its live appliances
+/// accept `epoch`? A site whose appliances all stopped reporting (cut off
+/// from the control plane, yet perhaps still forwarding with the keys it
+/// has) does not: nobody moves to a key it may not know. Sites without
+/// appliances are absent (nobody there to lose packets; an appliance that
+/// comes up accepts every epoch in play).
 pub async fn sites_accepting(
     db: impl PgExecutor<'_>,
     network_id: Uuid,
     epoch: i32,
 ) -> Result<BTreeMap<Uuid, bool>, sqlx::Error> {
     let rows: Vec<(Uuid, bool)> = sqlx::query_as(
-        "SELECT a.site_id, bool_and($2 = ANY (a.epochs))
+        "SELECT a.site_id,
+                coalesce(bool_and($2 = ANY (a.epochs))
+                           FILTER (WHERE a.last_seen_at > now() - make_interval(secs => $3)),
+                         false)
            FROM appliances a JOIN sites s ON s.id = a.site_id
           WHERE s.network_id = $1 AND a.retired_at IS NULL
-            AND a.last_seen_at > now() - make_interval(secs => $3)
           GROUP BY a.site_id",
     )
     .bind(network_id)
@@ -100,11 +109,16 @@ pub struct Progress {
     pub accepting: i64,
     /// Appliances that send with the new epoch on every tunnel.
     pub sending: i64,
+    /// Registered appliances, live or not.
+    pub current: i64,
+    /// Sites with appliances of which none reports: they may still forward
+    /// with the old epoch, so it is not retired while there are any.
+    pub sites_cut_off: i64,
 }
 
 impl Progress {
     pub fn complete(&self) -> bool {
-        self.accepting == self.live && self.sending == self.live
+        self.accepting == self.live && self.sending == self.live && self.sites_cut_off == 0
     }
 }
 
@@ -113,25 +127,31 @@ pub async fn progress(
     network_id: Uuid,
     epoch: i32,
 ) -> Result<Progress, sqlx::Error> {
-    let (live, accepting, sending): (i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*),
-                count(*) FILTER (WHERE $2 = ANY (a.epochs)),
-                count(*) FILTER (WHERE NOT EXISTS (
-                    SELECT 1 FROM jsonb_array_elements(a.tunnels) t
-                     WHERE coalesce((t->>'out_epoch')::integer, 0) <> $2))
-           FROM appliances a JOIN sites s ON s.id = a.site_id
-          WHERE s.network_id = $1 AND a.retired_at IS NULL
-            AND a.last_seen_at > now() - make_interval(secs => $3)",
-    )
-    .bind(network_id)
-    .bind(epoch)
-    .bind(LIVE_WITHIN.as_secs_f64())
-    .fetch_one(db)
-    .await?;
+    let (live, accepting, sending, current, sites_cut_off): (i64, i64, i64, i64, i64) =
+        sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE a.live),
+                    count(*) FILTER (WHERE a.live AND $2 = ANY (a.epochs)),
+                    count(*) FILTER (WHERE a.live AND NOT EXISTS (
+                        SELECT 1 FROM jsonb_array_elements(a.tunnels) t
+                         WHERE coalesce((t->>'out_epoch')::integer, 0) <> $2)),
+                    count(*),
+                    count(DISTINCT a.site_id) - count(DISTINCT a.site_id) FILTER (WHERE a.live)
+               FROM (SELECT a.site_id, a.epochs, a.tunnels,
+                            coalesce(a.last_seen_at > now() - make_interval(secs => $3), false) AS live
+                       FROM appliances a JOIN sites s ON s.id = a.site_id
+                      WHERE s.network_id = $1 AND a.retired_at IS NULL) a",
+        )
+        .bind(network_id)
+        .bind(epoch)
+        .bind(LIVE_WITHIN.as_secs_f64())
+        .fetch_one(db)
+        .await?;
     Ok(Progress {
         live,
         accepting,
         sending,
+        current,
+        sites_cut_off,
     })
 }
 

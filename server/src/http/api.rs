@@ -7,7 +7,8 @@ use app::{
     backend::Console,
 };
 use axum::{
-    extract::{rejection::JsonRejection, FromRequest, Path, Query, Request},
+    extract::{rejection::JsonRejection, FromRequest, FromRequestParts, Path, Query, Request},
+    http::request::Parts,
     http::StatusCode,
     response::IntoResponse,
     routing::{delete, get, patch, post, put},
@@ -64,6 +65,23 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
             Err(rejection) => Err(ApiError(rejection_error(rejection))),
+        }
+    }
+}
+
+/// `Query` whose rejections (a mistyped or missing parameter) answer in the
+/// API's error shape.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(ApiQuery(v)),
+            Err(rejection) => Err(ApiError(ConsoleError::Request {
+                message: format!("the query string is malformed: {}", rejection.body_text()),
+            })),
         }
     }
 }
@@ -268,7 +286,7 @@ fn teardown_kind(kind: Option<&str>) -> Result<bool, ConsoleError> {
 async fn network_plan(
     console: ConsoleSession,
     Path(id): Path<String>,
-    Query(q): Query<PlanQuery>,
+    ApiQuery(q): ApiQuery<PlanQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let teardown = teardown_kind(q.kind.as_deref())?;
     Ok(Json(console.network_plan(&id, teardown).await?))
@@ -317,7 +335,7 @@ struct EventsQuery {
 async fn network_events(
     console: ConsoleSession,
     Path(id): Path<String>,
-    Query(q): Query<EventsQuery>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(console.network_events(&id, q.after).await?))
 }
@@ -330,7 +348,7 @@ struct RegionQuery {
 async fn account_vpcs(
     console: ConsoleSession,
     Path(id): Path<String>,
-    Query(q): Query<RegionQuery>,
+    ApiQuery(q): ApiQuery<RegionQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(console.discover_vpcs(&id, &q.region).await?))
 }
@@ -338,7 +356,7 @@ async fn account_vpcs(
 async fn account_kms_keys(
     console: ConsoleSession,
     Path(id): Path<String>,
-    Query(q): Query<RegionQuery>,
+    ApiQuery(q): ApiQuery<RegionQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(console.kms_keys(&id, &q.region).await?))
 }

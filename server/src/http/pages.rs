@@ -28,6 +28,12 @@ pub async fn server_fn(
     req: Request<Body>,
 ) -> Response {
     let limit_bytes = state.settings.max_body_bytes;
+    let known = leptos::server_fn::axum::server_fn_paths()
+        .any(|(path, method)| path == req.uri().path() && method == req.method());
+    if !known {
+        tracing::info!(path = %req.uri().path(), method = %req.method(), "no such server function");
+        return ApiError(ConsoleError::not_found("Server function")).into_response();
+    }
     let (parts, body) = req.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, limit_bytes).await else {
         return ApiError(ConsoleError::TooLarge { limit_bytes }).into_response();

@@ -176,6 +176,28 @@ pub async fn revoke_sessions(
     .await
 }
 
+/// Serializes changes to who is admin in `org_id` (role changes, removals)
+/// for the rest of the transaction, and says whether `acting` is still an
+/// admin once it holds the lock: two admins demoting or removing each other
+/// at the same moment leave one admin, never none.
+pub async fn lock_admins(
+    conn: &mut sqlx::PgConnection,
+    org_id: Uuid,
+    acting: Uuid,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query("SELECT 1 FROM organizations WHERE id = $1 FOR UPDATE")
+        .bind(org_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM users WHERE org_id = $1 AND id = $2 AND role = 'admin')",
+    )
+    .bind(org_id)
+    .bind(acting)
+    .fetch_one(&mut *conn)
+    .await
+}
+
 /// Why a user was not removed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RemoveRefused {

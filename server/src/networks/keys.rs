@@ -25,17 +25,20 @@ pub async fn rotate(
         .await
         .or_internal("load a network")?
         .ok_or_else(|| ConsoleError::not_found("Network"))?;
-    rotate_network(state, &net, Some(user.id)).await?;
+    rotate_network(state, &net, Some(user.id), None).await?;
     view::summary(&state.pool, user.org_id, id).await
 }
 
 /// Rotates `net`'s key: a new epoch from the customer's KMS key, the active
-/// one made `retiring`. `actor` is who asked (None: the schedule). Returns
-/// the new epoch.
+/// one made `retiring`. `actor` is who asked (None: the schedule);
+/// `expected_active`, the active epoch the caller saw due: if another
+/// rotation (another replica's sweeper) moved on since, nothing happens, so
+/// a due rotation happens exactly once. Returns the new epoch.
 pub async fn rotate_network(
     state: &AppState,
     net: &store::NetworkRow,
     actor: Option<uuid::Uuid>,
+    expected_active: Option<i32>,
 ) -> Result<i32, ConsoleError> {
     let (pool, id) = (&state.pool, net.id);
     if matches!(net.status, NetworkStatus::Deleting | NetworkStatus::Deleted) {
@@ -68,6 +71,9 @@ pub async fn rotate_network(
     .fetch_one(pool)
     .await
     .or_internal("number the next epoch")?;
+    if expected_active.is_some_and(|e| e != next - 1) {
+        return Err(already_rotated());
+    }
     let client = state
         .aws
         .kms(&access, &key.region)
@@ -77,20 +83,24 @@ pub async fn rotate_network(
         .await
         .map_err(|e| accounts::aws_error_for_user(e, &access, None))?;
     let mut tx = pool.begin().await.or_internal("begin a transaction")?;
-    // With no live appliance nobody sends with the old key: retire it now.
-    // Otherwise it is accepted next to the new one until all moved on.
-    let live = rotation::progress(&mut *tx, id, next)
+    // With no appliance at all nobody sends with the old key: retire it
+    // now. Otherwise (even if none reported lately: a cut-off site may still
+    // forward with it) it is accepted next to the new one until all moved on.
+    let progress = rotation::progress(&mut *tx, id, next)
         .await
-        .or_internal("count live appliances")?
-        .live;
-    sqlx::query(
+        .or_internal("count appliances")?;
+    let live = progress.live;
+    // Only the epoch this rotation numbered from: if a concurrent rotation
+    // replaced it meanwhile, nothing matches and this one stops.
+    let replaced = sqlx::query(
         "UPDATE key_epochs
             SET state = CASE WHEN $2 THEN 'retiring' ELSE 'retired' END,
                 retired_at = CASE WHEN $2 THEN NULL ELSE now() END
-          WHERE network_id = $1 AND state = 'active'",
+          WHERE network_id = $1 AND state = 'active' AND epoch = $3",
     )
     .bind(id)
-    .bind(live > 0)
+    .bind(progress.current > 0)
+    .bind(next - 1)
     .execute(&mut *tx)
     .await
     .map_err(|e| match e {
@@ -101,13 +111,14 @@ pub async fn rotate_network(
             ConsoleError::Internal
         }
     })?;
+    if replaced.rows_affected() != 1 {
+        return Err(already_rotated());
+    }
     // A concurrent rotation took this number: the primary key refuses it.
     store::insert_key_epoch(&mut *tx, id, next, &net.kms_key_arn, &ciphertext)
         .await
         .map_err(|e| match e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => ConsoleError::Conflict {
-                message: "Another rotation just happened; reload to see it.".into(),
-            },
+            sqlx::Error::Database(d) if d.is_unique_violation() => already_rotated(),
             e => {
                 tracing::error!(error = %e, "insert a key epoch");
                 ConsoleError::Internal
@@ -126,6 +137,12 @@ pub async fn rotate_network(
     tx.commit().await.or_internal("commit a rotation")?;
     tracing::info!(network_id = %id, epoch = next, live_appliances = live, scheduled = actor.is_none(), "key rotated");
     Ok(next)
+}
+
+fn already_rotated() -> ConsoleError {
+    ConsoleError::Conflict {
+        message: "Another rotation just happened; reload to see it.".into(),
+    }
 }
 
 fn rotation_in_progress(retiring: i32) -> ConsoleError {

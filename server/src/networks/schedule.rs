@@ -1,7 +1,8 @@
 //! Automatic key rotation: a network whose active key epoch is older than
 //! its `rotate_every_days` is rotated the same make-before-break way as
-//! "Rotate now", by a sweeper in every server replica (the retiring-epoch
-//! index keeps two replicas from rotating one network twice).
+//! "Rotate now", by a sweeper in every server replica. Each rotation
+//! replaces exactly the active epoch it saw due, so when two replicas find
+//! the same network due, one rotates it and the other changes nothing.
 
 use super::{keys, store, view};
 use crate::{audit, identity::users::UserRecord, internal::OrInternal, state::AppState};
@@ -69,8 +70,8 @@ pub async fn set(
 /// Rotates every ready network whose schedule is due and that is not
 /// rotating already. Returns (network, outcome) per attempt.
 pub async fn rotate_due(state: &AppState) -> Vec<(Uuid, Result<i32, ConsoleError>)> {
-    let due: Vec<Uuid> = match sqlx::query_scalar(
-        "SELECT n.id FROM networks n
+    let due: Vec<(Uuid, i32)> = match sqlx::query_as(
+        "SELECT n.id, e.epoch FROM networks n
            JOIN key_epochs e ON e.network_id = n.id AND e.state = 'active'
           WHERE n.status = 'ready' AND n.rotate_every_days IS NOT NULL
             AND e.created_at + make_interval(days => n.rotate_every_days) <= now()
@@ -87,9 +88,9 @@ pub async fn rotate_due(state: &AppState) -> Vec<(Uuid, Result<i32, ConsoleError
         }
     };
     let mut out = Vec::new();
-    for id in due {
+    for (id, active) in due {
         let outcome = match store::find_any(&state.pool, id).await {
-            Ok(Some(net)) => keys::rotate_network(state, &net, None).await,
+            Ok(Some(net)) => keys::rotate_network(state, &net, None, Some(active)).await,
             Ok(None) => continue,
             Err(e) => {
                 tracing::warn!(network_id = %id, error = %e, "loading a network due for rotation failed");

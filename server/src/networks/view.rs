@@ -65,6 +65,7 @@ async fn summary_of(pool: &PgPool, row: store::NetworkRow) -> Result<NetworkSumm
                 live: p.live,
                 accepting: p.accepting,
                 sending: p.sending,
+                sites_cut_off: p.sites_cut_off,
                 waiting,
             });
         }

@@ -369,6 +369,30 @@ mod tests {
     }
 
     #[test]
+    fn the_instance_role_sits_under_the_customers_boundary() {
+        use crate::accounts::role_template::{BOUNDARY_NAME, BOUNDARY_PATH};
+        let t = rendered(&spec());
+        let role = &t["Resources"]["ApplianceRole"]["Properties"];
+        assert_eq!(role["Path"], BOUNDARY_PATH);
+        assert_eq!(
+            role["PermissionsBoundary"]["Fn::Sub"],
+            format!(
+                "arn:${{AWS::Partition}}:iam::${{AWS::AccountId}}:policy{BOUNDARY_PATH}{BOUNDARY_NAME}"
+            )
+        );
+        assert_eq!(
+            t["Resources"]["ApplianceProfile"]["Properties"]["Path"],
+            BOUNDARY_PATH
+        );
+        // The access role launches only from templates tagged with a site.
+        for lt in ["LaunchTemplateA", "LaunchTemplateB"] {
+            let specs = &t["Resources"][lt]["Properties"]["TagSpecifications"];
+            assert_eq!(specs[0]["ResourceType"], "launch-template", "{lt}");
+            assert_eq!(specs[0]["Tags"][0]["Key"], "vpcmesh:site", "{lt}");
+        }
+    }
+
+    #[test]
     fn spot_turns_both_groups_into_mixed_pools() {
         let mut s = spec();
         s.spot_types = Some(vec!["c6in.large".into(), "c5n.large".into()]);

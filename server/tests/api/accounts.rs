@@ -60,7 +60,23 @@ async fn setup_offers_a_role_template_that_lints_clean() {
         stack.stack_status().map(|s| s.as_str()),
         Some("CREATE_COMPLETE")
     );
-    let role_arn = stack.outputs()[0].output_value().expect("RoleArn output");
+    let output = |key: &str| {
+        stack
+            .outputs()
+            .iter()
+            .find(|o| o.output_key() == Some(key))
+            .and_then(|o| o.output_value())
+            .unwrap_or_else(|| panic!("{key} output"))
+            .to_string()
+    };
+    let role_arn = output("RoleArn");
+    assert_eq!(
+        output("BoundaryArn"),
+        format!(
+            "arn:aws:iam::{}:policy/vpcmesh/vpcmesh-appliance-boundary",
+            customer.account
+        )
+    );
     assert_eq!(role_arn, customer.role_arn);
 }
 

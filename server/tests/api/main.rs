@@ -5,15 +5,18 @@ mod faults;
 mod moto;
 mod support;
 
+mod access;
 mod accounts;
 mod address;
 mod appliances;
 
 mod cluster;
 mod connectivity;
+mod corpus;
 mod demo;
 mod failover_api;
 mod hardening;
+mod iam_lint;
 mod installer;
 mod isolation;
 mod kms_keys;
@@ -23,6 +26,7 @@ mod metrics;
 mod mirror;
 mod networks;
 mod pages;
+mod people;
 mod replicas;
 mod retries;
 mod roles;

@@ -159,7 +159,12 @@ async fn server_functions_answer_with_the_error_status() {
     let r = mia.json(Method::POST, "/api/users", None).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
     let err: app::api::ConsoleError = serde_json::from_slice(&r.body).unwrap();
-    assert_eq!(err, app::api::ConsoleError::Forbidden);
+    assert_eq!(
+        err,
+        app::api::ConsoleError::Forbidden {
+            needs: Role::Admin
+        }
+    );
     let mut anonymous = app.client();
     assert_eq!(
         anonymous

@@ -256,6 +256,30 @@ impl TestApp {
         self.count("SELECT count(*) FROM users").await
     }
 
+    /// An md5 of every row of every table in the public schema, by table:
+    /// requests that must change nothing leave this map as it was.
+    pub async fn table_checksums(&self) -> std::collections::BTreeMap<String, String> {
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables \
+             WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .expect("list tables");
+        let mut sums = std::collections::BTreeMap::new();
+        for table in tables {
+            let sql = format!(
+                "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM \"{table}\" t"
+            );
+            let sum: String = sqlx::query_scalar(&sql)
+                .fetch_one(&self.pool)
+                .await
+                .unwrap_or_else(|e| panic!("checksum of {table}: {e}"));
+            sums.insert(table, sum);
+        }
+        sums
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql)
             .fetch_one(&self.pool)

@@ -96,6 +96,10 @@ pub fn KeysPanel(network: NetworkSummary, actions: KeyActions) -> impl IntoView 
                         "{} of {} live appliances accept it, {} of {} send with it.",
                         p.accepting, p.live, p.sending, p.live
                     )}
+                    {(p.sites_cut_off > 0).then(|| format!(
+                        " {} site(s) with appliances are not reporting: they may still forward with the old key, so nobody sends to them with the new one and it is kept until they are heard again (or invalidated).",
+                        p.sites_cut_off
+                    ))}
                     {retiring.map(|old| format!(
                         " Epoch {old} keeps being accepted until every appliance sends with epoch {epoch}, then a short grace period passes; nothing is dropped on the way."
                     ))}
