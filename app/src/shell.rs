@@ -1,7 +1,7 @@
 use crate::components::ConsoleLayout;
 use crate::pages::{
-    AccountsPage, AdminPage, ProfilePage, DashboardPage, KeysPage, NetworkPage, NetworksPage, NewNetworkPage,
-    NotFoundPage, SignInPage,
+    AccountsPage, AdminPage, DashboardPage, KeysPage, NetworkPage, NetworksPage, NewNetworkPage,
+    NotFoundPage, ProfilePage, SignInPage,
 };
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};

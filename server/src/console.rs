@@ -15,7 +15,7 @@ use crate::{
 };
 use app::{
     api::{
-        Action, AccountSetup, AccountSummary, AuditEntry, ConnectivityCheck, ConsoleError, JobView,
+        AccountSetup, AccountSummary, Action, AuditEntry, ConnectivityCheck, ConsoleError, JobView,
         KmsKeyChoice, NetworkRequest, NetworkSummary, NewAccount, NewUser, OrgSummary, Plan,
         ProgressEvent, Role, TakeoverView, UserSummary, Viewer, VpcChoice,
     },
@@ -113,7 +113,11 @@ impl ConsoleSession {
 
     /// Remembers `user` as signed in on this session (a new session id, so an
     /// id planted or seen before is worthless).
-    async fn remember(&self, user: &users::UserRecord, signed_in_at: i64) -> Result<(), ConsoleError> {
+    async fn remember(
+        &self,
+        user: &users::UserRecord,
+        signed_in_at: i64,
+    ) -> Result<(), ConsoleError> {
         self.session
             .cycle_id()
             .await
@@ -444,9 +448,15 @@ impl Console for ConsoleSession {
                 .await
                 .or_internal("verify a password")?;
         if !ok {
-            audit::record(pool, user.org_id, Some(user.id), "password.change_failed", None)
-                .await
-                .or_internal("audit a failed password change")?;
+            audit::record(
+                pool,
+                user.org_id,
+                Some(user.id),
+                "password.change_failed",
+                None,
+            )
+            .await
+            .or_internal("audit a failed password change")?;
             return Err(ConsoleError::invalid(
                 "current_password",
                 "is not your current password",
@@ -460,9 +470,15 @@ impl Console for ConsoleSession {
         let epoch = users::set_password_hash(&mut *tx, user.id, &hash)
             .await
             .or_internal("store a password")?;
-        audit::record(&mut *tx, user.org_id, Some(user.id), "password.changed", None)
-            .await
-            .or_internal("audit a password change")?;
+        audit::record(
+            &mut *tx,
+            user.org_id,
+            Some(user.id),
+            "password.changed",
+            None,
+        )
+        .await
+        .or_internal("audit a password change")?;
         tx.commit().await.or_internal("commit a password change")?;
         // This session stays signed in (same sign-in time, new id and epoch);
         // every other session of the user ends at its next request.
@@ -561,7 +577,11 @@ impl Console for ConsoleSession {
         fingerprint: &str,
     ) -> Result<JobView, ConsoleError> {
         let user = self
-            .authorize(if teardown { Action::TearDownNetwork } else { Action::ApplyNetwork })
+            .authorize(if teardown {
+                Action::TearDownNetwork
+            } else {
+                Action::ApplyNetwork
+            })
             .await?;
         networks::plan::start(&self.state, &user, id, job_kind(teardown), fingerprint).await
     }

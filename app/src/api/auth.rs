@@ -58,7 +58,10 @@ fn is_local_path(p: &str) -> bool {
 /// What a decoded target must still be: one leading `/`, no backslash, no
 /// control character.
 fn stays_local(d: &str) -> bool {
-    d.starts_with('/') && !d.starts_with("//") && !d.contains('\\') && !d.chars().any(char::is_control)
+    d.starts_with('/')
+        && !d.starts_with("//")
+        && !d.contains('\\')
+        && !d.chars().any(char::is_control)
 }
 
 /// One round of percent-decoding; `None` for a malformed escape.

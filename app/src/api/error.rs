@@ -1,8 +1,8 @@
+use super::Role;
 use leptos::server_fn::{
     codec::JsonEncoding,
     error::{FromServerFnError, ServerFnErrorErr},
 };
-use super::Role;
 use serde::{Deserialize, Serialize};
 
 /// Every error a console user can meet, with a message that says what to do.
@@ -123,9 +123,7 @@ mod tests {
     fn code_matches_serialized_tag() {
         let errors = [
             ConsoleError::Unauthenticated,
-            ConsoleError::Forbidden {
-                needs: Role::Admin,
-            },
+            ConsoleError::Forbidden { needs: Role::Admin },
             ConsoleError::InvalidCredentials,
             ConsoleError::RateLimited {
                 retry_after_secs: 3,

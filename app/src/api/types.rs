@@ -34,7 +34,9 @@ impl FromStr for Role {
             "admin" => Ok(Role::Admin),
             "member" => Ok(Role::Member),
             "viewer" => Ok(Role::Viewer),
-            other => Err(format!("unknown role '{other}': use admin, member or viewer")),
+            other => Err(format!(
+                "unknown role '{other}': use admin, member or viewer"
+            )),
         }
     }
 }

@@ -23,7 +23,13 @@ pub fn AdminPage() -> impl IntoView {
         |_| list_users(),
     );
     let audit = Resource::new(
-        move || (create.version().get(), actions.version(), rename.version().get()),
+        move || {
+            (
+                create.version().get(),
+                actions.version(),
+                rename.version().get(),
+            )
+        },
         |_| audit_log(),
     );
 
@@ -80,7 +86,9 @@ impl UserActions {
 
 #[component]
 fn UsersTable(users: Vec<UserSummary>, actions: UserActions) -> impl IntoView {
-    let me = use_context::<Viewer>().map(|v| v.user_id).unwrap_or_default();
+    let me = use_context::<Viewer>()
+        .map(|v| v.user_id)
+        .unwrap_or_default();
     let revoked = move || actions.revoke.value().get().is_some_and(|r| r.is_ok());
     view! {
         <section class="panel" aria-labelledby="users-title">

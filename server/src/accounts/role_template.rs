@@ -224,8 +224,14 @@ mod tests {
             let resource = text(&st["Resource"]);
             let condition = text(&st["Condition"]);
             if actions == ["iam:CreateServiceLinkedRole"] {
-                assert!(resource.contains("role/aws-service-role/autoscaling.amazonaws.com/"), "{resource}");
-                assert!(condition.contains("iam:AWSServiceName: autoscaling.amazonaws.com"), "{condition}");
+                assert!(
+                    resource.contains("role/aws-service-role/autoscaling.amazonaws.com/"),
+                    "{resource}"
+                );
+                assert!(
+                    condition.contains("iam:AWSServiceName: autoscaling.amazonaws.com"),
+                    "{condition}"
+                );
                 continue;
             }
             // Never the access role itself (vpcmesh-access, at /): only the
@@ -234,20 +240,32 @@ mod tests {
             assert!(resource.contains("/vpcmesh/*"), "{resource}");
             for a in &iam {
                 assert!(
-                    !["iam:PutRolePermissionsBoundary", "iam:DeleteRolePermissionsBoundary", "iam:AttachRolePolicy", "iam:UpdateAssumeRolePolicy"]
-                        .contains(&a.as_str()),
+                    ![
+                        "iam:PutRolePermissionsBoundary",
+                        "iam:DeleteRolePermissionsBoundary",
+                        "iam:AttachRolePolicy",
+                        "iam:UpdateAssumeRolePolicy"
+                    ]
+                    .contains(&a.as_str()),
                     "{a} is never granted"
                 );
             }
-            if actions.iter().any(|a| a == "iam:CreateRole" || a == "iam:PutRolePolicy") {
+            if actions
+                .iter()
+                .any(|a| a == "iam:CreateRole" || a == "iam:PutRolePolicy")
+            {
                 assert!(
-                    condition.contains("iam:PermissionsBoundary") && condition.contains("ApplianceBoundary"),
+                    condition.contains("iam:PermissionsBoundary")
+                        && condition.contains("ApplianceBoundary"),
                     "{condition}"
                 );
             }
             if actions.iter().any(|a| a == "iam:PassRole") {
                 assert_eq!(actions, vec!["iam:PassRole".to_string()], "PassRole alone");
-                assert!(condition.contains("iam:PassedToService: ec2.amazonaws.com"), "{condition}");
+                assert!(
+                    condition.contains("iam:PassedToService: ec2.amazonaws.com"),
+                    "{condition}"
+                );
             }
         }
         // The boundary grants nothing in IAM, and is the role template's own.

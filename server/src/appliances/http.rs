@@ -13,7 +13,10 @@ use appliance::protocol::{
     StatusReport, MAX_MEMBER_GENERATION,
 };
 use axum::{
-    extract::{rejection::{JsonRejection, QueryRejection}, Query, State},
+    extract::{
+        rejection::{JsonRejection, QueryRejection},
+        Query, State,
+    },
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},

@@ -70,7 +70,9 @@ fn routes() -> Vec<Route> {
         route(
             M::PUT,
             "/api/v1/me/password",
-            Some(json!({ "current_password": "not the password", "new_password": "a new long passphrase" })),
+            Some(
+                json!({ "current_password": "not the password", "new_password": "a new long passphrase" }),
+            ),
             Viewer,
         ),
         // Building and running networks: members.
@@ -78,8 +80,18 @@ fn routes() -> Vec<Route> {
         route(M::GET, format!("{net}/plan"), None, Member),
         route(M::POST, format!("{net}/apply"), fingerprint.clone(), Member),
         route(M::POST, format!("{net}/connectivity"), None, Member),
-        route(M::GET, format!("{acct}/vpcs?region=us-east-1"), None, Member),
-        route(M::GET, format!("{acct}/kms-keys?region=us-east-1"), None, Member),
+        route(
+            M::GET,
+            format!("{acct}/vpcs?region=us-east-1"),
+            None,
+            Member,
+        ),
+        route(
+            M::GET,
+            format!("{acct}/kms-keys?region=us-east-1"),
+            None,
+            Member,
+        ),
         // Tearing down, keys, failover, accounts, people, the audit log: admins.
         route(M::POST, format!("{net}/teardown"), fingerprint, Admin),
         route(M::POST, format!("{net}/keys/rotate"), None, Admin),
@@ -109,10 +121,17 @@ fn routes() -> Vec<Route> {
         route(
             M::POST,
             "/api/v1/users",
-            Some(json!({ "email": "not-an-email", "name": "X", "role": "member", "password": "a long enough passphrase" })),
+            Some(
+                json!({ "email": "not-an-email", "name": "X", "role": "member", "password": "a long enough passphrase" }),
+            ),
             Admin,
         ),
-        route(M::PATCH, user.clone(), Some(json!({ "role": "admin" })), Admin),
+        route(
+            M::PATCH,
+            user.clone(),
+            Some(json!({ "role": "admin" })),
+            Admin,
+        ),
         route(M::DELETE, user.clone(), None, Admin),
         route(M::DELETE, format!("{user}/sessions"), None, Admin),
         route(M::GET, "/api/v1/audit", None, Admin),
@@ -147,13 +166,24 @@ async fn every_role_against_every_route() {
             let what = format!("{:?} {} {} as {role:?}", r.method, r.path, r.body.is_some());
             assert_eq!(a.status, StatusCode::FORBIDDEN, "{what}: {}", a.text());
             assert_eq!(a.error_code(), "forbidden", "{what}");
-            let message = a.json()["error"]["message"].as_str().unwrap_or_default().to_string();
-            let expected = if r.least == Role::Admin { "admins" } else { "Viewers can only look" };
+            let message = a.json()["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let expected = if r.least == Role::Admin {
+                "admins"
+            } else {
+                "Viewers can only look"
+            };
             assert!(message.contains(expected), "{what}: {message}");
             refused += 1;
         }
     }
-    assert_eq!(app.table_checksums().await, before, "a refused call changed a row");
+    assert_eq!(
+        app.table_checksums().await,
+        before,
+        "a refused call changed a row"
+    );
     // 11 viewer-level routes refuse nobody; 6 member routes refuse the viewer;
     // 15 admin routes refuse the member and the viewer.
     assert_eq!(routes.len(), 11 + 6 + 15);
@@ -175,16 +205,22 @@ async fn every_role_against_every_route() {
     }
 }
 
+/// (endpoint, form fields, least role)
+type ServerFnCall<'a> = (&'a str, Vec<(&'a str, &'a str)>, Role);
+
 #[tokio::test]
 async fn server_functions_hold_the_same_line() {
     let (app, org) = TestApp::acme().await;
     let mut people = people(&app, org).await;
     let net = Uuid::new_v4().to_string();
-    // (endpoint, form fields, least role)
-    let calls: [(&str, Vec<(&str, &str)>, Role); 8] = [
+    let calls: [ServerFnCall; 8] = [
         ("list_networks", vec![], Role::Viewer),
         ("get_network", vec![("id", &net)], Role::Viewer),
-        ("network_plan", vec![("id", &net), ("teardown", "false")], Role::Member),
+        (
+            "network_plan",
+            vec![("id", &net), ("teardown", "false")],
+            Role::Member,
+        ),
         ("check_connectivity", vec![("id", &net)], Role::Member),
         ("rotate_key", vec![("id", &net)], Role::Admin),
         ("users", vec![], Role::Admin),

@@ -48,10 +48,16 @@ fn hostile_bodies(wrong_types: Value) -> Vec<(&'static str, Option<&'static str>
         (
             "a huge body",
             json,
-            json!({ "x": "a".repeat(200 * 1024) }).to_string().into_bytes(),
+            json!({ "x": "a".repeat(200 * 1024) })
+                .to_string()
+                .into_bytes(),
         ),
         ("no content type", None, b"{}".to_vec()),
-        ("a form body", Some("application/x-www-form-urlencoded"), b"a=b".to_vec()),
+        (
+            "a form body",
+            Some("application/x-www-form-urlencoded"),
+            b"a=b".to_vec(),
+        ),
         ("invalid UTF-8", json, vec![b'"', 0xff, 0xfe, b'"']),
     ]
 }
@@ -103,13 +109,21 @@ async fn two_hundred_hostile_requests_get_clear_4xx_answers_and_change_nothing()
 
     // 1. Every JSON body route, with every kind of broken body.
     let body_routes: Vec<(Method, String, Value)> = vec![
-        (Method::POST, "/api/v1/session".into(), json!({"email": 1, "password": []})),
+        (
+            Method::POST,
+            "/api/v1/session".into(),
+            json!({"email": 1, "password": []}),
+        ),
         (
             Method::PUT,
             "/api/v1/me/password".into(),
             json!({"current_password": 5, "new_password": {}}),
         ),
-        (Method::PATCH, "/api/v1/organization".into(), json!({"name": 7})),
+        (
+            Method::PATCH,
+            "/api/v1/organization".into(),
+            json!({"name": 7}),
+        ),
         (
             Method::POST,
             "/api/v1/users".into(),
@@ -130,9 +144,21 @@ async fn two_hundred_hostile_requests_get_clear_4xx_answers_and_change_nothing()
             "/api/v1/networks".into(),
             json!({"name": "n", "topology": "star", "sites": {}, "options": []}),
         ),
-        (Method::POST, format!("{net}/apply"), json!({"fingerprint": 12})),
-        (Method::POST, format!("{net}/teardown"), json!({"fingerprint": null})),
-        (Method::PUT, format!("{net}/keys/schedule"), json!({"every_days": "weekly"})),
+        (
+            Method::POST,
+            format!("{net}/apply"),
+            json!({"fingerprint": 12}),
+        ),
+        (
+            Method::POST,
+            format!("{net}/teardown"),
+            json!({"fingerprint": null}),
+        ),
+        (
+            Method::PUT,
+            format!("{net}/keys/schedule"),
+            json!({"every_days": "weekly"}),
+        ),
     ];
     for (method, path, wrong) in &body_routes {
         for (kind, content_type, body) in hostile_bodies(wrong.clone()) {
@@ -153,12 +179,32 @@ async fn two_hundred_hostile_requests_get_clear_4xx_answers_and_change_nothing()
         (Method::GET, "/api/v1/networks/{}/events".into(), None),
         (Method::GET, "/api/v1/networks/{}/plan".into(), None),
         (Method::GET, "/api/v1/networks/{}/connectivity".into(), None),
-        (Method::POST, "/api/v1/networks/{}/connectivity".into(), None),
-        (Method::POST, "/api/v1/networks/{}/apply".into(), Some(json!({"fingerprint": "f"}))),
-        (Method::POST, "/api/v1/networks/{}/teardown".into(), Some(json!({"fingerprint": "f"}))),
+        (
+            Method::POST,
+            "/api/v1/networks/{}/connectivity".into(),
+            None,
+        ),
+        (
+            Method::POST,
+            "/api/v1/networks/{}/apply".into(),
+            Some(json!({"fingerprint": "f"})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/networks/{}/teardown".into(),
+            Some(json!({"fingerprint": "f"})),
+        ),
         (Method::POST, "/api/v1/networks/{}/keys/rotate".into(), None),
-        (Method::PUT, "/api/v1/networks/{}/keys/schedule".into(), Some(json!({"every_days": 30}))),
-        (Method::POST, "/api/v1/networks/{}/keys/1/invalidate".into(), None),
+        (
+            Method::PUT,
+            "/api/v1/networks/{}/keys/schedule".into(),
+            Some(json!({"every_days": 30})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/networks/{}/keys/1/invalidate".into(),
+            None,
+        ),
         (
             Method::POST,
             format!("/api/v1/networks/{{}}/sites/{}/failover", Uuid::new_v4()),
@@ -166,9 +212,21 @@ async fn two_hundred_hostile_requests_get_clear_4xx_answers_and_change_nothing()
         ),
         (Method::DELETE, "/api/v1/accounts/{}".into(), None),
         (Method::POST, "/api/v1/accounts/{}/verify".into(), None),
-        (Method::GET, "/api/v1/accounts/{}/vpcs?region=us-east-1".into(), None),
-        (Method::GET, "/api/v1/accounts/{}/kms-keys?region=us-east-1".into(), None),
-        (Method::PATCH, "/api/v1/users/{}".into(), Some(json!({"role": "member"}))),
+        (
+            Method::GET,
+            "/api/v1/accounts/{}/vpcs?region=us-east-1".into(),
+            None,
+        ),
+        (
+            Method::GET,
+            "/api/v1/accounts/{}/kms-keys?region=us-east-1".into(),
+            None,
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/users/{}".into(),
+            Some(json!({"role": "member"})),
+        ),
         (Method::DELETE, "/api/v1/users/{}".into(), None),
         (Method::DELETE, "/api/v1/users/{}/sessions".into(), None),
     ];
@@ -261,7 +319,10 @@ async fn two_hundred_hostile_requests_get_clear_4xx_answers_and_change_nothing()
         ("get_network", String::new()),
         ("get_network", "id=not-a-uuid".into()),
         ("network_plan", format!("id={}", Uuid::new_v4())),
-        ("network_plan", format!("id={}&teardown=perhaps", Uuid::new_v4())),
+        (
+            "network_plan",
+            format!("id={}&teardown=perhaps", Uuid::new_v4()),
+        ),
         ("start_job", format!("id={}&teardown=false", Uuid::new_v4())),
         ("network_events", format!("id={}&after=x", Uuid::new_v4())),
         ("set_user_role", format!("user_id={hank}&role=admin")),
@@ -269,11 +330,20 @@ async fn two_hundred_hostile_requests_get_clear_4xx_answers_and_change_nothing()
         ("remove_user", format!("user_id={hank}")),
         ("revoke_sessions", "user_id=".into()),
         ("create_user", "email=x".into()),
-        ("change_password", "current_password=&new_password=x&confirm_password=y".into()),
+        (
+            "change_password",
+            "current_password=&new_password=x&confirm_password=y".into(),
+        ),
         ("rename_org", format!("name={}", "x".repeat(500))),
-        ("invalidate_key", format!("id={}&epoch=zero", Uuid::new_v4())),
+        (
+            "invalidate_key",
+            format!("id={}&epoch=zero", Uuid::new_v4()),
+        ),
         ("add_account", "account_id=12&role_arn=arn".into()),
-        ("discover_vpcs", format!("account_id={}&region=nowhere-1", Uuid::new_v4())),
+        (
+            "discover_vpcs",
+            format!("account_id={}&region=nowhere-1", Uuid::new_v4()),
+        ),
         ("no_such_function", String::new()),
         ("create_network", "{\"request\": 5}".into()),
     ];
@@ -321,9 +391,9 @@ async fn two_hundred_hostile_requests_get_clear_4xx_answers_and_change_nothing()
     ));
 
     // 7. The appliance API: bad bodies, no credential, forged credentials.
-    for (kind, content_type, body) in hostile_bodies(
-        json!({"bootstrap_token": 5, "instance_id": [], "availability_zone": null}),
-    ) {
+    for (kind, content_type, body) in
+        hostile_bodies(json!({"bootstrap_token": 5, "instance_id": [], "availability_zone": null}))
+    {
         cases.push((
             "appliance",
             Case {
@@ -379,7 +449,10 @@ async fn two_hundred_hostile_requests_get_clear_4xx_answers_and_change_nothing()
             cases.push((
                 "appliance",
                 Case {
-                    what: format!("{method} {path} with {:?}", credential.as_deref().map(|c| &c[..c.len().min(12)])),
+                    what: format!(
+                        "{method} {path} with {:?}",
+                        credential.as_deref().map(|c| &c[..c.len().min(12)])
+                    ),
                     req: b.body(Body::from("{}")).expect("request"),
                 },
             ));
@@ -419,5 +492,8 @@ async fn two_hundred_hostile_requests_get_clear_4xx_answers_and_change_nothing()
     );
     // Nobody was let in along the way.
     assert_eq!(ada.get("/api/v1/me").await.status, StatusCode::OK);
-    assert_eq!(stale.get("/api/v1/me").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        stale.get("/api/v1/me").await.status,
+        StatusCode::UNAUTHORIZED
+    );
 }

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 const APPLIANCE_STACK: &str = include_str!("../../templates/appliance-stack.yaml");
 
 fn parliament() -> String {
-    std::env::var("VPCMESH_PARLIAMENT")
-        .unwrap_or_else(|_| panic!("VPCMESH_PARLIAMENT is not set: run the tests through ./test.sh"))
+    std::env::var("VPCMESH_PARLIAMENT").unwrap_or_else(|_| {
+        panic!("VPCMESH_PARLIAMENT is not set: run the tests through ./test.sh")
+    })
 }
 
 /// Sample values for the parameters and pseudo parameters the policies use.
@@ -138,10 +139,18 @@ fn parliament_finds_nothing_in_any_policy_vpcmesh_ships() {
         .chain(policies("appliance-stack", APPLIANCE_STACK))
         .collect();
     // The access role's two policies, the boundary, the instance role.
-    assert_eq!(all.len(), 4, "{:?}", all.iter().map(|(n, _)| n).collect::<Vec<_>>());
+    assert_eq!(
+        all.len(),
+        4,
+        "{:?}",
+        all.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
     for (name, policy) in &all {
         let text = policy.to_string();
-        assert!(!text.contains("${") && !text.contains("Fn::"), "{name}: unresolved: {text}");
+        assert!(
+            !text.contains("${") && !text.contains("Fn::"),
+            "{name}: unresolved: {text}"
+        );
         let findings = lint(policy);
         assert!(findings.is_empty(), "{name}: {findings:#?}\n{policy:#}");
     }

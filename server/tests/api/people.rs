@@ -48,15 +48,17 @@ async fn a_removed_user_is_signed_out_at_once_and_the_log_keeps_their_name() {
     assert_eq!(me(&mut bob_laptop).await, StatusCode::UNAUTHORIZED);
     assert_eq!(me(&mut bob_phone).await, StatusCode::UNAUTHORIZED);
     assert_eq!(
-        app.client().sign_in("bob@acme.test", NEW_PASSWORD).await.status,
+        app.client()
+            .sign_in("bob@acme.test", NEW_PASSWORD)
+            .await
+            .status,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(app.user_rows().await, 1);
     let log = audit(&mut ada).await;
-    assert!(log
-        .iter()
-        .any(|e| e["action"] == "user.removed" && e["target"] == "bob@acme.test"
-            && e["actor"] == "ada@acme.test"));
+    assert!(log.iter().any(|e| e["action"] == "user.removed"
+        && e["target"] == "bob@acme.test"
+        && e["actor"] == "ada@acme.test"));
     assert!(
         log.iter()
             .any(|e| e["action"] == "password.changed" && e["actor"] == "bob@acme.test"),
@@ -121,7 +123,15 @@ async fn two_admins_removing_each_other_at_once_leave_one_admin() {
             .iter()
             .filter(|r| r.status == StatusCode::NO_CONTENT)
             .count();
-        assert_eq!(done, 1, "{} {} / {} {}", a.status, a.text(), b.status, b.text());
+        assert_eq!(
+            done,
+            1,
+            "{} {} / {} {}",
+            a.status,
+            a.text(),
+            b.status,
+            b.text()
+        );
         for r in [&a, &b] {
             assert!(!r.status.is_server_error(), "{}", r.text());
         }
@@ -173,7 +183,11 @@ async fn revoking_sessions_signs_a_user_out_everywhere_until_they_sign_in_again(
     let mut laptop = app.signed_in("bob@acme.test").await;
     let mut phone = app.signed_in("bob@acme.test").await;
     let r = ada
-        .json(Method::DELETE, &format!("/api/v1/users/{bob}/sessions"), None)
+        .json(
+            Method::DELETE,
+            &format!("/api/v1/users/{bob}/sessions"),
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
     assert_eq!(me(&mut laptop).await, StatusCode::UNAUTHORIZED);
@@ -204,7 +218,10 @@ async fn a_password_change_keeps_this_session_and_ends_the_others() {
         )
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
-    assert_ne!(here.cookie, cookie_before, "the session id changes with the password");
+    assert_ne!(
+        here.cookie, cookie_before,
+        "the session id changes with the password"
+    );
     assert_eq!(me(&mut here).await, StatusCode::OK);
     assert_eq!(me(&mut elsewhere).await, StatusCode::UNAUTHORIZED);
     assert_eq!(
@@ -212,7 +229,10 @@ async fn a_password_change_keeps_this_session_and_ends_the_others() {
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        app.client().sign_in("ada@acme.test", NEW_PASSWORD).await.status,
+        app.client()
+            .sign_in("ada@acme.test", NEW_PASSWORD)
+            .await
+            .status,
         StatusCode::OK
     );
     // The stored hash is new and is a hash.
@@ -237,14 +257,21 @@ async fn a_wrong_or_weak_password_change_is_refused_and_guessing_is_limited() {
         (change_password("", NEW_PASSWORD), "current_password"),
         (change_password(PASSWORD, "short"), "new_password"),
         (change_password(PASSWORD, PASSWORD), "new_password"),
-        (change_password("not my password", NEW_PASSWORD), "current_password"),
+        (
+            change_password("not my password", NEW_PASSWORD),
+            "current_password",
+        ),
     ] {
         let r = ada.json(Method::PUT, "/api/v1/me/password", body).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
         assert_eq!(r.json()["error"]["field"], field, "{}", r.text());
     }
     let r = ada
-        .json(Method::PUT, "/api/v1/me/password", Some(json!({ "new_password": NEW_PASSWORD })))
+        .json(
+            Method::PUT,
+            "/api/v1/me/password",
+            Some(json!({ "new_password": NEW_PASSWORD })),
+        )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     // Guesses count against the sign-in limit: a borrowed session cannot
@@ -276,7 +303,10 @@ async fn a_wrong_or_weak_password_change_is_refused_and_guessing_is_limited() {
         .await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
-        app.table_checksums().await.remove("users").unwrap_or_default(),
+        app.table_checksums()
+            .await
+            .remove("users")
+            .unwrap_or_default(),
         hash_before,
         "no refused change touched the user"
     );

@@ -161,9 +161,7 @@ async fn server_functions_answer_with_the_error_status() {
     let err: app::api::ConsoleError = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(
         err,
-        app::api::ConsoleError::Forbidden {
-            needs: Role::Admin
-        }
+        app::api::ConsoleError::Forbidden { needs: Role::Admin }
     );
     let mut anonymous = app.client();
     assert_eq!(

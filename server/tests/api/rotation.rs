@@ -368,11 +368,17 @@ async fn keys_rotate_on_their_schedule_and_bad_schedules_are_refused() {
         server::networks::schedule::rotate_due(&w.app.state),
     );
     let done: Vec<_> = one.iter().chain(other.iter()).collect();
-    let rotated: Vec<i32> = done.iter().filter_map(|(_, r)| r.as_ref().ok().copied()).collect();
+    let rotated: Vec<i32> = done
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok().copied())
+        .collect();
     assert_eq!(rotated, vec![2], "{done:?}");
     for (_, r) in &done {
         if let Err(e) = r {
-            assert!(matches!(e, app::api::ConsoleError::Conflict { .. }), "{e:?}");
+            assert!(
+                matches!(e, app::api::ConsoleError::Conflict { .. }),
+                "{e:?}"
+            );
         }
     }
     assert!(server::networks::schedule::rotate_due(&w.app.state)
@@ -446,14 +452,20 @@ async fn a_site_that_stops_reporting_holds_the_old_key_until_it_is_heard_again()
         epoch_states(&net),
         vec![(1, "retiring".into()), (2, "active".into())]
     );
-    assert_eq!(net["key_epochs"][1]["rotation"]["sites_cut_off"], 2, "{net}");
+    assert_eq!(
+        net["key_epochs"][1]["rotation"]["sites_cut_off"], 2,
+        "{net}"
+    );
 
     // East is heard again and accepts 2; west stays silent: east keeps
     // sending 1 to it, and however long the grace, 1 is not retired.
     ea.apply_and_report(&mut c, "rekeying").await;
     let east_cfg = ea.apply_and_report(&mut c, "rekeying").await;
     assert_eq!(east_cfg.epochs(), vec![2, 1]);
-    assert_eq!(east_cfg.tunnels[0].out.epoch, 1, "nobody sends 2 to a silent site");
+    assert_eq!(
+        east_cfg.tunnels[0].out.epoch, 1,
+        "nobody sends 2 to a silent site"
+    );
     for _ in 0..3 {
         assert_eq!(advance().await.expect("advance"), None);
     }
@@ -462,7 +474,10 @@ async fn a_site_that_stops_reporting_holds_the_old_key_until_it_is_heard_again()
         epoch_states(&net),
         vec![(1, "retiring".into()), (2, "active".into())]
     );
-    assert_eq!(net["key_epochs"][1]["rotation"]["sites_cut_off"], 1, "{net}");
+    assert_eq!(
+        net["key_epochs"][1]["rotation"]["sites_cut_off"], 1,
+        "{net}"
+    );
     let page = w.admin.page(&net_path.replace("/api/v1", "")).await.text();
     assert!(page.contains("are not reporting"), "{page}");
 
@@ -470,7 +485,12 @@ async fn a_site_that_stops_reporting_holds_the_old_key_until_it_is_heard_again()
     // only then (after the grace) epoch 1 retires.
     let west_cfg = wa.apply_and_report(&mut c, "rekeying").await;
     assert_eq!(west_cfg.tunnels[0].out.epoch, 2, "east accepts 2 already");
-    assert_eq!(ea.apply_and_report(&mut c, "rekeying").await.tunnels[0].out.epoch, 2);
+    assert_eq!(
+        ea.apply_and_report(&mut c, "rekeying").await.tunnels[0]
+            .out
+            .epoch,
+        2
+    );
     wa.apply_and_report(&mut c, "rekeying").await;
     // Status reports advance rotations too: the grace may already run.
     let mut retired = None;

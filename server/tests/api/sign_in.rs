@@ -202,7 +202,10 @@ async fn form_sign_in_never_redirects_off_site_in_any_encoding() {
         "https://evil.example",
         "/\u{3000}/evil.example",
     ] {
-        let r = app.client().form_sign_in("ada@acme.test", PASSWORD, evil).await;
+        let r = app
+            .client()
+            .form_sign_in("ada@acme.test", PASSWORD, evil)
+            .await;
         assert_eq!(r.header("location"), Some("/"), "{evil:?}");
     }
     let r = app

@@ -4,7 +4,6 @@
 
 use crate::api::{
     ConsoleError, InvalidateKey, NetworkStatus, NetworkSummary, RotateKey, SetRotationSchedule,
-   
 };
 use crate::components::time;
 use leptos::prelude::*;
