@@ -106,6 +106,7 @@ fn config(tunnels: u32, moved: Option<u32>) -> DesiredConfig {
             kms_key_arn: "arn".into(),
             region: "us-east-1".into(),
             ciphertext: "x".into(),
+            per_tunnel: false,
         }],
         tunnels: (0..tunnels)
             .map(|i| {
@@ -131,6 +132,7 @@ fn config(tunnels: u32, moved: Option<u32>) -> DesiredConfig {
                     )
                     .expect("a /24")],
                     legacy_sa: false,
+                    keys: Vec::new(),
                 }
             })
             .collect(),

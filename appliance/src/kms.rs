@@ -1,8 +1,8 @@
-//! The epoch's data key, decrypted with the appliance's own credentials
-//! (its instance role on AWS) under the network's encryption context.
+//! Data keys, decrypted with the appliance's own credentials (its instance
+//! role on AWS) under the encryption context of what they serve.
 
 use crate::dataplane::DataKey;
-use crate::protocol::{encryption_context, EpochKey};
+use crate::protocol::{encryption_context, EpochKey, KeyScope};
 use base64::Engine;
 use uuid::Uuid;
 
@@ -26,10 +26,18 @@ impl Kms {
         Self { endpoint }
     }
 
-    /// Decrypts one epoch's data key of `network`.
-    pub async fn data_key(&self, network: &Uuid, key: &EpochKey) -> Result<DataKey, KmsError> {
+    /// Decrypts one data key of `network` in `key`'s epoch: `scope` says
+    /// what it serves (the encryption context names it), `ciphertext` is the
+    /// base64 blob (the epoch's own, or one of its tunnels').
+    pub async fn data_key(
+        &self,
+        network: &Uuid,
+        key: &EpochKey,
+        scope: KeyScope,
+        ciphertext: &str,
+    ) -> Result<DataKey, KmsError> {
         let blob = base64::engine::general_purpose::STANDARD
-            .decode(&key.ciphertext)
+            .decode(ciphertext)
             .map_err(|_| KmsError::Ciphertext)?;
         let config = crate::aws::sdk_config(&key.region, self.endpoint.as_deref(), None).await;
         let client = aws_sdk_kms::Client::new(&config);
@@ -37,7 +45,7 @@ impl Kms {
             .decrypt()
             .key_id(&key.kms_key_arn)
             .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(blob));
-        for (k, v) in encryption_context(network, key.epoch) {
+        for (k, v) in encryption_context(network, key.epoch, scope) {
             req = req.encryption_context(k, v);
         }
         let out = req.send().await.map_err(|e| KmsError::Decrypt {

@@ -23,10 +23,16 @@ pub use ha::{
 /// instance, a reboot, SAs deleted behind the agent's back), so no (key,
 /// SPI) pair is ever installed twice with a reset sequence number; SAs kept
 /// from an earlier generation while peers switch are marked `carried`.
-pub const PROTOCOL_VERSION: u16 = 3;
-/// The protocol agents spoke before this one. The server keeps serving it
-/// (an agent that does not ask for a protocol gets this one), so agents of
-/// the previous release keep working during an upgrade.
+/// 4: keys per tunnel: an epoch made since carries a data key per site pair
+/// (on each [`Tunnel`]) and one per site (for the HA heartbeat), each bound
+/// by its KMS encryption context to the sites it serves, so an appliance can
+/// decrypt only the keys of its own site's tunnels.
+pub const PROTOCOL_VERSION: u16 = 4;
+/// The first protocol with SA generations, connectivity probes and HA.
+pub const GENERATIONS_PROTOCOL_VERSION: u16 = 3;
+/// The oldest protocol the server still serves (an agent that does not ask
+/// for a protocol gets this one), so agents of earlier releases keep working
+/// during an upgrade.
 pub const PREVIOUS_PROTOCOL_VERSION: u16 = 2;
 
 /// Paths of the appliance API, relative to the server's base URL.
@@ -83,14 +89,55 @@ pub fn spi_epoch_parity(spi: u32) -> u32 {
     spi >> 31
 }
 
-/// The KMS encryption context that binds an epoch's data key to its network
-/// and epoch: the server generates under it, appliances decrypt under it,
-/// and their instance role allows `kms:Decrypt` only with it.
-pub fn encryption_context(network_id: &Uuid, epoch: u32) -> [(&'static str, String); 2] {
-    [
+/// The encryption context key naming the sites a data key serves.
+pub const SITES_CONTEXT_KEY: &str = "vpcmesh:sites";
+
+/// The KMS encryption context that binds a data key to its network, epoch
+/// and (protocol 4) the sites it serves: the server generates under it,
+/// appliances decrypt under it, and their instance role allows `kms:Decrypt`
+/// only with a context naming their own site.
+pub fn encryption_context(
+    network_id: &Uuid,
+    epoch: u32,
+    scope: KeyScope,
+) -> Vec<(&'static str, String)> {
+    let mut context = vec![
         ("vpcmesh:network", network_id.to_string()),
         ("vpcmesh:epoch", epoch.to_string()),
-    ]
+    ];
+    if let Some(sites) = scope.sites() {
+        context.push((SITES_CONTEXT_KEY, sites));
+    }
+    context
+}
+
+/// What a data key serves. Both ends of a pair name it alike: the two site
+/// ids in ascending order, so `"{low}/{high}"` (a site's own key names it
+/// twice). Any site id can be matched in IAM as `"{id}/*"` or `"*/{id}"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KeyScope {
+    /// One key for the whole network (epochs made before protocol 4).
+    Network,
+    /// The two members of one site (their heartbeats).
+    Site(Uuid),
+    /// The tunnel between two sites.
+    Pair(Uuid, Uuid),
+}
+
+impl KeyScope {
+    /// The scope of the tunnel between `a` and `b`, whichever end asks.
+    pub fn pair(a: Uuid, b: Uuid) -> Self {
+        KeyScope::Pair(a.min(b), a.max(b))
+    }
+
+    /// The encryption context's sites value (none for a network key).
+    pub fn sites(self) -> Option<String> {
+        match self {
+            KeyScope::Network => None,
+            KeyScope::Site(s) => Some(format!("{s}/{s}")),
+            KeyScope::Pair(a, b) => Some(format!("{}/{}", a.min(b), a.max(b))),
+        }
+    }
 }
 
 /// Which member of a site's HA pair an appliance is.
@@ -164,13 +211,38 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-/// The key epoch an appliance derives its SA keys from. Only the KMS
-/// ciphertext travels; the appliance decrypts it with its own role.
+/// A key epoch in play. Only KMS ciphertexts travel; the appliance
+/// decrypts them with its own role. Before protocol 4 this is the network's
+/// one data key of the epoch; since, with `per_tunnel`, it is this site's own
+/// key (the HA heartbeat) and every tunnel carries its pair's key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpochKey {
     pub epoch: u32,
     pub kms_key_arn: String,
     pub region: String,
+    /// Base64 of the KMS ciphertext blob.
+    pub ciphertext: String,
+    /// Keys per tunnel (protocol 4): `ciphertext` is the site's own key.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub per_tunnel: bool,
+}
+
+impl EpochKey {
+    /// What `ciphertext` serves for an appliance of `site`.
+    pub fn scope(&self, site: Uuid) -> KeyScope {
+        if self.per_tunnel {
+            KeyScope::Site(site)
+        } else {
+            KeyScope::Network
+        }
+    }
+}
+
+/// One tunnel's data key of one epoch (protocol 4): its scope is the pair
+/// of the tunnel's two sites.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelKey {
+    pub epoch: u32,
     /// Base64 of the KMS ciphertext blob.
     pub ciphertext: String,
 }
@@ -234,6 +306,9 @@ pub struct Tunnel {
     /// of an SA must agree on ESN. Cleared once both ends speak protocol 3.
     #[serde(default, skip_serializing_if = "is_false")]
     pub legacy_sa: bool,
+    /// This tunnel's keys, one per epoch kept per tunnel (protocol 4).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<TunnelKey>,
 }
 
 /// Echoes per target of a connectivity probe.
@@ -333,6 +408,8 @@ pub enum ConfigError {
     DuplicateEpoch(u32),
     #[error("tunnel to {peer}: epoch {epoch} has no key in this config")]
     UnknownEpoch { peer: Uuid, epoch: u32 },
+    #[error("tunnel to {peer}: epoch {epoch} needs exactly one tunnel key (keys per tunnel) or none (one network key)")]
+    TunnelKey { peer: Uuid, epoch: u32 },
     #[error("tunnel to {0}: it accepts nothing, or the same epoch and member twice")]
     BadInbound(Uuid),
     #[error("this config is for {got}, but this appliance is {expected}")]
@@ -357,6 +434,25 @@ impl DesiredConfig {
         let mut e: Vec<u32> = self.keys.iter().map(|k| k.epoch).collect();
         e.sort_unstable_by(|a, b| b.cmp(a));
         e
+    }
+
+    /// Every data key this config carries: the epoch it belongs to, what it
+    /// serves (for this appliance's site) and its base64 ciphertext.
+    pub fn key_blobs(&self) -> Vec<(&EpochKey, KeyScope, &str)> {
+        let mut out = Vec::new();
+        for k in &self.keys {
+            out.push((k, k.scope(self.site_id), k.ciphertext.as_str()));
+            if !k.per_tunnel {
+                continue;
+            }
+            for t in &self.tunnels {
+                for tk in t.keys.iter().filter(|tk| tk.epoch == k.epoch) {
+                    let scope = KeyScope::pair(self.site_id, t.peer_site);
+                    out.push((k, scope, tk.ciphertext.as_str()));
+                }
+            }
+        }
+        out
     }
 
     /// Refuses a config meant for another network, site or HA member: a
@@ -439,6 +535,28 @@ impl DesiredConfig {
                         epoch,
                     });
                 }
+            }
+            // Per epoch: its own key if the epoch is kept per tunnel, and
+            // none if the network's key serves it.
+            for k in &self.keys {
+                let given = t.keys.iter().filter(|tk| tk.epoch == k.epoch);
+                let ok = match (k.per_tunnel, given.count()) {
+                    (true, 1) => t.keys.iter().all(|tk| !tk.ciphertext.is_empty()),
+                    (false, 0) => true,
+                    _ => false,
+                };
+                if !ok {
+                    return Err(ConfigError::TunnelKey {
+                        peer: t.peer_site,
+                        epoch: k.epoch,
+                    });
+                }
+            }
+            if let Some(tk) = t.keys.iter().find(|tk| !epochs.contains(&tk.epoch)) {
+                return Err(ConfigError::TunnelKey {
+                    peer: t.peer_site,
+                    epoch: tk.epoch,
+                });
             }
             for spi in std::iter::once(t.out.spi).chain(t.inbound.iter().map(|i| i.spi)) {
                 if spi < 0x100 {

@@ -31,6 +31,7 @@ fn config(peers: u32) -> DesiredConfig {
             kms_key_arn: "arn".into(),
             region: "us-east-1".into(),
             ciphertext: "x".into(),
+            per_tunnel: false,
         }],
         tunnels: (0..peers)
             .map(|i| Tunnel {
@@ -49,6 +50,7 @@ fn config(peers: u32) -> DesiredConfig {
                     format!("172.{}.0.0/16", 16 + i).parse().expect("literal"),
                 ],
                 legacy_sa: false,
+                keys: Vec::new(),
             })
             .collect(),
         probe: None,

@@ -301,7 +301,15 @@ async fn seed(pool: &PgPool, n: usize, sites: usize) -> anyhow::Result<Vec<Sim>>
                 rows.push((*site, member, credential));
             }
         }
-        networks::insert_key_epoch(&mut *tx, net, 1, kms, &[7u8; 184]).await?;
+        // One network key: the simulated appliances decrypt nothing.
+        server::networks::data_keys::insert_epoch(
+            &mut tx,
+            net,
+            1,
+            kms,
+            &server::networks::data_keys::EpochMaterial::Network(vec![7u8; 184]),
+        )
+        .await?;
         sqlx::query("UPDATE networks SET status = 'ready' WHERE id = $1")
             .bind(net)
             .execute(&mut *tx)

@@ -1,12 +1,13 @@
 //! The kernel objects one config asks for. Pure: no I/O.
 
 use super::keys::{direction_key, DataKey};
-use crate::protocol::DesiredConfig;
+use crate::protocol::{DesiredConfig, KeyScope};
 use crate::route::Route;
 use crate::xfrm::{Block, Direction, Policy, PolicyId, Sa, SaId};
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use uuid::Uuid;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelState {
@@ -48,8 +49,44 @@ pub struct Underlay {
     pub prefsrc: Option<Ipv4Addr>,
 }
 
-/// Plaintext data keys by epoch, as the agent decrypted them.
-pub type EpochKeys = BTreeMap<u32, DataKey>;
+/// Plaintext data keys by epoch and what they serve, as the agent
+/// decrypted them: per tunnel and per site (protocol 4), or one for the
+/// whole network (epochs made before).
+#[derive(Clone, Debug, Default)]
+pub struct EpochKeys(BTreeMap<(u32, KeyScope), DataKey>);
+
+impl EpochKeys {
+    pub fn insert(&mut self, epoch: u32, scope: KeyScope, key: DataKey) {
+        self.0.insert((epoch, scope), key);
+    }
+
+    /// The key the tunnel between `site` and `peer` derives its SAs from in
+    /// `epoch`: the pair's own, or the network's.
+    pub fn tunnel(&self, epoch: u32, site: Uuid, peer: Uuid) -> Option<&DataKey> {
+        self.0
+            .get(&(epoch, KeyScope::pair(site, peer)))
+            .or_else(|| self.0.get(&(epoch, KeyScope::Network)))
+    }
+
+    /// The key `site`'s two members derive their heartbeat key from in
+    /// `epoch`: the site's own, or the network's.
+    pub fn site(&self, epoch: u32, site: Uuid) -> Option<&DataKey> {
+        self.0
+            .get(&(epoch, KeyScope::Site(site)))
+            .or_else(|| self.0.get(&(epoch, KeyScope::Network)))
+    }
+}
+
+/// One network key per epoch (labs, tests, epochs made before protocol 4).
+impl FromIterator<(u32, DataKey)> for EpochKeys {
+    fn from_iter<I: IntoIterator<Item = (u32, DataKey)>>(iter: I) -> Self {
+        EpochKeys(
+            iter.into_iter()
+                .map(|(epoch, key)| ((epoch, KeyScope::Network), key))
+                .collect(),
+        )
+    }
+}
 
 /// A config names an epoch whose key the agent does not hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -63,7 +100,10 @@ pub fn desired_state(
 ) -> Result<KernelState, MissingKey> {
     let mut state = KernelState::default();
     let local = config.local_address;
-    let key = |epoch: u32| keys.get(&epoch).ok_or(MissingKey(epoch));
+    let key = |epoch: u32, peer: Uuid| {
+        keys.tunnel(epoch, config.site_id, peer)
+            .ok_or(MissingKey(epoch))
+    };
     for t in &config.tunnels {
         let out = Sa {
             src: local,
@@ -71,7 +111,7 @@ pub fn desired_state(
             spi: t.out.spi,
             reqid: t.reqid,
             key: direction_key(
-                key(t.out.epoch)?,
+                key(t.out.epoch, t.peer_site)?,
                 config.network_id,
                 t.out.epoch,
                 (config.site_id, config.member),
@@ -89,7 +129,7 @@ pub fn desired_state(
                 spi: i.spi,
                 reqid: t.reqid,
                 key: direction_key(
-                    key(i.epoch)?,
+                    key(i.epoch, t.peer_site)?,
                     config.network_id,
                     i.epoch,
                     (t.peer_site, i.member),

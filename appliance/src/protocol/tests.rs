@@ -15,6 +15,7 @@ pub(crate) fn sample_config(tunnels: usize) -> DesiredConfig {
             kms_key_arn: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
             region: "us-east-1".into(),
             ciphertext: "Y2lwaGVy".into(),
+            per_tunnel: false,
         }],
         tunnels: (0..tunnels as u32)
             .map(|i| Tunnel {
@@ -31,6 +32,7 @@ pub(crate) fn sample_config(tunnels: usize) -> DesiredConfig {
                 remote_cidrs: vec![Ipv4Net::new(Ipv4Addr::from(0x0A01_0000 + (i << 16)), 16)
                     .expect("prefix 16 is valid")],
                 legacy_sa: false,
+                keys: Vec::new(),
             })
             .collect(),
         probe: None,
@@ -475,4 +477,81 @@ fn hostile_reports_are_refused() {
     ] {
         assert_eq!(refused(f), Err(ReportError::Rtt(peer)));
     }
+}
+
+/// `sample_config` with epoch 1 kept per tunnel: the site's own key and one
+/// key on every tunnel.
+fn per_tunnel_config(tunnels: usize) -> DesiredConfig {
+    let mut c = sample_config(tunnels);
+    c.keys[0].per_tunnel = true;
+    for t in &mut c.tunnels {
+        t.keys = vec![TunnelKey {
+            epoch: 1,
+            ciphertext: "cGFpcg==".into(),
+        }];
+    }
+    c
+}
+
+#[test]
+fn keys_per_tunnel_need_exactly_one_key_on_every_tunnel() {
+    assert_eq!(per_tunnel_config(3).validate(), Ok(()));
+    let peer = Uuid::from_u128(101);
+    // A tunnel without its key, with two, with an empty one, or with a key
+    // of an epoch not in play is refused as a whole.
+    let mut c = per_tunnel_config(3);
+    c.tunnels[1].keys.clear();
+    assert_eq!(c.validate(), Err(ConfigError::TunnelKey { peer, epoch: 1 }));
+    let mut c = per_tunnel_config(3);
+    let again = c.tunnels[1].keys[0].clone();
+    c.tunnels[1].keys.push(again);
+    assert_eq!(c.validate(), Err(ConfigError::TunnelKey { peer, epoch: 1 }));
+    let mut c = per_tunnel_config(3);
+    c.tunnels[1].keys[0].ciphertext.clear();
+    assert_eq!(c.validate(), Err(ConfigError::TunnelKey { peer, epoch: 1 }));
+    let mut c = per_tunnel_config(3);
+    c.tunnels[1].keys.push(TunnelKey {
+        epoch: 2,
+        ciphertext: "eA==".into(),
+    });
+    assert_eq!(c.validate(), Err(ConfigError::TunnelKey { peer, epoch: 2 }));
+    // A network-wide epoch takes no tunnel keys.
+    let mut c = sample_config(3);
+    c.tunnels[1].keys = per_tunnel_config(3).tunnels[1].keys.clone();
+    assert_eq!(c.validate(), Err(ConfigError::TunnelKey { peer, epoch: 1 }));
+}
+
+#[test]
+fn both_ends_of_a_tunnel_name_its_key_alike_and_no_one_else_does() {
+    let (a, b, c) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+    let n = Uuid::from_u128(9);
+    let context = |scope| encryption_context(&n, 4, scope);
+    assert_eq!(context(KeyScope::pair(a, b)), context(KeyScope::pair(b, a)));
+    assert_ne!(context(KeyScope::pair(a, b)), context(KeyScope::pair(a, c)));
+    assert_ne!(context(KeyScope::Site(a)), context(KeyScope::pair(a, b)));
+    let sites = |scope: KeyScope| scope.sites().unwrap_or_default();
+    assert_eq!(sites(KeyScope::pair(b, a)), format!("{a}/{b}"));
+    assert_eq!(sites(KeyScope::Site(a)), format!("{a}/{a}"));
+    // What the instance role of site b matches: "{b}/*" or "*/{b}".
+    for scope in [
+        KeyScope::pair(a, b),
+        KeyScope::pair(b, c),
+        KeyScope::Site(b),
+    ] {
+        let s = sites(scope);
+        assert!(
+            s.starts_with(&format!("{b}/")) || s.ends_with(&format!("/{b}")),
+            "{s}"
+        );
+    }
+    let s = sites(KeyScope::pair(a, c));
+    assert!(!s.starts_with(&format!("{b}/")) && !s.ends_with(&format!("/{b}")));
+    // Network keys keep the context they always had.
+    assert_eq!(
+        context(KeyScope::Network),
+        vec![
+            ("vpcmesh:network", n.to_string()),
+            ("vpcmesh:epoch", "4".to_string())
+        ]
+    );
 }

@@ -12,7 +12,7 @@ use crate::dataplane::{
 use crate::ha::{HaInputs, HaTask, HaView, ROUTES_RECHECK};
 use crate::kms::Kms;
 use crate::metrics::METRICS;
-use crate::protocol::{DesiredConfig, RegisterRequest};
+use crate::protocol::{DesiredConfig, KeyScope, RegisterRequest};
 use crate::vpc_routes;
 use anyhow::Context;
 use std::collections::BTreeMap;
@@ -212,9 +212,9 @@ async fn follow_config(
     // and this member may have to carry the site's traffic by then.
     let mut kernel_backoff = Backoff::new(KERNEL_RETRY_BASE, KERNEL_RETRY_MAX);
     let mut after: Option<u64> = None;
-    // Decrypted keys by epoch, with the ciphertext they came from; epochs
-    // that leave the config are dropped (and wiped) with it.
-    let mut keys: BTreeMap<u32, (String, DataKey)> = BTreeMap::new();
+    // Decrypted keys by epoch and scope, with the ciphertext they came
+    // from; keys that leave the config are dropped (and wiped) with it.
+    let mut keys: DecryptedKeys = BTreeMap::new();
     let wait = Duration::from_secs(args.long_poll_secs.clamp(1, 30));
     // The config version last given to the HA task.
     let mut ha_sent: Option<u64> = None;
@@ -255,23 +255,26 @@ async fn follow_config(
         }
         // A connectivity check runs beside the reconcile, never in its way.
         probes.offer(&config);
-        keys.retain(|epoch, (ciphertext, _)| {
-            config
-                .keys
+        let wanted = config.key_blobs();
+        keys.retain(|(epoch, scope), (ciphertext, _)| {
+            wanted
                 .iter()
-                .any(|k| k.epoch == *epoch && k.ciphertext == *ciphertext)
+                .any(|(k, s, c)| k.epoch == *epoch && s == scope && c == ciphertext)
         });
         let mut failed = None;
-        for k in &config.keys {
-            if keys.contains_key(&k.epoch) {
+        for (k, scope, ciphertext) in &wanted {
+            if keys.contains_key(&(k.epoch, *scope)) {
                 continue;
             }
-            match kms.data_key(&config.network_id, k).await {
+            match kms
+                .data_key(&config.network_id, k, *scope, ciphertext)
+                .await
+            {
                 Ok(dk) => {
-                    keys.insert(k.epoch, (k.ciphertext.clone(), dk));
+                    keys.insert((k.epoch, *scope), (ciphertext.to_string(), dk));
                 }
                 Err(e) => {
-                    tracing::warn!(epoch = k.epoch, error = %e, "cannot decrypt the epoch key");
+                    tracing::warn!(epoch = k.epoch, ?scope, error = %e, "cannot decrypt a data key");
                     failed = Some(e);
                     break;
                 }
@@ -283,7 +286,10 @@ async fn follow_config(
             tokio::time::sleep(backoff.next_wait()).await;
             continue;
         }
-        let data_keys: EpochKeys = keys.iter().map(|(e, (_, dk))| (*e, dk.clone())).collect();
+        let mut data_keys = EpochKeys::default();
+        for ((epoch, scope), (_, dk)) in &keys {
+            data_keys.insert(*epoch, *scope, dk.clone());
+        }
         if config.nat_traversal && nat_t.is_none() {
             match NatTSocket::open() {
                 Ok(s) => nat_t = Some(s),
@@ -394,6 +400,9 @@ async fn follow_config(
     }
 }
 
+/// Decrypted data keys by (epoch, scope), with the ciphertext each came from.
+type DecryptedKeys = BTreeMap<(u32, KeyScope), (String, DataKey)>;
+
 /// The first and the longest wait before a config the kernel did not fully
 /// take is applied again.
 const KERNEL_RETRY_BASE: Duration = Duration::from_millis(200);
@@ -401,14 +410,20 @@ const KERNEL_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// What a config the kernel holds gives the HA task: its HA settings, the
 /// heartbeat keys of its epochs (newest first) and the remote CIDRs.
-fn ha_inputs_of(config: &DesiredConfig, keys: &BTreeMap<u32, (String, DataKey)>) -> HaInputs {
+fn ha_inputs_of(config: &DesiredConfig, keys: &DecryptedKeys) -> HaInputs {
+    let site = config.site_id;
     HaInputs {
         applied: true,
         ha: config.ha.clone(),
-        keys: keys
-            .iter()
-            .rev()
-            .map(|(e, (_, dk))| (*e, heartbeat_key(dk, config.network_id, *e, config.site_id)))
+        keys: config
+            .epochs()
+            .into_iter()
+            .filter_map(|e| {
+                let (_, dk) = keys
+                    .get(&(e, KeyScope::Site(site)))
+                    .or_else(|| keys.get(&(e, KeyScope::Network)))?;
+                Some((e, heartbeat_key(dk, config.network_id, e, site)))
+            })
             .collect(),
         remote: vpc_routes::remote_cidrs(config),
     }

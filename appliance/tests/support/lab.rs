@@ -61,6 +61,7 @@ pub fn mesh_config_with(
             kms_key_arn: "arn:aws:kms:us-east-1:111122223333:key/lab".into(),
             region: "us-east-1".into(),
             ciphertext: "bGFi".into(),
+            per_tunnel: false,
         }],
         tunnels: sites
             .iter()
@@ -78,6 +79,7 @@ pub fn mesh_config_with(
                 local_cidrs: vec![format!("10.{i}.0.0/16").parse().expect("literal")],
                 remote_cidrs: vec![format!("10.{j}.0.0/16").parse().expect("literal")],
                 legacy_sa: false,
+                keys: Vec::new(),
             })
             .collect(),
         probe: None,

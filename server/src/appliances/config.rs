@@ -13,8 +13,9 @@ use crate::networks::{
 };
 use crate::topology::SitePlan;
 use appliance::protocol::{
-    spi_epoch_parity, spi_for, DesiredConfig, EpochKey, InboundSa, Member, OutboundSa, Tunnel,
-    PREVIOUS_PROTOCOL_VERSION, PROTOCOL_VERSION, SPI_BASE_MASK,
+    spi_epoch_parity, spi_for, DesiredConfig, EpochKey, InboundSa, KeyScope, Member, OutboundSa,
+    Tunnel, TunnelKey, GENERATIONS_PROTOCOL_VERSION, PREVIOUS_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    SPI_BASE_MASK,
 };
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -26,11 +27,11 @@ use uuid::Uuid;
 /// one (agents of the last release keep working during an upgrade).
 pub fn served_protocol(asked: Option<u16>) -> Result<u16, ApplianceError> {
     match asked.unwrap_or(PREVIOUS_PROTOCOL_VERSION) {
-        p @ (PREVIOUS_PROTOCOL_VERSION | PROTOCOL_VERSION) => Ok(p),
+        p @ PREVIOUS_PROTOCOL_VERSION..=PROTOCOL_VERSION => Ok(p),
         other => Err(ApplianceError::InvalidInput {
             field: "protocol",
             message: format!(
-                "protocol {other} is not served; this server speaks {PREVIOUS_PROTOCOL_VERSION} and {PROTOCOL_VERSION}"
+                "protocol {other} is not served; this server speaks {PREVIOUS_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
             ),
         }),
     }
@@ -164,6 +165,9 @@ pub async fn desired_config(
     let plan = plans
         .get(&appliance.site_id)
         .ok_or(ApplianceError::SiteGone)?;
+    if protocol < PROTOCOL_VERSION && epochs.all().any(|e| e.per_tunnel) {
+        return Err(ApplianceError::AgentOutdated(protocol));
+    }
     let me = (appliance.site_id, appliance.member);
     let member = appliance.member.index();
     let tunnels = plan
@@ -210,7 +214,7 @@ pub async fn desired_config(
                     });
                     // What the peer member still sends with, kept until it
                     // moves (protocol 2 agents know nothing of generations).
-                    if protocol >= PROTOCOL_VERSION {
+                    if protocol >= GENERATIONS_PROTOCOL_VERSION {
                         if let Some(old) =
                             gens.still_sending((t.peer, m), appliance.site_id, base, e & 1, spi)
                         {
@@ -229,7 +233,19 @@ pub async fn desired_config(
             let legacy_sa = [appliance.site_id, t.peer]
                 .into_iter()
                 .any(|site| gens.speaks_previous(site));
-            Some(Tunnel {
+            // This tunnel's own key of every epoch kept per tunnel.
+            let keys = epochs
+                .all()
+                .filter(|e| e.per_tunnel)
+                .map(|e| {
+                    let scope = KeyScope::pair(appliance.site_id, t.peer);
+                    scoped_key(e, scope).map(|ciphertext| TunnelKey {
+                        epoch: e.epoch as u32,
+                        ciphertext,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>();
+            Some(keys.map(|keys| Tunnel {
                 peer_site: t.peer,
                 peer_address,
                 reqid: t.reqid,
@@ -238,19 +254,20 @@ pub async fn desired_config(
                 local_cidrs: t.local_cidrs.clone(),
                 remote_cidrs: t.remote_cidrs.clone(),
                 legacy_sa,
-            })
+                keys,
+            }))
         })
-        .collect::<Vec<Tunnel>>();
+        .collect::<Result<Vec<Tunnel>, ApplianceError>>()?;
     // A connectivity check of the network in progress (agents of the
     // previous protocol cannot run one; a site without tunnels has no peer).
-    let probe = if protocol >= PROTOCOL_VERSION && !tunnels.is_empty() {
+    let probe = if protocol >= GENERATIONS_PROTOCOL_VERSION && !tunnels.is_empty() {
         probe::for_config(pool, appliance).await?
     } else {
         None
     };
     // The site's HA pair (agents of the previous protocol know nothing of it
     // and keep member A active).
-    let ha = if protocol >= PROTOCOL_VERSION {
+    let ha = if protocol >= GENERATIONS_PROTOCOL_VERSION {
         let to = Recipient {
             appliance_id: appliance.id,
             site_id: appliance.site_id,
@@ -272,24 +289,49 @@ pub async fn desired_config(
         nat_traversal: net.options.nat_t,
         keys: epochs
             .all()
-            .map(|e| EpochKey {
-                epoch: e.epoch as u32,
-                region: e
-                    .kms_key_arn
-                    .split(':')
-                    .nth(3)
-                    .unwrap_or_default()
-                    .to_string(),
-                kms_key_arn: e.kms_key_arn.clone(),
-                ciphertext: base64::engine::general_purpose::STANDARD.encode(&e.ciphertext),
+            .map(|e| {
+                let ciphertext = match (&e.ciphertext, e.per_tunnel) {
+                    (_, true) => scoped_key(e, KeyScope::Site(appliance.site_id))?,
+                    (Some(c), false) => base64::engine::general_purpose::STANDARD.encode(c),
+                    (None, false) => return Err(ApplianceError::Internal),
+                };
+                Ok(EpochKey {
+                    epoch: e.epoch as u32,
+                    region: e
+                        .kms_key_arn
+                        .split(':')
+                        .nth(3)
+                        .unwrap_or_default()
+                        .to_string(),
+                    kms_key_arn: e.kms_key_arn.clone(),
+                    ciphertext,
+                    per_tunnel: e.per_tunnel,
+                })
             })
-            .collect(),
+            .collect::<Result<Vec<_>, ApplianceError>>()?,
         tunnels,
         probe,
         ha,
     };
     config.version = content_version(&config);
     Ok(config)
+}
+
+/// The base64 ciphertext of `epoch`'s key for `scope`. Every site with
+/// tunnels and every tunnel got one when the epoch was made; a missing one
+/// is a server fault, never papered over with another key.
+fn scoped_key(epoch: &rotation::EpochRow, scope: KeyScope) -> Result<String, ApplianceError> {
+    match epoch.scoped.get(&scope) {
+        Some(c) => Ok(base64::engine::general_purpose::STANDARD.encode(c)),
+        None => {
+            tracing::error!(
+                epoch = epoch.epoch,
+                ?scope,
+                "an epoch kept per tunnel lacks a key"
+            );
+            Err(ApplianceError::Internal)
+        }
+    }
 }
 
 /// A positive 63-bit digest of the config (it is stored as a bigint).

@@ -38,6 +38,8 @@ pub enum ApplianceError {
     },
     #[error("this appliance already has {0} config requests waiting; one is enough")]
     TooManyPolls(u32),
+    #[error("this network's keys are kept per tunnel, which an agent of protocol {0} cannot use; replace the instance to run the current agent")]
+    AgentOutdated(u16),
     #[error("the server could not complete the request")]
     Internal,
 }
@@ -59,6 +61,7 @@ impl ApplianceError {
             ApplianceError::UnknownProbe(_) => (StatusCode::NOT_FOUND, "unknown_probe"),
             ApplianceError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApplianceError::TooManyPolls(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_polls"),
+            ApplianceError::AgentOutdated(_) => (StatusCode::CONFLICT, "agent_outdated"),
             ApplianceError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

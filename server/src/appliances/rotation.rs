@@ -15,6 +15,7 @@
 //! every server replica just restarted) holds it: the old epoch stays until
 //! the site is heard again, is replaced, or an admin invalidates the epoch.
 
+use appliance::protocol::KeyScope;
 use sqlx::{PgExecutor, PgPool};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,12 +25,15 @@ use uuid::Uuid;
 /// appliance no longer counts for rotation decisions.
 pub const LIVE_WITHIN: Duration = Duration::from_secs(45);
 
-/// One key epoch with what an appliance needs to decrypt it.
-#[derive(Clone, Debug, sqlx::FromRow)]
+/// One key epoch with what an appliance needs to decrypt it: the network's
+/// one key, or (`per_tunnel`) the keys of every site and tunnel.
+#[derive(Clone, Debug)]
 pub struct EpochRow {
     pub epoch: i32,
     pub kms_key_arn: String,
-    pub ciphertext: Vec<u8>,
+    pub ciphertext: Option<Vec<u8>>,
+    pub per_tunnel: bool,
+    pub scoped: BTreeMap<KeyScope, Vec<u8>>,
 }
 
 /// The epochs in play: the active one and, during a rotation, the retiring one.
@@ -46,24 +50,30 @@ impl InPlay {
     }
 }
 
-pub async fn in_play(
-    db: impl PgExecutor<'_>,
-    network_id: Uuid,
-) -> Result<Option<InPlay>, sqlx::Error> {
-    let rows: Vec<(String, i32, String, Vec<u8>)> = sqlx::query_as(
-        "SELECT state, epoch, kms_key_arn, ciphertext FROM key_epochs
+pub async fn in_play(pool: &PgPool, network_id: Uuid) -> Result<Option<InPlay>, sqlx::Error> {
+    let rows: Vec<(String, i32, String, Option<Vec<u8>>, bool)> = sqlx::query_as(
+        "SELECT state, epoch, kms_key_arn, ciphertext, per_tunnel FROM key_epochs
           WHERE network_id = $1 AND state IN ('active', 'retiring')",
     )
     .bind(network_id)
-    .fetch_all(db)
+    .fetch_all(pool)
     .await?;
+    // Stored with their epoch in one transaction: an epoch seen has its keys.
+    let per_tunnel: Vec<i32> = rows.iter().filter(|r| r.4).map(|r| r.1).collect();
+    let mut scoped = if per_tunnel.is_empty() {
+        BTreeMap::new()
+    } else {
+        crate::networks::data_keys::load(pool, network_id, &per_tunnel).await?
+    };
     let mut active = None;
     let mut retiring = None;
-    for (state, epoch, kms_key_arn, ciphertext) in rows {
+    for (state, epoch, kms_key_arn, ciphertext, per_tunnel) in rows {
         let row = EpochRow {
             epoch,
             kms_key_arn,
             ciphertext,
+            per_tunnel,
+            scoped: scoped.remove(&epoch).unwrap_or_default(),
         };
         match state.as_str() {
             "active" => active = Some(row),
@@ -99,6 +109,24 @@ pub async fn sites_accepting(
     .fetch_all(db)
     .await?;
     Ok(rows.into_iter().collect())
+}
+
+/// Whether every current appliance of the network runs an agent that takes
+/// keys per tunnel (protocol 4; one that never asked for a config yet is
+/// taken to run the agent its stack pins, which does).
+pub async fn all_agents_take_tunnel_keys(
+    db: impl PgExecutor<'_>,
+    network_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce(bool_and(coalesce(a.protocol, $2) >= $2), true)
+           FROM appliances a JOIN sites s ON s.id = a.site_id
+          WHERE s.network_id = $1 AND a.retired_at IS NULL",
+    )
+    .bind(network_id)
+    .bind(appliance::protocol::PROTOCOL_VERSION as i16)
+    .fetch_one(db)
+    .await
 }
 
 /// How far a rotation has come, over the network's live appliances.

@@ -5,19 +5,21 @@ use super::{AccountId, AwsError, KmsKeyArn};
 use app::api::KmsKeyChoice;
 use aws_sdk_kms::types::DataKeySpec;
 
-/// `GenerateDataKeyWithoutPlaintext` (AES-256) under `key_arn`; returns the
-/// ciphertext blob.
+/// `GenerateDataKeyWithoutPlaintext` (AES-256) under `key_arn`, bound by
+/// its encryption context to the network, the epoch and what it serves;
+/// returns the ciphertext blob.
 pub async fn new_data_key(
     kms: &aws_sdk_kms::Client,
     key_arn: &str,
     network_id: &uuid::Uuid,
     epoch: i32,
+    scope: appliance::protocol::KeyScope,
 ) -> Result<Vec<u8>, AwsError> {
     let mut req = kms
         .generate_data_key_without_plaintext()
         .key_id(key_arn)
         .key_spec(DataKeySpec::Aes256);
-    for (k, v) in appliance::protocol::encryption_context(network_id, epoch as u32) {
+    for (k, v) in appliance::protocol::encryption_context(network_id, epoch as u32, scope) {
         req = req.encryption_context(k, v);
     }
     let out = req

@@ -8,7 +8,7 @@ use crate::appliances::rotation::LIVE_WITHIN;
 use crate::networks::view as networks;
 use crate::{audit, identity::users::UserRecord, internal::OrInternal, state::AppState};
 use app::api::{ConsoleError, TakeoverView};
-use appliance::protocol::PROTOCOL_VERSION;
+use appliance::protocol::GENERATIONS_PROTOCOL_VERSION;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -59,7 +59,10 @@ fn target<'a>(
         [] => return Err(format!("Both members of site {site} report active: EC2 settles it within a heartbeat. Try again in a moment.")),
         _ => return Err(format!("Neither member of site {site} reports active: there is nothing to fail over from (they are starting up or handing over).")),
     };
-    if t.ha_reason.is_none() || t.protocol.is_some_and(|p| p < PROTOCOL_VERSION as i16) {
+    if t.ha_reason.is_none()
+        || t.protocol
+            .is_some_and(|p| p < GENERATIONS_PROTOCOL_VERSION as i16)
+    {
         return Err(format!(
             "The passive {} runs an agent from before failover: it cannot take over on request. Update its agent (replace the instance) first.",
             name(t)

@@ -4,13 +4,13 @@
 //! every VPC for this network. Any failure before the commit leaves
 //! nothing behind.
 
-use super::{claims, request, store, view};
+use super::{claims, data_keys, request, store, view};
 use crate::{
     accounts::{self, store::AccountRecord},
     audit,
     aws::{
         discovery::{self, VpcFacts},
-        kms, AccountAccess, AwsError,
+        AccountAccess, AwsError,
     },
     identity::{orgs, users::UserRecord},
     internal::OrInternal,
@@ -151,9 +151,10 @@ pub async fn create(
             })
             .collect(),
     };
-    topology::compile(&net).map_err(|e| ConsoleError::invalid("sites", e.to_string()))?;
+    let plans =
+        topology::compile(&net).map_err(|e| ConsoleError::invalid("sites", e.to_string()))?;
 
-    // Key epoch 1: only the ciphertext ever reaches us.
+    // Key epoch 1, per tunnel (no agent runs yet): only ciphertexts reach us.
     let key_account = &accounts[&checked.kms_key.account.to_string()].1;
     let key_arn = checked.kms_key.to_string();
     let kms_client = state
@@ -161,7 +162,7 @@ pub async fn create(
         .kms(key_account, &checked.kms_key.region)
         .await
         .map_err(|e| accounts::aws_error_for_user(e, key_account, None))?;
-    let ciphertext = kms::new_data_key(&kms_client, &key_arn, &network_id, 1)
+    let material = data_keys::generate(&kms_client, &key_arn, network_id, 1, true, &plans)
         .await
         .map_err(|e| match e {
             AwsError::NotFound { message, .. } => ConsoleError::invalid(
@@ -216,7 +217,7 @@ pub async fn create(
     for s in by_vpc {
         claims::claim(&mut tx, user.org_id, network_id, site_ids[s.index], s).await?;
     }
-    store::insert_key_epoch(&mut *tx, network_id, 1, &key_arn, &ciphertext)
+    data_keys::insert_epoch(&mut tx, network_id, 1, &key_arn, &material)
         .await
         .or_internal("store key epoch 1")?;
     audit::record(

@@ -3,13 +3,10 @@
 //! keep accepting until every sender moved on (`appliances::rotation`);
 //! invalidation revokes an epoch at once.
 
-use super::{store, view};
+use super::{data_keys, model, store, view};
 use crate::appliances::rotation;
 use crate::{
-    accounts, audit,
-    aws::{kms, KmsKeyArn},
-    identity::users::UserRecord,
-    internal::OrInternal,
+    accounts, audit, aws::KmsKeyArn, identity::users::UserRecord, internal::OrInternal,
     state::AppState,
 };
 use app::api::{ConsoleError, NetworkStatus, NetworkSummary};
@@ -79,7 +76,18 @@ pub async fn rotate_network(
         .kms(&access, &key.region)
         .await
         .map_err(|e| accounts::aws_error_for_user(e, &access, None))?;
-    let ciphertext = kms::new_data_key(&client, &net.kms_key_arn, &id, next)
+    // Keys per tunnel, unless an agent of an older protocol still runs here
+    // (it knows only network keys; the next rotation after it is replaced
+    // goes per tunnel).
+    let per_tunnel = rotation::all_agents_take_tunnel_keys(pool, id)
+        .await
+        .or_internal("check the appliances' protocols")?;
+    let sites = store::sites(pool, id).await.or_internal("load the sites")?;
+    let plans = model::compile(net, &sites).map_err(|e| {
+        tracing::error!(network_id = %id, error = %e, "a stored network no longer compiles");
+        ConsoleError::Internal
+    })?;
+    let material = data_keys::generate(&client, &net.kms_key_arn, id, next, per_tunnel, &plans)
         .await
         .map_err(|e| accounts::aws_error_for_user(e, &access, None))?;
     let mut tx = pool.begin().await.or_internal("begin a transaction")?;
@@ -115,7 +123,7 @@ pub async fn rotate_network(
         return Err(already_rotated());
     }
     // A concurrent rotation took this number: the primary key refuses it.
-    store::insert_key_epoch(&mut *tx, id, next, &net.kms_key_arn, &ciphertext)
+    data_keys::insert_epoch(&mut tx, id, next, &net.kms_key_arn, &material)
         .await
         .map_err(|e| match e {
             sqlx::Error::Database(d) if d.is_unique_violation() => already_rotated(),
@@ -135,7 +143,7 @@ pub async fn rotate_network(
     .await
     .or_internal("audit a rotation")?;
     tx.commit().await.or_internal("commit a rotation")?;
-    tracing::info!(network_id = %id, epoch = next, live_appliances = live, scheduled = actor.is_none(), "key rotated");
+    tracing::info!(network_id = %id, epoch = next, per_tunnel, live_appliances = live, scheduled = actor.is_none(), "key rotated");
     Ok(next)
 }
 

@@ -4,6 +4,7 @@
 pub mod claims;
 pub mod connectivity;
 pub mod create;
+pub mod data_keys;
 pub mod keys;
 pub mod model;
 pub mod plan;

@@ -279,26 +279,6 @@ pub async fn merge_outputs(
         .map(|_| ())
 }
 
-pub async fn insert_key_epoch(
-    db: impl PgExecutor<'_>,
-    network_id: Uuid,
-    epoch: i32,
-    kms_key_arn: &str,
-    ciphertext: &[u8],
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO key_epochs (network_id, epoch, kms_key_arn, ciphertext, state)
-         VALUES ($1, $2, $3, $4, 'active')",
-    )
-    .bind(network_id)
-    .bind(epoch)
-    .bind(kms_key_arn)
-    .bind(ciphertext)
-    .execute(db)
-    .await
-    .map(|_| ())
-}
-
 pub async fn key_epochs(
     db: impl PgExecutor<'_>,
     network_id: Uuid,

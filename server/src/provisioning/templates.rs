@@ -369,6 +369,50 @@ mod tests {
     }
 
     #[test]
+    fn the_instance_role_decrypts_only_keys_that_name_its_own_site() {
+        let t = rendered(&spec());
+        let statements = t["Resources"]["ApplianceRole"]["Properties"]["Policies"][0]
+            ["PolicyDocument"]["Statement"]
+            .as_array()
+            .expect("statements")
+            .clone();
+        let decrypt: Vec<&Value> = statements
+            .iter()
+            .filter(|s| s["Action"] == "kms:Decrypt")
+            .collect();
+        assert_eq!(decrypt.len(), 2, "{decrypt:?}");
+        let network = json!({"kms:EncryptionContext:vpcmesh:network": {"Ref": "NetworkId"}});
+        for st in &decrypt {
+            assert_eq!(st["Resource"], json!({"Ref": "KmsKeyArn"}));
+            assert_eq!(st["Condition"]["StringEquals"], network);
+        }
+        // Keys per tunnel and site: "<low>/<high>" must name this site.
+        let own = decrypt
+            .iter()
+            .find(|s| s["Condition"].get("StringLike").is_some())
+            .expect("the per-tunnel statement");
+        assert_eq!(
+            own["Condition"]["StringLike"]["kms:EncryptionContext:vpcmesh:sites"],
+            json!([{"Fn::Sub": "${SiteId}/*"}, {"Fn::Sub": "*/${SiteId}"}])
+        );
+        // The network key of older epochs: only with no sites in the context,
+        // so it cannot stand in for another pair's key.
+        let older = decrypt
+            .iter()
+            .find(|s| s["Condition"].get("Null").is_some())
+            .expect("the network-key statement");
+        assert_eq!(
+            older["Condition"]["Null"],
+            json!({"kms:EncryptionContext:vpcmesh:sites": "true"})
+        );
+        assert_eq!(
+            appliance::protocol::SITES_CONTEXT_KEY,
+            "vpcmesh:sites",
+            "the template's condition names the protocol's context key"
+        );
+    }
+
+    #[test]
     fn the_instance_role_sits_under_the_customers_boundary() {
         use crate::accounts::role_template::{BOUNDARY_NAME, BOUNDARY_PATH};
         let t = rendered(&spec());

@@ -4,7 +4,9 @@
 
 use crate::networks::{place, World};
 use crate::support::Client;
-use appliance::protocol::{DesiredConfig, InboundSa, Member, RegisterResponse, TunnelState};
+use appliance::protocol::{
+    DesiredConfig, InboundSa, Member, RegisterResponse, TunnelState, PROTOCOL_VERSION,
+};
 use axum::body::Body;
 use axum::http::{header, Method, StatusCode};
 use base64::Engine;
@@ -75,6 +77,27 @@ pub(crate) async fn ready_east_west_in(mut w: World, name: &str) -> (World, Stri
     let (id, _, _) = w.full_mesh(name, &placed, "us-east-1").await;
     w.run(&id, "apply", "ready").await;
     (w, id)
+}
+
+/// Makes `network`'s key epochs what a network made before keys per tunnel
+/// has: one network key per epoch (the server never decrypts keys, so the
+/// ciphertext's content does not matter here), which agents of every
+/// protocol take.
+pub(crate) async fn with_network_keys(w: &World, network: &str) {
+    let pool = &w.app.state.pool;
+    sqlx::query("DELETE FROM epoch_keys WHERE network_id = $1::uuid")
+        .bind(network)
+        .execute(pool)
+        .await
+        .expect("drop the keys per tunnel");
+    sqlx::query(
+        "UPDATE key_epochs SET per_tunnel = false, ciphertext = '\\x0102030405'::bytea
+          WHERE network_id = $1::uuid",
+    )
+    .bind(network)
+    .execute(pool)
+    .await
+    .expect("one network key per epoch");
 }
 
 /// One running instance as EC2 (moto) has it.
@@ -192,9 +215,9 @@ pub(crate) async fn config(
 ) -> (StatusCode, Option<DesiredConfig>) {
     // Speaks today's protocol unless the query names one.
     let query = match query {
-        "" => "?protocol=3".to_string(),
+        "" => format!("?protocol={PROTOCOL_VERSION}"),
         q if q.contains("protocol=") => q.to_string(),
-        q => format!("{q}&protocol=3"),
+        q => format!("{q}&protocol={PROTOCOL_VERSION}"),
     };
     let req = c
         .request(Method::GET, &format!("/api/appliance/v1/config{query}"))
@@ -487,7 +510,7 @@ impl Caller<'_> {
     }
 
     async fn poll(&self, credential: &str, query: &str) -> crate::support::Response {
-        let path = format!("/config?protocol=3{query}");
+        let path = format!("/config?protocol={PROTOCOL_VERSION}{query}");
         self.call(Method::GET, &path, Some(credential), None).await
     }
 
@@ -606,7 +629,7 @@ async fn the_appliance_api_limits_registrations_unknown_credentials_requests_and
     let wait_for_change = format!("&after={version}&wait=3");
     let polls: Vec<_> = (0..2)
         .map(|_| {
-            let path = format!("/config?protocol=3{wait_for_change}");
+            let path = format!("/config?protocol={PROTOCOL_VERSION}{wait_for_change}");
             let (mut c, req) = flood.request(Method::GET, &path, Some(&a.credential), None);
             tokio::spawn(async move { c.send(req).await.status })
         })

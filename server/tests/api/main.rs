@@ -33,6 +33,7 @@ mod roles;
 mod rotation;
 mod sessions;
 mod sign_in;
+mod tunnel_keys;
 mod vpc_routes;
 
 // The UML guest and data-plane lab helpers have one owner, the appliance's
