@@ -558,14 +558,20 @@ pub async fn assert_running(w: &World, id: &str, placed: &[Placed]) {
             );
         }
     }
-    let blob: Vec<u8> = sqlx::query_scalar(
-        "SELECT ciphertext FROM key_epochs WHERE network_id = $1::uuid AND epoch = 1",
+    // Epoch 1 is kept per tunnel: a key per site with tunnels and per
+    // tunnel, each only a KMS ciphertext blob.
+    let blobs: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT ciphertext FROM epoch_keys WHERE network_id = $1::uuid AND epoch = 1",
     )
     .bind(id)
-    .fetch_one(&w.app.pool)
+    .fetch_all(&w.app.pool)
     .await
     .expect("epoch 1 stored");
-    assert!(blob.len() > 32, "only a KMS ciphertext blob is stored");
+    assert!(!blobs.is_empty());
+    assert!(
+        blobs.iter().all(|b| b.len() > 32),
+        "only KMS ciphertext blobs are stored"
+    );
 }
 
 /// After teardown: no stack, no appliance, no route to another site.
@@ -821,11 +827,12 @@ async fn keys_rotate_to_a_new_kms_epoch_and_retired_epochs_can_be_invalidated() 
     assert_eq!(epochs[0]["state"], "retired");
     assert_eq!(epochs[1]["epoch"], 2);
     assert_eq!(epochs[1]["state"], "active");
+    // Each epoch its own KMS data keys: a site key each and one tunnel key.
     let distinct: i64 = w
         .app
-        .count("SELECT count(DISTINCT ciphertext) FROM key_epochs")
+        .count("SELECT count(DISTINCT ciphertext) FROM epoch_keys")
         .await;
-    assert_eq!(distinct, 2, "each epoch is its own KMS data key");
+    assert_eq!(distinct, 2 * 3, "each epoch has its own KMS data keys");
 
     // The active epoch cannot be revoked; a retired one can, once.
     let r = w
