@@ -51,7 +51,9 @@ impl InPlay {
 }
 
 pub async fn in_play(pool: &PgPool, network_id: Uuid) -> Result<Option<InPlay>, sqlx::Error> {
-    let rows: Vec<(String, i32, String, Option<Vec<u8>>, bool)> = sqlx::query_as(
+    // (state, epoch, kms_key_arn, network key ciphertext, per_tunnel)
+    type Row = (String, i32, String, Option<Vec<u8>>, bool);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT state, epoch, kms_key_arn, ciphertext, per_tunnel FROM key_epochs
           WHERE network_id = $1 AND state IN ('active', 'retiring')",
     )
