@@ -132,6 +132,73 @@ setup_lab() {
     as_root ln -sfn "$modules" "/lib/modules/$version"
   fi
   export VPCMESH_UML="$(command -v linux.uml)"
+  if ! uml_boots "$VPCMESH_UML"; then
+    VPCMESH_UML=$(uml_for_this_cpu) || die "no User-Mode Linux kernel boots on this machine"
+    export VPCMESH_UML
+  fi
+}
+
+# Whether a UML kernel boots a guest to its init on this machine. Debian's
+# UML 6.1 (and 6.12) cannot on hosts whose XSAVE area is larger than it
+# expects (AVX-512 and AMX): PTRACE_SETREGSET wants the host's exact size,
+# and the guest's init dies with "ptrace set fp regs failed". Remembered per
+# kernel binary, host kernel and CPU.
+uml_boots() {
+  local uml=$1 key dir ok
+  [ "$(id -u)" = 0 ] || return 0 # the guests need root; the tests say so themselves
+  key=$( { sha256sum "$uml" | cut -c1-16; uname -r; grep -m1 '^flags' /proc/cpuinfo; } | sha256sum | cut -c1-16)
+  ok="$VPCMESH_CACHE/uml/boots-$key"
+  [ -e "$ok" ] && return 0
+  dir=$(mktemp -d /tmp/vpcmesh-uml-check.XXXXXX)
+  printf '#!/bin/sh\necho booted > %s/booted\npoweroff -f\n' "$dir" > "$dir/init.sh"
+  chmod +x "$dir/init.sh"
+  timeout 120 "$uml" mem=128M root=/dev/root rootfstype=hostfs rootflags=/ rw \
+    "init=$dir/init.sh" con=null con0=fd:0,fd:1 </dev/null >"$dir/console.log" 2>&1 || true
+  if [ -e "$dir/booted" ]; then
+    mkdir -p "$VPCMESH_CACHE/uml" && touch "$ok"
+    rm -rf "$dir"
+    return 0
+  fi
+  say "User-Mode Linux ($uml) does not boot here: $(grep -m1 -E 'failed|panic' "$dir/console.log" || echo 'no init')"
+  rm -rf "$dir"
+  return 1
+}
+
+# A UML kernel built from Debian's linux-source-6.1 with
+# e2e/lab/uml/xstate.patch (the host's XSAVE size, asked at start), with
+# what the lab needs built in; built once into the cache (a few minutes).
+uml_for_this_cpu() {
+  local patch="$VPCMESH_ROOT/e2e/lab/uml/xstate.patch" dir out src o
+  dir="$VPCMESH_CACHE/uml"
+  out="$dir/linux-6.1-xstate-$(sha256sum "$patch" | cut -c1-12)"
+  if [ ! -x "$out" ]; then
+    say "building a User-Mode Linux kernel that boots on this CPU (once, into $dir)" >&2
+    apt_ensure linux-source-6.1 bc flex bison >&2
+    src="$dir/src"
+    rm -rf "$src" && mkdir -p "$src"
+    tar xJf /usr/src/linux-source-6.1.tar.xz -C "$src" --strip-components=1
+    patch -d "$src" -p1 --quiet < "$patch"
+    make -C "$src" ARCH=um defconfig >/dev/null
+    "$src/scripts/config" --file "$src/.config" --disable MODULES \
+      --disable UML_NET_VDE --disable UML_NET_PCAP --set-val KERNEL_STACK_ORDER 4
+    for o in VETH BRIDGE OVERLAY_FS XFRM XFRM_USER XFRM_ALGO INET_ESP XFRM_STATISTICS \
+      CRYPTO_GCM CRYPTO_CTR CRYPTO_GHASH CRYPTO_SEQIV CRYPTO_ECHAINIV CRYPTO_AES CRYPTO_AES_TI \
+      CRYPTO_AEAD CRYPTO_SHA256 CRYPTO_HMAC CRYPTO_AUTHENC NET_SCHED NET_CLS NET_CLS_ACT \
+      NET_SCH_INGRESS NET_CLS_U32 NET_CLS_MATCHALL NET_ACT_NAT NET_ACT_GACT NET_SCH_NETEM \
+      NET_NS UML_NET_VECTOR HOSTFS TUN PACKET IP_ADVANCED_ROUTER IP_MULTIPLE_TABLES DUMMY \
+      UNIX INET DEVTMPFS TMPFS PROC_FS SYSFS NAMESPACES UTS_NS IPC_NS PID_NS USER_NS \
+      BINFMT_ELF BINFMT_SCRIPT FUTEX EPOLL SIGNALFD TIMERFD EVENTFD INOTIFY_USER FHANDLE \
+      POSIX_TIMERS MULTIUSER NETFILTER CGROUPS; do
+      "$src/scripts/config" --file "$src/.config" --enable "$o"
+    done
+    make -C "$src" ARCH=um olddefconfig >/dev/null
+    make -C "$src" ARCH=um -j"$(nproc)" linux >"$dir/build.log" 2>&1 \
+      || { tail -20 "$dir/build.log" >&2; return 1; }
+    cp "$src/linux" "$out.tmp" && mv "$out.tmp" "$out"
+    rm -rf "$src"
+  fi
+  uml_boots "$out" || return 1
+  echo "$out"
 }
 
 setup_tests() {

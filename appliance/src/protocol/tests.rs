@@ -555,3 +555,77 @@ fn both_ends_of_a_tunnel_name_its_key_alike_and_no_one_else_does() {
         ]
     );
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A well-formed config with some of its numbers, addresses and keys
+    /// changed to anything at all.
+    fn any_config() -> impl Strategy<Value = DesiredConfig> {
+        (
+            1usize..5,
+            proptest::collection::vec((0usize..12, any::<u32>()), 0..6),
+            any::<bool>(),
+            proptest::option::of(0usize..4),
+        )
+            .prop_map(|(tunnels, edits, per_tunnel, drop_key)| {
+                let mut c = if per_tunnel {
+                    per_tunnel_config(tunnels)
+                } else {
+                    sample_config(tunnels)
+                };
+                for (what, n) in edits {
+                    let t = n as usize % c.tunnels.len();
+                    let tunnel = &mut c.tunnels[t];
+                    match what {
+                        0 => tunnel.out.spi = n,
+                        1 => tunnel.out.epoch = n % 4,
+                        2 => tunnel.reqid = n,
+                        3 => tunnel.peer_address = Ipv4Addr::from(n),
+                        4 => tunnel.inbound[0].spi = n,
+                        5 => tunnel.inbound[1].epoch = n % 4,
+                        6 => {
+                            tunnel.remote_cidrs[0] = Ipv4Net::new(Ipv4Addr::from(n), (n % 33) as u8)
+                                .expect("prefix <= 32")
+                        }
+                        7 => tunnel.peer_site = c.site_id,
+                        8 => c.keys[0].epoch = n % 4,
+                        9 => c.keys[0].per_tunnel = n % 2 == 0,
+                        10 => tunnel.keys.clear(),
+                        _ => c.local_address = Ipv4Addr::from(n),
+                    }
+                }
+                if let Some(t) = drop_key {
+                    if let Some(tunnel) = c.tunnels.get_mut(t) {
+                        tunnel.keys.truncate(0);
+                    }
+                }
+                c
+            })
+    }
+
+    proptest! {
+        /// Whatever a server sends: the agent validates it without a panic,
+        /// and a refusal says what it refuses (a tunnel, an SPI, an epoch).
+        #[test]
+        fn every_config_is_accepted_or_refused_with_a_reason(c in any_config()) {
+            match c.validate() {
+                Ok(()) => {
+                    // An accepted config gives every tunnel key it needs.
+                    for (k, scope, ciphertext) in c.key_blobs() {
+                        prop_assert!(!ciphertext.is_empty());
+                        if k.per_tunnel {
+                            prop_assert!(scope != KeyScope::Network);
+                        }
+                    }
+                }
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+            // Any JSON the server could send parses or is refused, too.
+            let json = serde_json::to_string(&c).expect("serializes");
+            let back: DesiredConfig = serde_json::from_str(&json).expect("round trip");
+            prop_assert_eq!(back, c);
+        }
+    }
+}

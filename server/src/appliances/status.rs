@@ -13,6 +13,24 @@ pub async fn record(
     report: StatusReport,
     rotation_grace: Duration,
 ) -> Result<(), ApplianceError> {
+    check(&report)?;
+    // The report and what it means for failover commit together: a
+    // failover is recorded exactly once, by the report that first shows it.
+    let mut tx = pool.begin().await?;
+    let previous = store::record_status(&mut tx, appliance.id, &report).await?;
+    let member = failover::status::Reporter {
+        appliance_id: appliance.id,
+        site_id: appliance.site_id,
+        member: appliance.member,
+    };
+    failover::status::record(&mut tx, member, previous, &report).await?;
+    tx.commit().await?;
+    rotation::advance(pool, appliance.network_id, rotation_grace).await?;
+    Ok(())
+}
+
+/// Bounds on every list and string of a report; a refusal names the field.
+pub fn check(report: &StatusReport) -> Result<(), ApplianceError> {
     if report.tunnels.len() > MAX_TUNNELS {
         return Err(ApplianceError::InvalidInput {
             field: "tunnels",
@@ -62,17 +80,57 @@ pub async fn record(
         failover::status::check(report.ha_role, ha)
             .map_err(|(field, message)| ApplianceError::InvalidInput { field, message })?;
     }
-    // The report and what it means for failover commit together: a
-    // failover is recorded exactly once, by the report that first shows it.
-    let mut tx = pool.begin().await?;
-    let previous = store::record_status(&mut tx, appliance.id, &report).await?;
-    let member = failover::status::Reporter {
-        appliance_id: appliance.id,
-        site_id: appliance.site_id,
-        member: appliance.member,
-    };
-    failover::status::record(&mut tx, member, previous, &report).await?;
-    tx.commit().await?;
-    rotation::advance(pool, appliance.network_id, rotation_grace).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn any_report() -> impl Strategy<Value = serde_json::Value> {
+        let tunnel = (
+            any::<u32>(),
+            proptest::option::of(proptest::collection::vec(any::<u32>(), 0..12)),
+            any::<u64>(),
+        )
+            .prop_map(|(out_epoch, inbound, bytes)| {
+                json!({"peer_site": uuid::Uuid::from_u64_pair(bytes, 1), "state": "up",
+                       "out_epoch": out_epoch, "out_bytes": bytes, "out_packets": 1,
+                       "in_bytes": 1, "in_packets": 1, "in_errors": 0, "inbound_spis": inbound})
+            });
+        (
+            ".{0,80}",
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(".{0,40}"),
+            proptest::collection::vec(any::<u32>(), 0..5),
+            proptest::collection::vec(tunnel, 0..4),
+            prop_oneof![Just("active"), Just("passive")],
+        )
+            .prop_map(|(version, applied, error, epochs, tunnels, role)| {
+                json!({"agent_version": version, "applied_version": applied,
+                       "config_error": error.map(|e| e.repeat(60)), "ha_role": role,
+                       "epochs": epochs, "tunnels": tunnels})
+            })
+    }
+
+    proptest! {
+        /// Any report that parses is taken or refused naming its field;
+        /// nothing panics.
+        #[test]
+        fn every_report_is_taken_or_refused_by_field(raw in any_report()) {
+            let report: StatusReport = serde_json::from_value(raw).expect("the strategy makes reports");
+            match check(&report) {
+                Ok(()) => {
+                    prop_assert!(!report.agent_version.is_empty() && report.agent_version.len() <= 64);
+                    prop_assert!(report.epochs.len() <= MAX_EPOCHS_IN_PLAY);
+                }
+                Err(ApplianceError::InvalidInput { field, message }) => {
+                    prop_assert!(!field.is_empty() && !message.is_empty());
+                }
+                Err(other) => prop_assert!(false, "refused without a field: {other}"),
+            }
+        }
+    }
 }

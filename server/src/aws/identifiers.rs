@@ -272,3 +272,47 @@ mod kms_arn_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Strings near the shapes: ARN-like pieces, digits, unicode and noise.
+    fn near_arn() -> impl Strategy<Value = String> {
+        let part = prop_oneof![
+            Just("arn".to_string()),
+            Just("aws".to_string()),
+            Just("iam".to_string()),
+            Just("kms".to_string()),
+            Just("".to_string()),
+            "[0-9]{0,14}",
+            "(role|key|alias)/[ -~]{0,20}",
+            "[a-z]{2}-[a-z]{4,9}-[0-9]",
+            "\\PC{0,8}",
+        ];
+        proptest::collection::vec(part, 0..8).prop_map(|p| p.join(":"))
+    }
+
+    proptest! {
+        /// Whatever is typed: a value that prints back as it parsed, or a
+        /// refusal that says what the value must look like. Never a panic.
+        #[test]
+        fn identifiers_parse_or_say_what_they_must_look_like(s in near_arn(), t in "\\PC{0,40}") {
+            for input in [&s, &t] {
+                match input.parse::<RoleArn>() {
+                    Ok(arn) => prop_assert_eq!(arn.to_string().parse::<RoleArn>().map(|a| a.to_string()), Ok(arn.to_string())),
+                    Err(e) => prop_assert!(!e.to_string().is_empty()),
+                }
+                match input.parse::<KmsKeyArn>() {
+                    Ok(arn) => prop_assert_eq!(arn.to_string().parse::<KmsKeyArn>().map(|a| a.to_string()), Ok(arn.to_string())),
+                    Err(e) => prop_assert!(!e.is_empty()),
+                }
+                match input.parse::<AccountId>() {
+                    Ok(id) => prop_assert_eq!(id.to_string().len(), 12),
+                    Err(e) => prop_assert!(!e.to_string().is_empty()),
+                }
+            }
+        }
+    }
+}
