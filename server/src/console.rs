@@ -136,6 +136,25 @@ impl ConsoleSession {
             .or_internal("store the session")
     }
 
+    /// One password guess for `email` from this client, counted against the
+    /// sign-in limits (per email and per address) before it is checked.
+    async fn reserve_attempt(
+        &self,
+        email: &str,
+        what: &str,
+    ) -> Result<rate_limit::Attempt, ConsoleError> {
+        match rate_limit::reserve(&self.state.pool, email, self.client_ip)
+            .await
+            .or_internal("check the sign-in rate limit")?
+        {
+            Ok(attempt) => Ok(attempt),
+            Err(retry_after_secs) => {
+                tracing::warn!(retry_after_secs, what, "rate limited");
+                Err(ConsoleError::RateLimited { retry_after_secs })
+            }
+        }
+    }
+
     /// A transaction holding the organization's admin lock, with `admin`
     /// checked to be an admin still under it.
     async fn admin_change(
@@ -196,16 +215,7 @@ impl Console for ConsoleSession {
             return Err(ConsoleError::InvalidCredentials);
         }
         let pool = &self.state.pool;
-        let attempt = match rate_limit::reserve(pool, &email, self.client_ip)
-            .await
-            .or_internal("check the sign-in rate limit")?
-        {
-            Ok(attempt) => attempt,
-            Err(retry_after_secs) => {
-                tracing::warn!(retry_after_secs, "sign-in rate limited");
-                return Err(ConsoleError::RateLimited { retry_after_secs });
-            }
-        };
+        let attempt = self.reserve_attempt(&email, "sign-in").await?;
         let user = users::find_by_email(pool, &email)
             .await
             .or_internal("look up a user")?;
@@ -433,16 +443,7 @@ impl Console for ConsoleSession {
         let pool = &self.state.pool;
         // Guesses of the current password count against the sign-in limits,
         // so a borrowed session cannot try passwords faster than sign-in.
-        let attempt = match rate_limit::reserve(pool, &user.email, self.client_ip)
-            .await
-            .or_internal("check the sign-in rate limit")?
-        {
-            Ok(attempt) => attempt,
-            Err(retry_after_secs) => {
-                tracing::warn!(retry_after_secs, "password change rate limited");
-                return Err(ConsoleError::RateLimited { retry_after_secs });
-            }
-        };
+        let attempt = self.reserve_attempt(&user.email, "password change").await?;
         let ok = current.len() <= validate::PASSWORD_MAX
             && password::verify(current, Some(user.password_hash.as_str()))
                 .await

@@ -313,14 +313,18 @@ mod tests {
         assert_eq!(rules, 2);
     }
 
+    /// The statements of the appliances' instance role.
+    fn instance_role_statements(t: &Value) -> Vec<Value> {
+        t["Resources"]["ApplianceRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+            .as_array()
+            .expect("statements")
+            .clone()
+    }
+
     #[test]
     fn the_instance_role_takes_over_only_its_own_address_and_appliances() {
         let t = rendered(&spec());
-        let statements = t["Resources"]["ApplianceRole"]["Properties"]["Policies"][0]
-            ["PolicyDocument"]["Statement"]
-            .as_array()
-            .expect("statements")
-            .clone();
+        let statements = instance_role_statements(&t);
         let by_action = |action: &str| -> Vec<Value> {
             statements
                 .iter()
@@ -371,11 +375,7 @@ mod tests {
     #[test]
     fn the_instance_role_decrypts_only_keys_that_name_its_own_site() {
         let t = rendered(&spec());
-        let statements = t["Resources"]["ApplianceRole"]["Properties"]["Policies"][0]
-            ["PolicyDocument"]["Statement"]
-            .as_array()
-            .expect("statements")
-            .clone();
+        let statements = instance_role_statements(&t);
         let decrypt: Vec<&Value> = statements
             .iter()
             .filter(|s| s["Action"] == "kms:Decrypt")

@@ -25,13 +25,20 @@ fn change_password(current: &str, new: &str) -> Option<Value> {
     Some(json!({ "current_password": current, "new_password": new }))
 }
 
-#[tokio::test]
-async fn a_removed_user_is_signed_out_at_once_and_the_log_keeps_their_name() {
+/// Acme with member bob signed in on two devices, and admin ada signed in:
+/// (app, bob's id, ada, bob's laptop, bob's phone).
+async fn bob_on_two_devices() -> (TestApp, uuid::Uuid, Client, Client, Client) {
     let (app, org) = TestApp::acme().await;
     let bob = app.add_user(org, "bob@acme.test", Role::Member).await;
-    let mut ada = app.signed_in("ada@acme.test").await;
-    let mut bob_laptop = app.signed_in("bob@acme.test").await;
-    let mut bob_phone = app.signed_in("bob@acme.test").await;
+    let ada = app.signed_in("ada@acme.test").await;
+    let laptop = app.signed_in("bob@acme.test").await;
+    let phone = app.signed_in("bob@acme.test").await;
+    (app, bob, ada, laptop, phone)
+}
+
+#[tokio::test]
+async fn a_removed_user_is_signed_out_at_once_and_the_log_keeps_their_name() {
+    let (app, bob, mut ada, mut bob_laptop, mut bob_phone) = bob_on_two_devices().await;
     // Something bob did, in the log under his name.
     let r = bob_laptop
         .json(
@@ -177,11 +184,7 @@ async fn two_admins_demoting_each_other_at_once_leave_one_admin() {
 
 #[tokio::test]
 async fn revoking_sessions_signs_a_user_out_everywhere_until_they_sign_in_again() {
-    let (app, org) = TestApp::acme().await;
-    let bob = app.add_user(org, "bob@acme.test", Role::Member).await;
-    let mut ada = app.signed_in("ada@acme.test").await;
-    let mut laptop = app.signed_in("bob@acme.test").await;
-    let mut phone = app.signed_in("bob@acme.test").await;
+    let (app, bob, mut ada, mut laptop, mut phone) = bob_on_two_devices().await;
     let r = ada
         .json(
             Method::DELETE,
