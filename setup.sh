@@ -159,7 +159,7 @@ uml_boots() {
     rm -rf "$dir"
     return 0
   fi
-  say "User-Mode Linux ($uml) does not boot here: $(grep -m1 -E 'failed|panic' "$dir/console.log" || echo 'no init')"
+  say "User-Mode Linux ($uml) does not boot here: $(grep -m1 -E 'ptrace|panic|not found' "$dir/console.log" || echo 'its init never ran')"
   rm -rf "$dir"
   return 1
 }

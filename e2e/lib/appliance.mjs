@@ -53,7 +53,8 @@ export async function registerAgent(server, customer, site) {
   });
   let packets = 100;
   const follow = async () => {
-    const config = await call(server, '/config', undefined, reg.credential);
+    // Today's agent protocol (keys per tunnel).
+    const config = await call(server, '/config?protocol=4', undefined, reg.credential);
     const epochs = config.keys.map((k) => k.epoch).sort((a, b) => b - a);
     packets += 1;
     await call(server, '/status', {

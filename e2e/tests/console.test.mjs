@@ -211,6 +211,8 @@ test('an admin makes a user a viewer, signs them out everywhere and removes them
   await lin.goto(`${server.url}/networks`);
   await lin.waitForSelector('h1:text("Networks")');
   assert.equal(await lin.locator('#new-network').count(), 0, 'viewers are not offered New network');
+  await lin.goto(`${server.url}/networks/new`);
+  await lin.waitForSelector('#viewer-cannot-create');
   await lin.goto(`${server.url}/account`);
   assert.equal(await lin.textContent('#my-role'), 'viewer');
   await lin.screenshot({ path: `${ARTIFACTS}/08-viewer-account.png`, fullPage: true });

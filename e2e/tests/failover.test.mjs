@@ -72,7 +72,7 @@ async function join(customer, site, member) {
   let since = Date.now() - 90_000;
   return {
     instanceId: m.instanceId,
-    config: () => call('/config?protocol=3', undefined, reg.credential),
+    config: () => call('/config?protocol=4', undefined, reg.credential),
     report: (haRole, reason, takeOverDone = null) => {
       if (role !== null && role !== haRole) since = Date.now();
       role = haRole;

@@ -6,6 +6,7 @@ use argon2::{
     password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
     Argon2,
 };
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use tokio::sync::Semaphore;
 
@@ -15,6 +16,24 @@ pub const CONCURRENT_HASHES: usize = 4;
 fn permits() -> &'static Semaphore {
     static PERMITS: Semaphore = Semaphore::const_new(CONCURRENT_HASHES);
     &PERMITS
+}
+
+/// Hashes being computed right now, and the most there ever were at once.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static MOST_AT_ONCE: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs one Argon2 computation, counted in [`IN_FLIGHT`].
+fn counted<T>(work: impl FnOnce() -> T) -> T {
+    let now = IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
+    MOST_AT_ONCE.fetch_max(now, Ordering::SeqCst);
+    let out = work();
+    IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    out
+}
+
+/// The most Argon2 computations this process ever ran at once.
+pub fn most_hashes_at_once() -> usize {
+    MOST_AT_ONCE.load(Ordering::SeqCst)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,11 +50,13 @@ pub async fn hash(password: &str) -> Result<String, PasswordError> {
     let password = password.to_owned();
     let _permit = permits().acquire().await?;
     tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| PasswordError::Hash(e.to_string()))
+        counted(|| {
+            let salt = SaltString::generate(&mut OsRng);
+            Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| PasswordError::Hash(e.to_string()))
+        })
     })
     .await?
 }
@@ -52,9 +73,11 @@ pub async fn verify(password: &str, stored: Option<&str>) -> Result<bool, Passwo
     let _permit = permits().acquire().await?;
     tokio::task::spawn_blocking(move || {
         let parsed = PasswordHash::new(&stored).map_err(|e| PasswordError::Hash(e.to_string()))?;
-        let ok = Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok();
+        let ok = counted(|| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        });
         Ok(ok && known)
     })
     .await?
@@ -86,5 +109,25 @@ mod tests {
     #[tokio::test]
     async fn unknown_user_never_verifies() {
         assert!(!verify("vpcmesh-no-such-user", None).await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_burst_of_sixteen_checks_runs_at_most_four_hashes_at_once() {
+        let stored = hash("correct horse battery staple").await.expect("hash");
+        let checks: Vec<_> = (0..16)
+            .map(|i| {
+                let stored = stored.clone();
+                tokio::spawn(async move { verify(&format!("guess {i}"), Some(&stored)).await })
+            })
+            .collect();
+        for c in checks {
+            assert!(!c.await.expect("joined").expect("verified"));
+        }
+        let most = most_hashes_at_once();
+        assert!(most <= CONCURRENT_HASHES, "{most} hashes ran at once");
+        assert!(
+            most >= 2,
+            "the checks ran one by one ({most}): the bound was not exercised"
+        );
     }
 }

@@ -37,6 +37,19 @@ impl Draft {
 #[component]
 pub fn NewNetworkPage() -> impl IntoView {
     let accounts = Resource::new(|| (), |_| list_accounts());
+    if !crate::components::viewer_may(crate::api::Action::CreateNetwork) {
+        return view! {
+            <Title text="New network" />
+            <div class="page-header">
+                <h1>"New network"</h1>
+            </div>
+            <section class="empty-state" id="viewer-cannot-create">
+                <h2>"Viewers can only look"</h2>
+                <p>"Creating a network needs a member or admin role; an admin of your organization can change yours. "<a href="/networks">"Back to networks"</a></p>
+            </section>
+        }
+        .into_any();
+    }
     view! {
         <Title text="New network" />
         <div class="page-header">
@@ -57,6 +70,7 @@ pub fn NewNetworkPage() -> impl IntoView {
             })}
         </Suspense>
     }
+    .into_any()
 }
 
 const TOPOLOGIES: [(TopologyKind, &str, &str); 3] = [
