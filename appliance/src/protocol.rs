@@ -130,13 +130,28 @@ impl KeyScope {
         KeyScope::Pair(a.min(b), a.max(b))
     }
 
-    /// The encryption context's sites value (none for a network key).
-    pub fn sites(self) -> Option<String> {
+    /// The two site ids it serves, in ascending order (a site's own key
+    /// names it twice); none for a network key.
+    pub fn site_ids(self) -> Option<(Uuid, Uuid)> {
         match self {
             KeyScope::Network => None,
-            KeyScope::Site(s) => Some(format!("{s}/{s}")),
-            KeyScope::Pair(a, b) => Some(format!("{}/{}", a.min(b), a.max(b))),
+            KeyScope::Site(s) => Some((s, s)),
+            KeyScope::Pair(a, b) => Some((a.min(b), a.max(b))),
         }
+    }
+
+    /// The scope of what `site_ids` gave.
+    pub fn from_site_ids(low: Uuid, high: Uuid) -> Self {
+        if low == high {
+            KeyScope::Site(low)
+        } else {
+            KeyScope::pair(low, high)
+        }
+    }
+
+    /// The encryption context's sites value (none for a network key).
+    pub fn sites(self) -> Option<String> {
+        self.site_ids().map(|(low, high)| format!("{low}/{high}"))
     }
 }
 

@@ -286,10 +286,7 @@ async fn follow_config(
             tokio::time::sleep(backoff.next_wait()).await;
             continue;
         }
-        let mut data_keys = EpochKeys::default();
-        for ((epoch, scope), (_, dk)) in &keys {
-            data_keys.insert(*epoch, *scope, dk.clone());
-        }
+        let data_keys = epoch_keys(&keys);
         if config.nat_traversal && nat_t.is_none() {
             match NatTSocket::open() {
                 Ok(s) => nat_t = Some(s),
@@ -403,6 +400,15 @@ async fn follow_config(
 /// Decrypted data keys by (epoch, scope), with the ciphertext each came from.
 type DecryptedKeys = BTreeMap<(u32, KeyScope), (String, DataKey)>;
 
+/// The decrypted keys as the kernel and HA code look them up.
+fn epoch_keys(keys: &DecryptedKeys) -> EpochKeys {
+    let mut out = EpochKeys::default();
+    for ((epoch, scope), (_, dk)) in keys {
+        out.insert(*epoch, *scope, dk.clone());
+    }
+    out
+}
+
 /// The first and the longest wait before a config the kernel did not fully
 /// take is applied again.
 const KERNEL_RETRY_BASE: Duration = Duration::from_millis(200);
@@ -411,7 +417,7 @@ const KERNEL_RETRY_MAX: Duration = Duration::from_secs(5);
 /// What a config the kernel holds gives the HA task: its HA settings, the
 /// heartbeat keys of its epochs (newest first) and the remote CIDRs.
 fn ha_inputs_of(config: &DesiredConfig, keys: &DecryptedKeys) -> HaInputs {
-    let site = config.site_id;
+    let (keys, site) = (epoch_keys(keys), config.site_id);
     HaInputs {
         applied: true,
         ha: config.ha.clone(),
@@ -419,9 +425,7 @@ fn ha_inputs_of(config: &DesiredConfig, keys: &DecryptedKeys) -> HaInputs {
             .epochs()
             .into_iter()
             .filter_map(|e| {
-                let (_, dk) = keys
-                    .get(&(e, KeyScope::Site(site)))
-                    .or_else(|| keys.get(&(e, KeyScope::Network)))?;
+                let dk = keys.site(e, site)?;
                 Some((e, heartbeat_key(dk, config.network_id, e, site)))
             })
             .collect(),

@@ -67,15 +67,6 @@ pub async fn generate(
     Ok(EpochMaterial::PerTunnel(keys))
 }
 
-/// The stored (low, high) site pair of a scope (a site names itself twice).
-fn sites_of(scope: KeyScope) -> Option<(Uuid, Uuid)> {
-    match scope {
-        KeyScope::Network => None,
-        KeyScope::Site(s) => Some((s, s)),
-        KeyScope::Pair(a, b) => Some((a.min(b), a.max(b))),
-    }
-}
-
 /// Stores epoch `epoch` as the network's active one, with its material.
 pub async fn insert_epoch(
     conn: &mut PgConnection,
@@ -102,7 +93,7 @@ pub async fn insert_epoch(
     if let EpochMaterial::PerTunnel(keys) = material {
         let (mut lows, mut highs, mut blobs) = (Vec::new(), Vec::new(), Vec::new());
         for (scope, ciphertext) in keys {
-            if let Some((low, high)) = sites_of(*scope) {
+            if let Some((low, high)) = scope.site_ids() {
                 lows.push(low);
                 highs.push(high);
                 blobs.push(ciphertext.clone());
@@ -139,12 +130,9 @@ pub async fn load(
     .await?;
     let mut out: BTreeMap<i32, BTreeMap<KeyScope, Vec<u8>>> = BTreeMap::new();
     for (epoch, low, high, ciphertext) in rows {
-        let scope = if low == high {
-            KeyScope::Site(low)
-        } else {
-            KeyScope::pair(low, high)
-        };
-        out.entry(epoch).or_default().insert(scope, ciphertext);
+        out.entry(epoch)
+            .or_default()
+            .insert(KeyScope::from_site_ids(low, high), ciphertext);
     }
     Ok(out)
 }

@@ -84,10 +84,7 @@ async fn admins_cannot_remove_themselves_nor_users_of_another_organization() {
     let other = app.org_with_admin("Globex", "gil@globex.test").await;
     let hank = app.add_user(other, "hank@globex.test", Role::Member).await;
     let mut ada = app.signed_in("ada@acme.test").await;
-    let ada_id = ada.get("/api/v1/me").await.json()["user_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let ada_id = my_id(&mut ada).await;
     let r = ada
         .json(Method::DELETE, &format!("/api/v1/users/{ada_id}"), None)
         .await;
@@ -109,17 +106,28 @@ async fn admins_cannot_remove_themselves_nor_users_of_another_organization() {
     assert_eq!(me(&mut hank_c).await, StatusCode::OK);
 }
 
+/// The signed-in user's id, as `/api/v1/me` gives it.
+async fn my_id(c: &mut Client) -> String {
+    c.get("/api/v1/me").await.json()["user_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Acme with a second admin, bea: (app, bea's id, ada, bea), both signed in.
+async fn two_admins() -> (TestApp, uuid::Uuid, Client, Client) {
+    let (app, org) = TestApp::acme().await;
+    let bea = app.add_user(org, "bea@acme.test", Role::Admin).await;
+    let ada = app.signed_in("ada@acme.test").await;
+    let bea_c = app.signed_in("bea@acme.test").await;
+    (app, bea, ada, bea_c)
+}
+
 #[tokio::test]
 async fn two_admins_removing_each_other_at_once_leave_one_admin() {
     for _ in 0..5 {
-        let (app, org) = TestApp::acme().await;
-        let bea = app.add_user(org, "bea@acme.test", Role::Admin).await;
-        let mut ada_c = app.signed_in("ada@acme.test").await;
-        let mut bea_c = app.signed_in("bea@acme.test").await;
-        let ada_id = ada_c.get("/api/v1/me").await.json()["user_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let (app, bea, mut ada_c, mut bea_c) = two_admins().await;
+        let ada_id = my_id(&mut ada_c).await;
         let remove_bea = format!("/api/v1/users/{bea}");
         let remove_ada = format!("/api/v1/users/{ada_id}");
         let (a, b) = tokio::join!(
@@ -153,14 +161,8 @@ async fn two_admins_removing_each_other_at_once_leave_one_admin() {
 #[tokio::test]
 async fn two_admins_demoting_each_other_at_once_leave_one_admin() {
     for _ in 0..5 {
-        let (app, org) = TestApp::acme().await;
-        let bea = app.add_user(org, "bea@acme.test", Role::Admin).await;
-        let mut ada_c = app.signed_in("ada@acme.test").await;
-        let mut bea_c = app.signed_in("bea@acme.test").await;
-        let ada_id = ada_c.get("/api/v1/me").await.json()["user_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let (app, bea, mut ada_c, mut bea_c) = two_admins().await;
+        let ada_id = my_id(&mut ada_c).await;
         let bea_id = bea.to_string();
         let (a, b) = tokio::join!(
             ada_c.set_role(&bea_id, "viewer"),
