@@ -14,7 +14,14 @@ use std::sync::Arc;
 #[async_trait::async_trait]
 pub trait Console: Send + Sync {
     async fn viewer(&self) -> Result<Option<Viewer>, ConsoleError>;
-    async fn sign_in(&self, email: &str, password: &str) -> Result<Viewer, ConsoleError>;
+    /// Signs in; `organization` picks one when the email and password
+    /// open several (see [`ConsoleError::ChooseOrganization`]).
+    async fn sign_in(
+        &self,
+        email: &str,
+        password: &str,
+        organization: Option<&str>,
+    ) -> Result<Viewer, ConsoleError>;
     async fn sign_out(&self) -> Result<(), ConsoleError>;
     async fn overview(&self) -> Result<OrgSummary, ConsoleError>;
     async fn list_users(&self) -> Result<Vec<UserSummary>, ConsoleError>;

@@ -16,6 +16,7 @@ use crate::{
 use app::{
     api::{
         AccountSetup, AccountSummary, Action, AuditEntry, ConnectivityCheck, ConsoleError, JobView,
+        OrgChoice,
         KmsKeyChoice, NetworkRequest, NetworkSummary, NewAccount, NewUser, OrgSummary, Plan,
         ProgressEvent, Role, TakeoverView, UserSummary, Viewer, VpcChoice,
     },
@@ -195,6 +196,34 @@ fn viewer(user: &users::UserRecord) -> Viewer {
     }
 }
 
+impl ConsoleSession {
+    /// The users among `candidates` whose password `password_text` is. Each
+    /// candidate costs one hash; no candidate costs one too (a dummy), so an
+    /// unknown email answers as slowly as a wrong password.
+    async fn passwords_open(
+        &self,
+        candidates: &[users::UserRecord],
+        password_text: &str,
+    ) -> Result<Vec<users::UserRecord>, ConsoleError> {
+        if candidates.is_empty() {
+            password::verify(password_text, None)
+                .await
+                .or_internal("verify a password")?;
+            return Ok(Vec::new());
+        }
+        let mut opened = Vec::new();
+        for u in candidates {
+            if password::verify(password_text, Some(u.password_hash.as_str()))
+                .await
+                .or_internal("verify a password")?
+            {
+                opened.push(u.clone());
+            }
+        }
+        Ok(opened)
+    }
+}
+
 #[async_trait::async_trait]
 impl Console for ConsoleSession {
     async fn viewer(&self) -> Result<Option<Viewer>, ConsoleError> {
@@ -206,8 +235,21 @@ impl Console for ConsoleSession {
     }
 
     #[tracing::instrument(skip_all, fields(client_ip = %self.client_ip))]
-    async fn sign_in(&self, email: &str, password_text: &str) -> Result<Viewer, ConsoleError> {
+    async fn sign_in(
+        &self,
+        email: &str,
+        password_text: &str,
+        organization: Option<&str>,
+    ) -> Result<Viewer, ConsoleError> {
         let email = validate::email(email)?;
+        let organization = organization
+            .filter(|o| !o.is_empty())
+            .map(|o| {
+                Uuid::parse_str(o).map_err(|_| {
+                    ConsoleError::invalid("organization", "choose one of the organizations listed")
+                })
+            })
+            .transpose()?;
         if password_text.is_empty() {
             return Err(ConsoleError::invalid("password", "enter your password"));
         }
@@ -216,30 +258,43 @@ impl Console for ConsoleSession {
         }
         let pool = &self.state.pool;
         let attempt = self.reserve_attempt(&email, "sign-in").await?;
-        let user = users::find_by_email(pool, &email)
+        let mut candidates = users::find_by_email(pool, &email)
             .await
             .or_internal("look up a user")?;
-        let ok = password::verify(
-            password_text,
-            user.as_ref().map(|u| u.password_hash.as_str()),
-        )
-        .await
-        .or_internal("verify a password")?;
-        if ok {
+        if let Some(org) = organization {
+            candidates.retain(|u| u.org_id == org);
+        }
+        let opened = self.passwords_open(&candidates, password_text).await?;
+        if !opened.is_empty() {
             rate_limit::succeeded(pool, &email, attempt)
                 .await
                 .or_internal("record a sign-in")?;
         }
-        let user = match (ok, user) {
-            (true, Some(user)) => user,
-            (_, user) => {
-                if let Some(u) = user {
+        let user = match opened.as_slice() {
+            [user] => user.clone(),
+            [] => {
+                for u in &candidates {
                     audit::record(pool, u.org_id, Some(u.id), "sign_in.failed", None)
                         .await
                         .or_internal("audit a failed sign-in")?;
                 }
                 tracing::info!("sign-in refused");
                 return Err(ConsoleError::InvalidCredentials);
+            }
+            several => {
+                let mut organizations: Vec<OrgChoice> = several
+                    .iter()
+                    .map(|u| OrgChoice {
+                        id: u.org_id.to_string(),
+                        name: u.org_name.clone(),
+                    })
+                    .collect();
+                organizations.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+                tracing::info!(
+                    organizations = organizations.len(),
+                    "sign-in needs an organization"
+                );
+                return Err(ConsoleError::ChooseOrganization { organizations });
             }
         };
         self.remember(&user, time::OffsetDateTime::now_utc().unix_timestamp())

@@ -26,13 +26,10 @@ pub async fn ensure_demo_admin(pool: &PgPool, email: &str) -> anyhow::Result<Str
         Some(org) => org,
         None => orgs::create(&mut *tx, DEMO_ORG).await?,
     };
-    match users::find_by_email(&mut *tx, &email).await? {
-        Some(user) if user.org_id == org.id => {
+    match users::find_in_org_by_email(&mut *tx, org.id, &email).await? {
+        Some(user) => {
             users::set_password_hash(&mut *tx, user.id, &hash).await?;
         }
-        Some(_) => anyhow::bail!(
-            "{email} already belongs to another organization; choose another --demo-admin"
-        ),
         None => {
             users::insert(
                 &mut *tx,
@@ -78,7 +75,10 @@ pub async fn seed_demo_network(state: &crate::AppState, email: &str) -> anyhow::
     );
     let pool = &state.pool;
     let email = validate::email(email).map_err(|e| anyhow::anyhow!("demo admin {e}"))?;
-    let admin = users::find_by_email(pool, &email)
+    let org = orgs::find_by_name(pool, DEMO_ORG)
+        .await?
+        .context("the demo organization must exist first")?;
+    let admin = users::find_in_org_by_email(pool, org.id, &email)
         .await?
         .context("the demo admin must exist first")?;
     let admin = users::find(pool, admin.org_id, admin.id)

@@ -7,16 +7,18 @@ pub async fn current_viewer() -> Result<Option<Viewer>, ConsoleError> {
     crate::backend::console()?.viewer().await
 }
 
-/// Signs in with email and password; on success the browser goes to `next`
-/// (a path inside the console) or the dashboard.
+/// Signs in with email and password (and the organization, when they open
+/// several); on success the browser goes to `next` (a path inside the
+/// console) or the dashboard.
 #[server(endpoint = "sign_in")]
 pub async fn sign_in(
     email: String,
     password: String,
     next: Option<String>,
+    organization: Option<String>,
 ) -> Result<(), ConsoleError> {
     crate::backend::console()?
-        .sign_in(&email, &password)
+        .sign_in(&email, &password, organization.as_deref())
         .await?;
     leptos_axum::redirect(&safe_next(next.as_deref()));
     Ok(())

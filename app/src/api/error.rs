@@ -19,6 +19,10 @@ pub enum ConsoleError {
     Forbidden { needs: Role },
     #[error("Email or password is incorrect.")]
     InvalidCredentials,
+    /// The email and password are right in more than one organization:
+    /// sign in again naming one of them (only ones the password opened).
+    #[error("This email and password open more than one organization: choose one.")]
+    ChooseOrganization { organizations: Vec<OrgChoice> },
     #[error("Too many sign-in attempts. Try again in {retry_after_secs} seconds.")]
     RateLimited { retry_after_secs: u64 },
     #[error("{field}: {message}")]
@@ -41,6 +45,13 @@ pub enum ConsoleError {
     /// AWS did not answer; trying again later may work.
     #[error("{message} Try again in a minute.")]
     AwsUnavailable { message: String },
+}
+
+/// An organization a sign-in can open.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgChoice {
+    pub id: String,
+    pub name: String,
 }
 
 fn forbidden_message(needs: Role) -> &'static str {
@@ -71,6 +82,7 @@ impl ConsoleError {
             Self::Unauthenticated => "unauthenticated",
             Self::Forbidden { .. } => "forbidden",
             Self::InvalidCredentials => "invalid_credentials",
+            Self::ChooseOrganization { .. } => "choose_organization",
             Self::RateLimited { .. } => "rate_limited",
             Self::InvalidInput { .. } => "invalid_input",
             Self::NotFound { .. } => "not_found",
@@ -91,7 +103,7 @@ impl ConsoleError {
             Self::RateLimited { .. } => 429,
             Self::InvalidInput { .. } | Self::Request { .. } => 400,
             Self::NotFound { .. } => 404,
-            Self::Conflict { .. } => 409,
+            Self::Conflict { .. } | Self::ChooseOrganization { .. } => 409,
             Self::Internal => 500,
             Self::TooLarge { .. } => 413,
             Self::AwsRefused { .. } => 422,
@@ -125,6 +137,12 @@ mod tests {
             ConsoleError::Unauthenticated,
             ConsoleError::Forbidden { needs: Role::Admin },
             ConsoleError::InvalidCredentials,
+            ConsoleError::ChooseOrganization {
+                organizations: vec![OrgChoice {
+                    id: "o".into(),
+                    name: "O".into(),
+                }],
+            },
             ConsoleError::RateLimited {
                 retry_after_secs: 3,
             },

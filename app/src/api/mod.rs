@@ -18,7 +18,7 @@ pub use accounts::*;
 pub use auth::*;
 pub use cloud::*;
 pub use connectivity::*;
-pub use error::ConsoleError;
+pub use error::{ConsoleError, OrgChoice};
 pub use failover::*;
 pub use networks::*;
 pub use regions::{is_known_region, REGIONS};

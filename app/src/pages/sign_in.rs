@@ -1,4 +1,4 @@
-use crate::api::{current_viewer, SignIn};
+use crate::api::{current_viewer, ConsoleError, OrgChoice, SignIn};
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::{components::Redirect, hooks::use_query_map};
@@ -63,11 +63,49 @@ pub fn SignInPage() -> impl IntoView {
                     {move || {
                         error().map(|e| view! { <p class="field-error" role="alert">{e.to_string()}</p> })
                     }}
+                    {move || match error() {
+                        Some(ConsoleError::ChooseOrganization { organizations }) => {
+                            Some(view! { <OrganizationChoice organizations /> })
+                        }
+                        _ => None,
+                    }}
                     <button type="submit" class="primary" disabled=move || pending.get()>
                         {move || if pending.get() { "Signing in…" } else { "Sign in" }}
                     </button>
                 </ActionForm>
             </section>
         </main>
+    }
+}
+
+/// The organizations the email and password open: pick one and sign in
+/// again (with the same email and password, still in the form).
+#[component]
+fn OrganizationChoice(organizations: Vec<OrgChoice>) -> impl IntoView {
+    let first = organizations.first().map(|o| o.id.clone());
+    view! {
+        <fieldset class="choices" id="organization-choice">
+            <legend>"Organization"</legend>
+            {organizations
+                .into_iter()
+                .map(|o| {
+                    let id = format!("org-{}", o.id);
+                    let label_for = id.clone();
+                    let checked = first.as_deref() == Some(o.id.as_str());
+                    view! {
+                        <label class="choice" for=label_for>
+                            <input
+                                type="radio"
+                                id=id
+                                name="organization"
+                                value=o.id
+                                checked=checked
+                            />
+                            {o.name}
+                        </label>
+                    }
+                })
+                .collect_view()}
+        </fieldset>
     }
 }

@@ -65,6 +65,8 @@ pub enum GuestError {
     Boot(Duration, String),
     #[error("the guest's command channel: {0}")]
     Channel(std::io::Error),
+    #[error("the guest did not answer within {0:?} (its own limit, plus 5 s) to: {1}")]
+    NoAnswer(Duration, String),
     #[error("the guest answered something that is not an output: {0}")]
     Answer(String),
     #[error("{0}")]
@@ -110,7 +112,16 @@ async fn handle(
             },
             Err(e) => failed(format!("lab guest: forwarding in {}: {e}", f.netns)),
         },
-        None => run_script(&req.script, n, dir, Duration::from_secs(req.timeout_secs)).await,
+        None => {
+            let started = std::time::Instant::now();
+            let out = run_script(&req.script, n, dir, Duration::from_secs(req.timeout_secs)).await;
+            // A command that outlives the host's patience shows here (and
+            // whether the guest ran it at all).
+            if started.elapsed() > Duration::from_secs(10) {
+                tracing::warn!(n, took = ?started.elapsed(), rc = out.rc, script = %req.script.chars().take(120).collect::<String>(), "lab guest: a slow command");
+            }
+            out
+        }
     };
     let mut text = serde_json::to_string(&out)?;
     text.push('\n');
@@ -367,7 +378,13 @@ poweroff -f
             reader.read_line(&mut line),
         )
         .await
-        .map_err(|_| GuestError::Channel(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(|_| {
+            let what = match &request.forward {
+                Some(f) => format!("forward in {}", f.netns),
+                None => request.script.chars().take(160).collect(),
+            };
+            GuestError::NoAnswer(timeout + Duration::from_secs(5), what)
+        })?
         .map_err(GuestError::Channel)?;
         serde_json::from_str(&line)
             .map_err(|_| GuestError::Answer(line.chars().take(200).collect()))

@@ -114,13 +114,17 @@ fn rejection_error(rejection: JsonRejection) -> ConsoleError {
 struct SignInBody {
     email: String,
     password: String,
+    /// Needed only when the email and password open several organizations.
+    organization: Option<String>,
 }
 
 async fn sign_in(
     console: ConsoleSession,
     ApiJson(body): ApiJson<SignInBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(console.sign_in(&body.email, &body.password).await?))
+    Ok(Json(console
+        .sign_in(&body.email, &body.password, body.organization.as_deref())
+        .await?))
 }
 
 async fn sign_out(console: ConsoleSession) -> Result<impl IntoResponse, ApiError> {

@@ -38,8 +38,12 @@ impl IntoResponse for ApiErrorWithStatus {
         let ApiErrorWithStatus(error, status) = self;
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut body = json!({ "error": { "code": error.code(), "message": error.to_string() } });
-        if let ConsoleError::InvalidInput { field, .. } = &error {
-            body["error"]["field"] = json!(field);
+        match &error {
+            ConsoleError::InvalidInput { field, .. } => body["error"]["field"] = json!(field),
+            ConsoleError::ChooseOrganization { organizations } => {
+                body["error"]["organizations"] = json!(organizations)
+            }
+            _ => {}
         }
         let mut res = (status, Json(body)).into_response();
         if let ConsoleError::RateLimited { retry_after_secs } = error {

@@ -51,12 +51,35 @@ fn from_row(row: sqlx::postgres::PgRow) -> Result<UserRecord, sqlx::Error> {
     })
 }
 
-/// Looks a user up by email, across organizations: only sign-in does this.
+/// How many organizations' users sign-in checks for one email at most (the
+/// oldest first): each costs a password hash.
+pub const SIGN_IN_CANDIDATES: i64 = 8;
+
+/// The users with `email`, across organizations (at most
+/// [`SIGN_IN_CANDIDATES`], the oldest first): only sign-in does this.
 pub async fn find_by_email(
     db: impl PgExecutor<'_>,
     email: &str,
+) -> Result<Vec<UserRecord>, sqlx::Error> {
+    sqlx::query(&format!(
+        "{SELECT} WHERE u.email = $1 ORDER BY u.created_at, u.id LIMIT {SIGN_IN_CANDIDATES}"
+    ))
+    .bind(email)
+    .fetch_all(db)
+    .await?
+    .into_iter()
+    .map(from_row)
+    .collect()
+}
+
+/// The user with `email` in `org_id`.
+pub async fn find_in_org_by_email(
+    db: impl PgExecutor<'_>,
+    org_id: Uuid,
+    email: &str,
 ) -> Result<Option<UserRecord>, sqlx::Error> {
-    sqlx::query(&format!("{SELECT} WHERE u.email = $1"))
+    sqlx::query(&format!("{SELECT} WHERE u.org_id = $1 AND u.email = $2"))
+        .bind(org_id)
         .bind(email)
         .fetch_optional(db)
         .await?
@@ -98,7 +121,7 @@ pub struct NewUserRow<'a> {
     pub password_hash: &'a str,
 }
 
-/// Inserts a user; `Ok(None)` when the email is already taken.
+/// Inserts a user; `Ok(None)` when the organization has the email already.
 pub async fn insert(
     db: impl PgExecutor<'_>,
     new: NewUserRow<'_>,
@@ -106,7 +129,7 @@ pub async fn insert(
     let id = Uuid::new_v4();
     let inserted = sqlx::query(
         "INSERT INTO users (id, org_id, email, name, role, password_hash)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (email) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (org_id, email) DO NOTHING",
     )
     .bind(id)
     .bind(new.org_id)

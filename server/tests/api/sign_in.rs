@@ -262,3 +262,117 @@ async fn a_session_ends_at_its_absolute_lifetime_however_busy() {
     assert!(ended >= Duration::from_millis(900), "{ended:?}");
     assert_eq!(app.session_rows().await, 0, "the expired session is gone");
 }
+
+/// One person, two organizations: an admin adding an email that another
+/// organization has learns nothing; sign-in opens the organization whose
+/// password it is, and asks which when the password opens several.
+#[tokio::test]
+async fn an_email_in_two_organizations_leaks_nothing_and_signs_in_where_the_password_opens() {
+    let (app, acme) = TestApp::acme().await;
+    let globex = app.org_with_admin("Globex", "gus@globex.test").await;
+    let initech = app.org_with_admin("Initech", "bill@initech.test").await;
+    let mut gus = app.signed_in("gus@globex.test").await;
+    let mut ada_acme = app.signed_in("ada@acme.test").await;
+    let own = "a different long passphrase";
+    let add = |email: &str, password: &str| {
+        json!({ "email": email, "name": "Someone", "role": "member", "password": password })
+    };
+
+    // Acme has ada@acme.test: Globex may add her too, and is told nothing.
+    let r = gus
+        .json(Method::POST, "/api/v1/users", Some(add("ada@acme.test", own)))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let r = gus
+        .json(Method::POST, "/api/v1/users", Some(add("ada@acme.test", own)))
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "twice in one organization");
+    // Each password opens its own organization.
+    for (password, org) in [(PASSWORD, "Acme"), (own, "Globex")] {
+        let mut c = app.client();
+        let r = c.sign_in("ada@acme.test", password).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(c.get("/api/v1/me").await.json()["org_name"], org);
+    }
+
+    // The same password in both: sign-in asks which, and opens nothing yet.
+    let shared = "ana@shared.test";
+    for admin in [&mut gus, &mut ada_acme] {
+        let r = admin
+            .json(Method::POST, "/api/v1/users", Some(add(shared, PASSWORD)))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    }
+    let mut c = app.client();
+    let r = c.sign_in(shared, PASSWORD).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert_eq!(r.error_code(), "choose_organization");
+    assert_eq!(
+        r.json()["error"]["organizations"],
+        json!([
+            { "id": acme.to_string(), "name": "Acme" },
+            { "id": globex.to_string(), "name": "Globex" },
+        ])
+    );
+    assert!(r.header("set-cookie").is_none() && c.cookie.is_none());
+    let at = |org: &str| {
+        let mut c = app.client();
+        let body = json!({ "email": shared, "password": PASSWORD, "organization": org });
+        async move {
+            let r = c.json(Method::POST, "/api/v1/session", Some(body)).await;
+            let me = c.get("/api/v1/me").await;
+            (r, me)
+        }
+    };
+    let (r, me) = at(&globex.to_string()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(me.json()["org_name"], "Globex");
+    // An organization she is not in reads as a wrong password; a malformed
+    // one names the field.
+    let (r, _) = at(&initech.to_string()).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.error_code(), "invalid_credentials");
+    let (r, _) = at("not an id").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["error"]["field"], "organization");
+
+    // A wrong password is logged as a failure in each organization.
+    let r = app.client().sign_in(shared, "not her password at all").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(DISTINCT a.org_id) FROM audit_events a JOIN users u ON u.id = a.actor_id
+              WHERE a.action = 'sign_in.failed' AND u.email = '{shared}'"
+        ))
+        .await,
+        2
+    );
+
+    // Without JavaScript the form comes back with the choice to make.
+    let mut c = app.client();
+    let r = c.form_sign_in(shared, PASSWORD, "").await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    let location = r.header("location").expect("back to the form").to_string();
+    let back = location
+        .strip_prefix(crate::support::ORIGIN)
+        .expect("same site");
+    let page = c.page(back).await.text();
+    assert!(page.contains("open more than one organization"), "{page}");
+    assert!(
+        page.contains(&format!("value=\"{acme}\"")) && page.contains(&format!("value=\"{globex}\"")),
+        "the page offers both organizations"
+    );
+    let r = c
+        .form(
+            "/api/sign_in",
+            &[
+                ("email", shared),
+                ("password", PASSWORD),
+                ("next", ""),
+                ("organization", &acme.to_string()),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    assert_eq!(c.get("/api/v1/me").await.json()["org_name"], "Acme");
+}

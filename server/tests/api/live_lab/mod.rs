@@ -112,10 +112,36 @@ impl LiveLab {
     }
 
     pub async fn sh(&self, script: &str) -> Output {
-        self.lab()
-            .exec(script, Duration::from_secs(120))
-            .await
-            .expect("the guest runs the script")
+        match self.lab().exec(script, Duration::from_secs(120)).await {
+            Ok(out) => out,
+            Err(e) => panic!("the guest runs the script: {e}\n{}", self.host_logs()),
+        }
+    }
+
+    /// The tail of `path`'s last `n` lines (nothing if it is not there).
+    fn tail(path: &std::path::Path, n: usize) -> String {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(n).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    /// What the lab's files say, read on this side (so they come even
+    /// when the guest no longer answers): the guest's kernel console and
+    /// command log, and every instance's logs.
+    fn host_logs(&self) -> String {
+        let dir = &self.lab().dir;
+        let mut s = format!(
+            "lab error: {:?}\n--- guest console.log\n{}\n--- guest.log\n{}\n",
+            self.lab().last_error(),
+            Self::tail(&dir.join("console.log"), 30),
+            Self::tail(&dir.join("guest.log"), 30),
+        );
+        for (id, dir) in self.lab().instances() {
+            for f in ["console.log", "agent.log", "forward.log"] {
+                s += &format!("--- {id} {f}\n{}\n", Self::tail(&dir.join(f), 15));
+            }
+        }
+        s
     }
 
     /// The test host of `vpc` (its primary CIDR), once the lab has it.
@@ -180,22 +206,7 @@ impl LiveLab {
         let diag = self
             .sh(r#"for n in $(ip netns list | cut -d' ' -f1); do echo "=== $n"; ip -n $n -br addr; ip -n $n rule | grep -v 'from all lookup'; ip -n $n route show table all | grep -v 'table local\|^local\|broadcast\|fe80\|ff00\|::'; ip -n $n xfrm policy | grep -c 'dir' ; ip -n $n -s xfrm state | grep -E 'src|spi|lifetime current' -A0 | head -30; tc -n $n -s filter show dev wan0 ingress 2>/dev/null | grep -E 'nat|Sent'; tc -n $n -s filter show dev wan0 egress 2>/dev/null | grep -E 'nat|Sent'; done"#)
             .await;
-        let mut s = format!(
-            "lab error: {:?}\nguest:\n{}\n",
-            self.lab().last_error(),
-            diag.stdout
-        );
-        for (id, dir) in self.lab().instances() {
-            for f in ["console.log", "agent.log", "forward.log"] {
-                let text = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                s += &format!(
-                    "--- {id} {f}\n{}\n",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
-        }
-        s
+        format!("guest:\n{}\n{}", diag.stdout, self.host_logs())
     }
 
     /// Starts a capture of everything on the WAN into `name` (in the lab
