@@ -31,6 +31,8 @@ pub mod route;
 #[cfg(feature = "routes")]
 pub mod route_owner;
 #[cfg(feature = "agent")]
+pub mod state_file;
+#[cfg(feature = "agent")]
 pub mod sync;
 #[cfg(feature = "agent")]
 pub mod vpc_routes;

@@ -12,7 +12,9 @@
 //!   only if it has heard the partner since it became passive ("armed"):
 //!   a member that lost the address while the heartbeat path between the
 //!   two is cut does not take it back (no flapping, no fail-back). The
-//!   server's takeover request is the way out of that state.
+//!   server's takeover request is the way out of that state. An agent that
+//!   restarts while armed stays armed (see `resume_armed`): a partner that
+//!   dies while this member's agent restarts is still failed over.
 //! - While its partner is silent, an active member asks EC2 every interval
 //!   whether it still holds the address, so two members never both believe
 //!   they are active for longer than about one interval plus one EC2 call.
@@ -21,6 +23,9 @@
 //!   and never from a partner heard active.
 //! - A member given a spot notice while active asks its partner (in its
 //!   heartbeats) to take over, and yields once the partner is active.
+//! - An active member whose agent restarts says so in its last beats; its
+//!   kernel forwards on meanwhile, so its partner holds its silence for
+//!   `RESTART_GRACE` (a restart that never comes back is still failed over).
 
 use crate::protocol::{HaReason, HaRole, Member};
 use std::time::{Duration, Instant};
@@ -31,6 +36,10 @@ pub const CLAIM_GRACE: Duration = Duration::from_secs(3);
 /// a change (drift: an address moved by hand, a partner gone without a
 /// word while this member was not armed).
 pub const CHECK_EVERY: Duration = Duration::from_secs(10);
+/// A partner whose agent said it restarts may be silent this long (systemd
+/// starts it again 2 s later; it fetches its config and beats again),
+/// while its kernel forwards on: less than the server's backstop (25 s).
+pub const RESTART_GRACE: Duration = Duration::from_secs(20);
 /// After a failed takeover, the next attempt waits this long.
 pub const RETRY_AFTER: Duration = Duration::from_millis(500);
 
@@ -85,6 +94,8 @@ pub struct Pair {
     partner_active: bool,
     partner_handover: bool,
     armed: bool,
+    /// Armed before this agent restarted (see `resume_armed`).
+    resumed_armed: bool,
     ready: bool,
     leaving: bool,
     take_over_done: Option<u64>,
@@ -93,6 +104,9 @@ pub struct Pair {
     next_check: Instant,
     /// While the partner is silent, an active member checks this often.
     next_fast_check: Instant,
+    /// The partner's agent said it restarts: its silence until then is
+    /// no failure.
+    partner_restarting_until: Option<Instant>,
     /// A beat came since the last check it prompted.
     beat_unchecked: bool,
     not_before: Instant,
@@ -117,6 +131,7 @@ impl Pair {
             partner_active: false,
             partner_handover: false,
             armed: false,
+            resumed_armed: false,
             ready: false,
             leaving: false,
             take_over_done: None,
@@ -124,6 +139,7 @@ impl Pair {
             pending: None,
             next_check: now,
             next_fast_check: now,
+            partner_restarting_until: None,
             beat_unchecked: false,
             not_before: now,
             quiet_until: None,
@@ -157,6 +173,17 @@ impl Pair {
         self.interval
     }
 
+    /// This member was armed when its agent last stopped, moments ago (its
+    /// state file says so): once its config names the partner it is armed
+    /// again, and the partner's silence counts from then, so the partner
+    /// gets one dead time to be heard. Without this, a partner that dies
+    /// while this agent restarts is never failed over (this member never
+    /// hears it, so never arms), and only the server's backstop saves the
+    /// site.
+    pub fn resume_armed(&mut self) {
+        self.resumed_armed = true;
+    }
+
     /// A config was applied: this member forwards now. `ha` is None when
     /// the server sends no HA config (static roles: member A active).
     pub fn configure(&mut self, ha: Option<Settings>, now: Instant) {
@@ -167,6 +194,7 @@ impl Pair {
         self.ready = true;
         match ha {
             None => {
+                self.resumed_armed = false;
                 self.legacy = true;
                 self.partner_known = false;
             }
@@ -179,9 +207,14 @@ impl Pair {
                 self.legacy = false;
                 self.interval = interval;
                 self.dead_after = dead_after;
+                // Only the first config after the restart can resume.
+                let resumed = std::mem::take(&mut self.resumed_armed);
                 if !partner_known {
                     self.last_heard = None;
                     self.armed = false;
+                } else if resumed {
+                    self.armed = true;
+                    self.last_heard = self.last_heard.or(Some(now));
                 }
                 self.partner_known = partner_known;
                 self.requested = take_over;
@@ -197,7 +230,9 @@ impl Pair {
     }
 
     fn silent(&self, now: Instant) -> bool {
-        if self.quiet_until.is_some_and(|q| now < q) {
+        if self.quiet_until.is_some_and(|q| now < q)
+            || self.partner_restarting_until.is_some_and(|u| now < u)
+        {
             return false;
         }
         self.last_heard
@@ -226,11 +261,19 @@ impl Pair {
         self.last_heard = Some(now);
         self.partner_active = active;
         self.partner_handover = handover;
+        self.partner_restarting_until = None;
         self.beat_unchecked = true;
         if self.role == HaRole::Passive {
             self.armed = true;
         }
         self.next(now)
+    }
+
+    /// The partner's last beat said its agent restarts (after `on_beat`):
+    /// its silence counts only after [`RESTART_GRACE`]; its next beat, from
+    /// the new process, ends the grace.
+    pub fn on_partner_restarting(&mut self, now: Instant) {
+        self.partner_restarting_until = Some(now + RESTART_GRACE);
     }
 
     /// A spot interruption notice for this instance.

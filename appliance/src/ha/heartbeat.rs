@@ -30,6 +30,8 @@ pub const MAX_SKEW: Duration = Duration::from_secs(2);
 
 const FLAG_ACTIVE: u8 = 1;
 const FLAG_HANDOVER: u8 = 2;
+/// Agents before this flag ignore it (they judge the silence as before).
+const FLAG_RESTARTING: u8 = 4;
 
 /// What one member tells the other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +48,10 @@ pub struct Beat {
     /// The sender is leaving (a spot interruption notice) and asks the
     /// receiver to take over now.
     pub handover: bool,
+    /// The sender's agent is stopping to start again (`systemctl restart`,
+    /// an upgrade) while its kernel keeps forwarding: its silence for a
+    /// moment is no failure.
+    pub restarting: bool,
 }
 
 /// Why a datagram was not taken as the partner's heartbeat.
@@ -84,7 +90,8 @@ impl Beat {
         b[0..4].copy_from_slice(MAGIC);
         b[4] = VERSION;
         b[5] = (if self.active { FLAG_ACTIVE } else { 0 })
-            | (if self.handover { FLAG_HANDOVER } else { 0 });
+            | (if self.handover { FLAG_HANDOVER } else { 0 })
+            | (if self.restarting { FLAG_RESTARTING } else { 0 });
         b[6] = self.member.index() as u8;
         b[8..12].copy_from_slice(&self.epoch.to_be_bytes());
         b[12..28].copy_from_slice(self.site.as_bytes());
@@ -176,6 +183,7 @@ impl Receiver {
             unix_ms,
             active: flags & FLAG_ACTIVE != 0,
             handover: flags & FLAG_HANDOVER != 0,
+            restarting: flags & FLAG_RESTARTING != 0,
         })
     }
 }
@@ -213,6 +221,7 @@ mod tests {
             unix_ms: NOW + seq,
             active: true,
             handover: false,
+            restarting: false,
         }
     }
 
@@ -227,6 +236,11 @@ mod tests {
         b.handover = true;
         let got = receiver().accept(&b.encode(&k), NOW, |e| (e == 3).then_some(&k));
         assert_eq!(got, Ok(b));
+        let mut b = beat(2);
+        b.restarting = true;
+        let got = receiver().accept(&b.encode(&k), NOW, |e| (e == 3).then_some(&k));
+        assert_eq!(got, Ok(b));
+        assert_eq!(b.encode(&k)[5], FLAG_ACTIVE | FLAG_RESTARTING);
     }
 
     #[test]
@@ -240,6 +254,10 @@ mod tests {
         // One flipped flag bit: "active" turned off, a handover turned on.
         let mut bytes = beat(1).encode(&k);
         bytes[5] ^= FLAG_HANDOVER;
+        assert_eq!(r.accept(&bytes, NOW, |_| Some(&k)), Err(BeatError::Mac));
+        // A forged "restarting" (it would hold a failover off).
+        let mut bytes = beat(1).encode(&k);
+        bytes[5] |= FLAG_RESTARTING;
         assert_eq!(r.accept(&bytes, NOW, |_| Some(&k)), Err(BeatError::Mac));
         assert_eq!(
             r.accept(&bytes[..40], NOW, |_| Some(&k)),

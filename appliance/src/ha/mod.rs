@@ -1,9 +1,11 @@
 //! The site's HA pair: heartbeats between the two members
 //! (`heartbeat`), who is active (`decide`), and the task that runs both
-//! against the kernel, EC2 and IMDS (`run`).
+//! against the kernel, EC2 and IMDS (`run`), and what a member remembers
+//! across a restart (`remembered`).
 
 pub mod decide;
 pub mod heartbeat;
+pub mod remembered;
 pub mod routes;
 pub mod run;
 

@@ -7,6 +7,7 @@
 
 use super::decide::{Action, Holder, Pair, Settings};
 use super::heartbeat::{Beat, Receiver, BEAT_LEN};
+use super::remembered;
 use super::routes::{forwarding_on, RouteOwner};
 use crate::address::{SiteAddress, TakeOver};
 use crate::dataplane::HeartbeatKey;
@@ -16,6 +17,7 @@ use crate::sync::Identity;
 use crate::vpc_routes::RemoteCidrs;
 use rand::RngCore;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::UdpSocket;
@@ -81,6 +83,8 @@ pub struct HaTask {
     pub routes_recheck: Duration,
     /// The heartbeat port (tests on one host use others).
     pub port: u16,
+    /// Where this member remembers that it was armed (see `remembered`).
+    pub state_dir: PathBuf,
 }
 
 /// What an EC2 call beside the loop came back with.
@@ -119,6 +123,7 @@ impl HaTask {
             imds,
             routes_recheck,
             port,
+            state_dir,
         } = self;
         if allocation_id.is_none() {
             tracing::error!("this site's bootstrap file names no Elastic IP allocation; member A stays active and B passive, with no failover");
@@ -152,6 +157,13 @@ impl HaTask {
         };
 
         let mut pair = Pair::new(member, Instant::now());
+        if let Some(age) = remembered::load(&state_dir, site_id, member, unix_ms()) {
+            tracing::info!(heard_ms_before = age.as_millis() as u64, "armed before this restart: the partner's silence will still mean a failover");
+            pair.resume_armed();
+        }
+        let mut mark_refreshed: Option<Instant> = None;
+        // The partner's last real beat (a resumed arming is no beat).
+        let mut beat_at: Option<Instant> = None;
         let mut receiver = Receiver::new(site_id, member);
         let mut boot = [0u8; 16];
         rand::rng().fill_bytes(&mut boot);
@@ -196,6 +208,7 @@ impl HaTask {
                         while let Ok((n, from)) = s.try_recv_from(&mut buf) {
                             let n = n.min(BEAT_LEN + 1);
                             if let Some(b) = check_beat(&mut receiver, &current, &buf[..n], from, &mut refused) {
+                                beat_at = Some(now);
                                 first = first.or(pair.on_beat(now, b.active, b.handover));
                             }
                         }
@@ -205,7 +218,10 @@ impl HaTask {
                 got = recv(socket.as_ref(), &mut buf) => {
                     match got {
                         Ok((n, from)) => match check_beat(&mut receiver, &current, &buf[..n], from, &mut refused) {
-                            Some(b) => pair.on_beat(Instant::now(), b.active, b.handover),
+                            Some(b) => {
+                                beat_at = Some(Instant::now());
+                                pair.on_beat(Instant::now(), b.active, b.handover)
+                            }
                             None => None,
                         },
                         Err(e) => {
@@ -275,6 +291,22 @@ impl HaTask {
                 armed = pair.armed();
                 if armed {
                     tracing::info!("armed: the partner's heartbeats are heard, and their silence will mean a failover");
+                } else {
+                    mark_refreshed = None;
+                    if let Err(e) = remembered::clear(&state_dir) {
+                        tracing::warn!(error = %e, "cannot remove the HA mark");
+                    }
+                }
+            }
+            // While armed and hearing the partner, remember it (a restart
+            // then stays armed).
+            if armed
+                && beat_at.is_some_and(|t| t.elapsed() <= pair.interval() * 3)
+                && mark_refreshed.is_none_or(|t| t.elapsed() >= remembered::REFRESH_EVERY)
+            {
+                mark_refreshed = Some(Instant::now());
+                if let Err(e) = remembered::save(&state_dir, site_id, member, unix_ms()) {
+                    tracing::warn!(error = %e, "cannot write the HA mark; a restart would start unarmed");
                 }
             }
             if beat_now {

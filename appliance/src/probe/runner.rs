@@ -8,7 +8,7 @@ use super::echo;
 use crate::protocol::{ConnectivityProbe, DesiredConfig, ProbeReport};
 use crate::sync::{ControlPlane, SyncError};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -158,18 +158,8 @@ impl LastProbe {
     }
 
     fn save(&self, id: Uuid) -> std::io::Result<()> {
-        write_atomically(&self.dir, Self::FILE, id.to_string().as_bytes())
+        crate::state_file::write_atomically(&self.dir, Self::FILE, id.to_string().as_bytes())
     }
-}
-
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(tmp, dir.join(name))
 }
 
 #[cfg(test)]

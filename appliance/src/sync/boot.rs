@@ -143,19 +143,8 @@ impl StoredCredential {
     }
 
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join("credential.json.tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        std::fs::rename(tmp, dir.join(Self::FILE))
+        let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        crate::state_file::write_atomically(dir, Self::FILE, &bytes)
     }
 }
 

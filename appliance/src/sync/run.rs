@@ -78,6 +78,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 imds: Some(crate::imds::Imds::new(args.imds_url.clone())),
                 routes_recheck: ROUTES_RECHECK,
                 port: HaTask::default_port(),
+                state_dir: args.state_dir.clone(),
             };
             ha_task = Some(tokio::spawn(task.run(
                 ha_inputs_rx.clone(),

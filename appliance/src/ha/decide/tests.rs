@@ -144,6 +144,88 @@ fn a_passive_that_never_heard_its_partner_does_not_take_over_on_silence() {
     assert_eq!(b.role(), HaRole::Passive);
 }
 
+/// A member restarted from an armed state: configured, asked EC2.
+fn resumed(me: Member, holder: Holder) -> (Pair, Instant) {
+    let t0 = Instant::now();
+    let mut p = Pair::new(me, t0);
+    p.resume_armed();
+    p.configure(Some(settings(true, None)), t0);
+    assert_eq!(p.next(t0), Some(Action::CheckHolder), "EC2 first");
+    assert_eq!(p.on_holder(t0, Some(holder)), None);
+    (p, t0)
+}
+
+#[test]
+fn a_member_restarted_while_armed_fails_over_a_partner_that_died_meanwhile() {
+    let (mut b, t0) = resumed(Member::B, Holder::Partner);
+    assert!(b.armed(), "armed again without a beat");
+    // The partner gets one dead time to be heard...
+    assert_eq!(b.next(t0 + 300 * MS), None);
+    // ...then its silence is a failover.
+    assert_eq!(
+        b.next(t0 + 301 * MS),
+        Some(Action::TakeOver(HaReason::PartnerSilent))
+    );
+}
+
+#[test]
+fn a_member_restarted_while_armed_stays_passive_while_its_partner_beats() {
+    let (mut b, t0) = resumed(Member::B, Holder::Partner);
+    for i in 1..30 {
+        let t = t0 + i * 100 * MS;
+        assert_eq!(b.on_beat(t, true, false), None, "at {i}");
+        assert_eq!(b.next(t), None, "at {i}");
+    }
+    assert_eq!((b.role(), b.reason()), (HaRole::Passive, HaReason::PartnerActive));
+}
+
+#[test]
+fn a_remembered_arming_needs_a_known_partner_and_counts_once() {
+    // The config does not name the partner yet: nothing to arm for.
+    let t0 = Instant::now();
+    let mut b = Pair::new(Member::B, t0);
+    b.resume_armed();
+    b.configure(Some(settings(false, None)), t0);
+    assert_eq!(b.next(t0), Some(Action::CheckHolder));
+    let _ = b.on_holder(t0, Some(Holder::Partner));
+    assert!(!b.armed());
+    // The memory was of the restart, not of every later config.
+    b.configure(Some(settings(true, None)), t0 + 100 * MS);
+    assert!(!b.armed(), "a later config does not arm it");
+    // And a member that finds the address on itself is simply active.
+    let (a, _) = resumed(Member::A, Holder::Me);
+    assert_eq!((a.role(), a.armed()), (HaRole::Active, false));
+}
+
+#[test]
+fn a_partner_whose_agent_restarts_may_be_silent_for_the_grace_and_no_longer() {
+    let (mut b, t0) = started(Member::B, Holder::Partner);
+    let t = t0 + 100 * MS;
+    assert_eq!(b.on_beat(t, true, false), None);
+    b.on_partner_restarting(t);
+    // Silent far beyond the dead time: no failover while it restarts.
+    for i in 1..(RESTART_GRACE.as_millis() as u32 / 100) {
+        assert_eq!(b.next(t + i * 100 * MS), None, "at {i}");
+    }
+    // A restart that never came back.
+    assert_eq!(
+        b.next(t + RESTART_GRACE + MS),
+        Some(Action::TakeOver(HaReason::PartnerSilent))
+    );
+
+    // The new process beats (passive while it asks EC2): the grace is
+    // over, and its silence counts as usual again.
+    let (mut b, t0) = started(Member::B, Holder::Partner);
+    b.on_partner_restarting(t0);
+    let back = t0 + 3000 * MS;
+    assert_eq!(b.on_beat(back, false, false), None);
+    assert_eq!(b.next(back + 300 * MS), None);
+    assert_eq!(
+        b.next(back + 301 * MS),
+        Some(Action::TakeOver(HaReason::PartnerSilent))
+    );
+}
+
 #[test]
 fn split_brain_the_demoted_member_stays_passive_while_the_path_is_cut() {
     // A active, B passive, both hear each other; then the path is cut.

@@ -363,6 +363,23 @@ struct Trial {
     moved: Duration,
 }
 
+/// A script that kills the agent of instance `id` (and fails if none ran):
+/// the guest's instances share one PID namespace, so only the agent in
+/// this instance's network namespace is killed.
+fn kill_agent(id: &str) -> String {
+    format!("k=0; for p in $(pidof vpcmesh-agent); do if [ \"$(ip netns identify $p)\" = {id} ]; then kill -9 $p; k=1; fi; done; [ $k = 1 ]")
+}
+
+/// Whether the passive's agent is down (restarting) when the active dies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Passive {
+    Running,
+    /// Its agent is killed just before; the instance's init starts it
+    /// again (`Restart=always`, 2 s later), and it never hears its
+    /// partner alive again.
+    Restarting,
+}
+
 /// Kills `active`'s agent and takes its interface down while `hosts` ping
 /// at 100/s; waits until moto shows the site on `passive`.
 async fn kill_the_active(
@@ -370,19 +387,21 @@ async fn kill_the_active(
     c: &Customer,
     (east, west): (&Host, &Host),
     west_vpc: &str,
-    active: &Instance,
-    passive: &Instance,
+    (active, passive): (&Instance, &Instance),
+    passive_then: Passive,
 ) -> Trial {
     let pings = Pings::open(lab, "kill", east, west).await;
     let killed = Instant::now();
-    // The guest's instances share one PID namespace: only the agent in
-    // this instance's network namespace is killed.
+    if passive_then == Passive::Restarting {
+        in_instance(lab, &passive.id, &kill_agent(&passive.id)).await;
+    }
     in_instance(
         lab,
         &active.id,
         &format!(
-            "ip route show default > {}.default-route; ip link set eth0 down; k=0; for p in $(pidof vpcmesh-agent); do if [ \"$(ip netns identify $p)\" = {} ]; then kill -9 $p; k=1; fi; done; [ $k = 1 ]",
-            active.id, active.id
+            "ip route show default > {}.default-route; ip link set eth0 down; {}",
+            active.id,
+            kill_agent(&active.id)
         ),
     )
     .await;
@@ -479,7 +498,15 @@ async fn failover_benchmark() {
     let mut moves = Vec::new();
     for _ in 1..=trials {
         let before = armed_count(&lab, &active.id);
-        let t = kill_the_active(&lab, c, (&east, &west), &west_vpc, &active, &passive).await;
+        let t = kill_the_active(
+            &lab,
+            c,
+            (&east, &west),
+            &west_vpc,
+            (&active, &passive),
+            Passive::Running,
+        )
+        .await;
         outages.push(t.pings.outage_ms());
         moves.push(t.moved.as_millis() as u64);
         // The killed member comes back (its agent restarted by systemd,
@@ -561,17 +588,29 @@ async fn an_ha_pair_fails_over_when_its_active_dies_is_cut_off_or_is_interrupted
     server::failover::monitor::spawn(w.app.state.clone());
     let c = &w.customer;
 
-    // 1. The west's active dies: its agent is killed and its interface
-    //    goes down. The passive takes over, with the address and routes.
+    // 1. The west's active dies (its agent is killed and its interface
+    //    goes down) while the passive's agent restarts: the restarted
+    //    passive never hears its partner alive, yet it was armed moments
+    //    before, so it takes over, with the address and routes.
     let kill = kill_the_active(
         &lab,
         c,
         (&east, &west),
         &west_vpc,
-        &west_active,
-        &west_passive,
+        (&west_active, &west_passive),
+        Passive::Restarting,
     )
     .await;
+    let log = lab
+        .lab()
+        .instances()
+        .get(&west_passive.id)
+        .and_then(|d| std::fs::read_to_string(d.join("agent.log")).ok())
+        .unwrap_or_default();
+    assert!(
+        log.contains("armed before this restart"),
+        "the passive restarted armed:\n{log}"
+    );
     // The partner decided by itself (no one asked), on its partner's
     // silence, well before the server's backstop would act (25 s). How
     // short the outage is, is the benchmark's to measure: here lab tests
