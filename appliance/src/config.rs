@@ -20,6 +20,9 @@ pub enum Command {
     /// Apply a config file without a control plane (lab, air-gapped sites,
     /// benchmarks) and keep it applied while the file changes.
     Local(LocalArgs),
+    /// Hold an ESP-in-UDP socket (UDP 4500) for the kernel, in a unit of
+    /// its own, so ESP-in-UDP is still received while `run` restarts.
+    HoldNatT,
 }
 
 #[derive(Args, Debug, Clone)]

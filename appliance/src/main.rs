@@ -10,6 +10,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Local(args) => appliance::local::run(args),
+        Command::HoldNatT => appliance::dataplane::nat_t::hold(),
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -25,6 +25,7 @@ readonly agent_url='${AgentUrl}'
 readonly agent_sha256='${AgentSha256}'
 readonly bin=/usr/local/bin/vpcmesh-agent
 readonly unit=/etc/systemd/system/vpcmesh-agent.service
+readonly nat_t_unit=/etc/systemd/system/vpcmesh-nat-t.service
 partial=
 
 log() {
@@ -152,15 +153,61 @@ UNIT
   mv -f "$tmp" "$unit"
 }
 
+# The ESP-in-UDP socket, held by a process of its own while the agent
+# restarts (an upgrade, a crash): the kernel decapsulates UDP 4500 only on
+# such a socket, and the agent's own goes with it. It needs no capability.
+write_nat_t_unit() {
+  local tmp
+  tmp=$(mktemp /etc/systemd/system/.vpcmesh-nat-t.service.XXXXXX)
+  cat >"$tmp" <<'UNIT'
+[Unit]
+Description=vpcmesh ESP-in-UDP socket (UDP 4500), held while the agent restarts
+Before=vpcmesh-agent.service
+
+[Service]
+ExecStart=/usr/local/bin/vpcmesh-agent hold-nat-t
+Restart=always
+RestartSec=1
+UMask=0077
+CapabilityBoundingSet=
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+PrivateMounts=yes
+ProtectProc=invisible
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectKernelTunables=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictAddressFamilies=AF_UNIX AF_INET
+RestrictNamespaces=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+RestrictRealtime=yes
+SystemCallArchitectures=native
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+  chmod 0644 "$tmp"
+  mv -f "$tmp" "$nat_t_unit"
+}
+
 log "setting up the vpcmesh agent for $server_url"
 write_boot_config
 retry "installing the verified agent" install_agent
 write_unit
+write_nat_t_unit
 # No forwarding set here, nor persisted for later boots: the agent turns it
 # on itself once its policies are in, so that after a reboot nothing is
 # forwarded towards remote CIDRs (in clear) before then.
 systemctl daemon-reload
 # --no-block: cloud-init finishes now; the unit becomes active once the
 # agent has registered and applied its first config.
-systemctl enable --now --no-block vpcmesh-agent
+systemctl enable --now --no-block vpcmesh-nat-t vpcmesh-agent
 log "vpcmesh-agent enabled and starting"

@@ -4,7 +4,7 @@
 
 mod desired;
 mod keys;
-mod nat_t;
+pub mod nat_t;
 mod reconcile;
 mod status;
 

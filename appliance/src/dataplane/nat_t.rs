@@ -2,7 +2,10 @@
 //! marked `UDP_ENCAP_ESPINUDP`, so the agent opens and holds one. It is
 //! opened with `SO_REUSEPORT`: a new agent binds next to the old one before
 //! the old one stops, so a restart or upgrade leaves no moment without a
-//! socket (ESP-in-UDP arriving then would be dropped).
+//! socket (ESP-in-UDP arriving then would be dropped). Between a stop and
+//! the next start there is no agent at all: `vpcmesh-agent hold-nat-t`, in
+//! a unit of its own (`vpcmesh-nat-t.service`, which the agent's restarts do
+//! not touch), holds one more socket in the same group for that moment.
 
 use std::io;
 use std::net::UdpSocket;
@@ -68,5 +71,24 @@ impl NatTSocket {
             return Err(io::Error::last_os_error());
         }
         Ok(Self { _socket: socket })
+    }
+}
+
+/// `vpcmesh-agent hold-nat-t`: opens the socket (again every second until
+/// it can) and holds it until the process is stopped. It needs no
+/// capability: binding 4500 and marking the socket take none.
+pub fn hold() -> anyhow::Result<()> {
+    let _socket = loop {
+        match NatTSocket::open() {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, port = NAT_T_PORT, "cannot open the ESP-in-UDP socket; trying again in 1 s");
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
+    };
+    tracing::info!(port = NAT_T_PORT, "holding the ESP-in-UDP socket while the agent restarts");
+    loop {
+        std::thread::park();
     }
 }

@@ -8,6 +8,7 @@
 use super::decide::{Action, Holder, Pair, Settings};
 use super::heartbeat::{Beat, Receiver, BEAT_LEN};
 use super::remembered;
+use super::stopping::{Stopping, HANDOVER_WITHIN};
 use super::routes::{forwarding_on, RouteOwner};
 use crate::address::{SiteAddress, TakeOver};
 use crate::dataplane::HeartbeatKey;
@@ -85,6 +86,8 @@ pub struct HaTask {
     pub port: u16,
     /// Where this member remembers that it was armed (see `remembered`).
     pub state_dir: PathBuf,
+    /// Set on SIGTERM: the task says its goodbye (see `stopping`) and ends.
+    pub stopping: watch::Receiver<Option<Stopping>>,
 }
 
 /// What an EC2 call beside the loop came back with.
@@ -124,6 +127,7 @@ impl HaTask {
             routes_recheck,
             port,
             state_dir,
+            mut stopping,
         } = self;
         if allocation_id.is_none() {
             tracing::error!("this site's bootstrap file names no Elastic IP allocation; member A stays active and B passive, with no failover");
@@ -164,6 +168,10 @@ impl HaTask {
         let mut mark_refreshed: Option<Instant> = None;
         // The partner's last real beat (a resumed arming is no beat).
         let mut beat_at: Option<Instant> = None;
+        // SIGTERM: the last beats say "restarting" (then the task ends), or
+        // the site is handed over until this deadline.
+        let mut goodbye: Option<Stopping> = None;
+        let mut handover_until: Option<Instant> = None;
         let mut receiver = Receiver::new(site_id, member);
         let mut boot = [0u8; 16];
         rand::rng().fill_bytes(&mut boot);
@@ -209,7 +217,7 @@ impl HaTask {
                             let n = n.min(BEAT_LEN + 1);
                             if let Some(b) = check_beat(&mut receiver, &current, &buf[..n], from, &mut refused) {
                                 beat_at = Some(now);
-                                first = first.or(pair.on_beat(now, b.active, b.handover));
+                                first = first.or(heard(&mut pair, now, &b));
                             }
                         }
                     }
@@ -220,7 +228,7 @@ impl HaTask {
                         Ok((n, from)) => match check_beat(&mut receiver, &current, &buf[..n], from, &mut refused) {
                             Some(b) => {
                                 beat_at = Some(Instant::now());
-                                pair.on_beat(Instant::now(), b.active, b.handover)
+                                heard(&mut pair, Instant::now(), &b)
                             }
                             None => None,
                         },
@@ -266,6 +274,29 @@ impl HaTask {
                 Some(()) = spot_rx.recv() => {
                     tracing::warn!(role = ?pair.role(), "spot interruption notice: handing the site to the partner");
                     pair.on_leaving(Instant::now())
+                }
+                c = stopping.changed(), if goodbye.is_none() => {
+                    let how = if c.is_ok() { *stopping.borrow_and_update() } else { None };
+                    let active = pair.role() == HaRole::Active;
+                    let partner = current.ha.as_ref().is_some_and(|h| h.partner.is_some());
+                    match how {
+                        // A passive member, or one without a partner, has
+                        // nothing to hand over: it just goes.
+                        Some(_) if !active || !partner => return,
+                        Some(Stopping::Restart) => {
+                            tracing::info!("the agent restarts: telling the partner, while the kernel forwards on");
+                            goodbye = how;
+                            beat_now = true;
+                            None
+                        }
+                        Some(Stopping::Shutdown) => {
+                            tracing::warn!("the instance shuts down: handing the site to the partner");
+                            goodbye = how;
+                            handover_until = Some(Instant::now() + HANDOVER_WITHIN);
+                            pair.on_leaving(Instant::now())
+                        }
+                        None => return,
+                    }
                 }
             };
             if let Some(a) = action {
@@ -315,25 +346,54 @@ impl HaTask {
                     current.ha.as_ref().and_then(|h| h.partner.as_ref()),
                     current.keys.first(),
                 ) {
-                    seq += 1;
-                    let beat = Beat {
-                        member,
-                        site: site_id,
-                        epoch: *epoch,
-                        boot,
-                        seq,
-                        unix_ms: unix_ms(),
-                        active: pair.role() == HaRole::Active,
-                        handover: pair.leaving() && pair.role() == HaRole::Active,
-                    };
-                    let to = SocketAddrV4::new(partner.private_ip, port);
-                    if let Err(e) = s.send_to(&beat.encode(key), to).await {
-                        tracing::debug!(to = %to, error = %e, "heartbeat not sent");
+                    let restarting = goodbye == Some(Stopping::Restart);
+                    // A datagram may be lost: the last words go three times.
+                    for _ in 0..if restarting { 3 } else { 1 } {
+                        seq += 1;
+                        let beat = Beat {
+                            member,
+                            site: site_id,
+                            epoch: *epoch,
+                            boot,
+                            seq,
+                            unix_ms: unix_ms(),
+                            active: pair.role() == HaRole::Active,
+                            handover: pair.leaving() && pair.role() == HaRole::Active,
+                            restarting,
+                        };
+                        let to = SocketAddrV4::new(partner.private_ip, port);
+                        if let Err(e) = s.send_to(&beat.encode(key), to).await {
+                            tracing::debug!(to = %to, error = %e, "heartbeat not sent");
+                        }
                     }
                 }
             }
+            match (goodbye, handover_until) {
+                (Some(Stopping::Restart), _) => return,
+                (Some(Stopping::Shutdown), Some(until)) => {
+                    if pair.role() == HaRole::Passive {
+                        tracing::info!("the partner holds the site: stopping");
+                        return;
+                    }
+                    if Instant::now() >= until {
+                        tracing::warn!(within = ?HANDOVER_WITHIN, "the partner did not take the site in time: stopping anyway");
+                        return;
+                    }
+                }
+                _ => {}
+            }
         }
     }
+}
+
+/// Feeds a beat of the partner's to the pair.
+fn heard(pair: &mut Pair, now: Instant, b: &Beat) -> Option<Action> {
+    let action = pair.on_beat(now, b.active, b.handover);
+    if b.restarting && b.active {
+        tracing::info!(grace = ?super::decide::RESTART_GRACE, "the partner's agent restarts; its silence is no failure for a while");
+        pair.on_partner_restarting(now);
+    }
+    action
 }
 
 /// The partner's beat in `datagram`, if it is one (else counted and, the

@@ -9,7 +9,8 @@ use crate::dataplane::{
     heartbeat_key, inbound_drops, status_report, DataKey, EpochKeys, Kernel, NatTSocket,
     ReconcileError, ReconcileReport,
 };
-use crate::ha::{HaInputs, HaTask, HaView, ROUTES_RECHECK};
+use crate::ha::stopping::HANDOVER_WITHIN;
+use crate::ha::{HaInputs, HaTask, HaView, Stopping, ROUTES_RECHECK};
 use crate::kms::Kms;
 use crate::metrics::METRICS;
 use crate::protocol::{DesiredConfig, KeyScope, RegisterRequest};
@@ -29,7 +30,35 @@ struct Shared {
 
 type SharedKernel = Arc<Mutex<Kernel>>;
 
+/// Follows the server until SIGTERM; then the HA task says its goodbye
+/// (see `ha::stopping`) before the agent exits.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let (stop, _) = watch::channel(None);
+    let mut following = Box::pin(follow_server(args, &stop));
+    tokio::select! {
+        r = &mut following => return r,
+        _ = term.recv() => {}
+    }
+    let how = Stopping::detect().await;
+    stop.send_replace(Some(how));
+    if stop.receiver_count() > 0 {
+        // The HA task ends once it has said goodbye (its receiver goes).
+        tokio::select! {
+            r = &mut following => return r,
+            done = tokio::time::timeout(HANDOVER_WITHIN + Duration::from_secs(2), stop.closed()) => {
+                if done.is_err() {
+                    tracing::warn!("the HA task did not finish its goodbye in time");
+                }
+            }
+        }
+    }
+    tracing::info!(?how, "stopped on SIGTERM");
+    Ok(())
+}
+
+async fn follow_server(args: RunArgs, stop: &watch::Sender<Option<Stopping>>) -> anyhow::Result<()> {
     args.validate()?;
     let boot = BootConfig::load(&args.agent_config)?;
     let server = args
@@ -79,6 +108,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 routes_recheck: ROUTES_RECHECK,
                 port: HaTask::default_port(),
                 state_dir: args.state_dir.clone(),
+                stopping: stop.subscribe(),
             };
             ha_task = Some(tokio::spawn(task.run(
                 ha_inputs_rx.clone(),

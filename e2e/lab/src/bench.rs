@@ -75,7 +75,7 @@ where
     let mem = step(
         &exec,
         "guest memory",
-        "free -m | awk '/^Mem:/ {print $3, $2}'; df -m /run | awk 'NR==2 {print $3}'; pgrep -c -x vpcmesh-agent || true"
+        "free -m | awk '/^Mem:/ {print $3, $2}'; df -m /run | awk 'NR==2 {print $3}'; pgrep -c -f 'vpcmesh-agent[ ]run' || true"
             .into(),
     )
     .await?;

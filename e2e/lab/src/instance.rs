@@ -226,7 +226,9 @@ echo $! > {run}.boot.pid
 /// - `lab-boot`: what systemd does at boot, starts every unit enabled in
 ///   `enabled` (where the links of `enable` land, as the instance's disk
 ///   sees them);
-/// - `daemon-reload` has nothing to do. Anything else is refused.
+/// - `daemon-reload` has nothing to do; `is-system-running` says `running`
+///   (the lab powers instances off with SIGKILL, never by a shutdown).
+///   Anything else is refused.
 fn systemctl(dir: &Path, run: &str, units: &str, enabled: &str, aws_port: u16) -> String {
     format!(
         r#"#!/bin/sh
@@ -285,6 +287,8 @@ for a in "$@"; do
 done
 case "$verb" in
   daemon-reload) ;;
+  # The lab powers instances off with SIGKILL, never through a shutdown.
+  is-system-running) echo running ;;
   enable)
     [ -n "$names" ] || {{ echo "lab systemctl: enable what?" >&2; exit 1; }}
     for u in $names; do enable "$u"; [ -z "$now" ] || start "$u"; done

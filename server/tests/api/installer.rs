@@ -434,7 +434,7 @@ mount --bind "$d/console.log" /dev/console
 PATH="$d/fakebin:$PATH" bash "$d/user-data"
 if [ "${2:-}" = verify ]; then
   rc=0
-  systemd-analyze verify /etc/systemd/system/vpcmesh-agent.service >"$d/verify.log" 2>&1 || rc=$?
+  systemd-analyze verify /etc/systemd/system/vpcmesh-agent.service /etc/systemd/system/vpcmesh-nat-t.service >"$d/verify.log" 2>&1 || rc=$?
   echo "$rc" >"$d/verify.rc"
   systemd-analyze security --offline=yes /etc/systemd/system/vpcmesh-agent.service >"$d/security.log" 2>&1 || true
 fi
@@ -658,9 +658,24 @@ async fn a_fresh_instance_installs_exactly_the_pinned_agent_and_starts_it() {
     );
     let verify = instance.read("verify.log");
     assert!(
-        !verify.contains("vpcmesh-agent.service"),
+        !verify.contains("vpcmesh-agent.service") && !verify.contains("vpcmesh-nat-t.service"),
         "systemd-analyze verify:\n{verify}"
     );
+    let nat_t = std::fs::read_to_string(instance.file("/etc/systemd/system/vpcmesh-nat-t.service"))
+        .expect("the ESP-in-UDP unit is installed");
+    for line in [
+        "ExecStart=/usr/local/bin/vpcmesh-agent hold-nat-t",
+        "Restart=always",
+        "CapabilityBoundingSet=",
+        "RestrictAddressFamilies=AF_UNIX AF_INET",
+        "ProtectKernelTunables=yes",
+        "WantedBy=multi-user.target",
+    ] {
+        assert!(
+            nat_t.lines().any(|l| l == line),
+            "the ESP-in-UDP unit lacks {line}:\n{nat_t}"
+        );
+    }
     println!(
         "systemd-analyze security --offline:\n{}",
         instance.read("security.log").lines().last().unwrap_or("")
@@ -672,7 +687,10 @@ async fn a_fresh_instance_installs_exactly_the_pinned_agent_and_starts_it() {
     assert!(!instance.file("/etc/sysctl.d/90-vpcmesh.conf").exists());
     assert_eq!(
         instance.calls("systemctl"),
-        ["daemon-reload", "enable --now --no-block vpcmesh-agent"]
+        [
+            "daemon-reload",
+            "enable --now --no-block vpcmesh-nat-t vpcmesh-agent"
+        ]
     );
     let console = instance.console();
     assert!(
@@ -782,7 +800,10 @@ async fn an_instance_whose_server_is_down_retries_until_it_is_up_then_installs()
     assert_eq!(sha256_hex(&installed), agent.sha256());
     assert_eq!(
         instance.calls("systemctl"),
-        ["daemon-reload", "enable --now --no-block vpcmesh-agent"]
+        [
+            "daemon-reload",
+            "enable --now --no-block vpcmesh-nat-t vpcmesh-agent"
+        ]
     );
     assert!(
         instance.console().contains("trying again in 1 s"),

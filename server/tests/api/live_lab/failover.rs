@@ -363,11 +363,13 @@ struct Trial {
     moved: Duration,
 }
 
-/// A script that kills the agent of instance `id` (and fails if none ran):
-/// the guest's instances share one PID namespace, so only the agent in
-/// this instance's network namespace is killed.
+/// A script that kills the agent (`vpcmesh-agent run`, not the ESP-in-UDP
+/// holder beside it) of instance `id`, and fails if none ran: the guest's
+/// instances share one PID namespace, so only the agent in this instance's
+/// network namespace is killed (`[ ]`: the pattern does not match the
+/// shell that runs this script).
 fn kill_agent(id: &str) -> String {
-    format!("k=0; for p in $(pidof vpcmesh-agent); do if [ \"$(ip netns identify $p)\" = {id} ]; then kill -9 $p; k=1; fi; done; [ $k = 1 ]")
+    format!("k=0; for p in $(pgrep -f \"vpcmesh-agent[ ]run\"); do if [ \"$(ip netns identify $p)\" = {id} ]; then kill -9 $p; k=1; fi; done; [ $k = 1 ]")
 }
 
 /// Whether the passive's agent is down (restarting) when the active dies.
@@ -544,14 +546,27 @@ async fn failover_benchmark() {
 }
 
 /// How often `id`'s agent log says it was armed.
-fn armed_count(lab: &LiveLab, id: &str) -> usize {
+/// The agent log of instance `id` so far.
+fn agent_log(lab: &LiveLab, id: &str) -> String {
     lab.lab()
         .instances()
         .get(id)
         .and_then(|d| std::fs::read_to_string(d.join("agent.log")).ok())
         .unwrap_or_default()
-        .matches("armed:")
-        .count()
+}
+
+/// How many failovers the network lists.
+async fn failover_count(w: &World) -> usize {
+    let network: String = sqlx::query_scalar("SELECT id::text FROM networks")
+        .fetch_one(&w.app.state.pool)
+        .await
+        .expect("the network");
+    let net = w.admin_get(&format!("/api/v1/networks/{network}")).await;
+    net["failovers"].as_array().map_or(0, Vec::len)
+}
+
+fn armed_count(lab: &LiveLab, id: &str) -> usize {
+    agent_log(lab, id).matches("armed:").count()
 }
 
 /// Waits until `id`'s agent log says "armed" `n` times or more.
@@ -601,12 +616,7 @@ async fn an_ha_pair_fails_over_when_its_active_dies_is_cut_off_or_is_interrupted
         Passive::Restarting,
     )
     .await;
-    let log = lab
-        .lab()
-        .instances()
-        .get(&west_passive.id)
-        .and_then(|d| std::fs::read_to_string(d.join("agent.log")).ok())
-        .unwrap_or_default();
+    let log = agent_log(&lab, &west_passive.id);
     assert!(
         log.contains("armed before this restart"),
         "the passive restarted armed:\n{log}"
@@ -657,6 +667,51 @@ async fn an_ha_pair_fails_over_when_its_active_dies_is_cut_off_or_is_interrupted
         .finish(&lab)
         .await;
     assert_eq!(steady.lost(), 0, "traffic on the new active: {steady:?}");
+
+    // 2b. The active's agent restarts (SIGTERM, as `systemctl restart`
+    //     sends; init starts it again 2 s later). Its kernel forwards on
+    //     and its last beats say so: the partner holds off, nothing moves,
+    //     and no packet is lost.
+    let failovers_before = failover_count(&w).await;
+    let restart = Pings::open(&lab, "restart", &east, &west).await;
+    let log_before = agent_log(&lab, &west_passive.id).matches("stopped on SIGTERM").count();
+    in_instance(
+        &lab,
+        &west_passive.id,
+        &kill_agent(&west_passive.id).replace("kill -9", "kill -TERM"),
+    )
+    .await;
+    until(
+        &lab,
+        Duration::from_secs(60),
+        "the active's agent stopped on SIGTERM and is back in its role",
+        || async {
+            let log = agent_log(&lab, &west_passive.id);
+            let tail = log.rsplit("stopped on SIGTERM").next().unwrap_or_default();
+            (log.matches("stopped on SIGTERM").count() > log_before
+                && tail.contains("HA role")
+                && tail.contains("role=Active"))
+            .then_some(())
+        },
+    )
+    .await;
+    let restart = restart.stop_once_flowing(&lab, FLOWING_WITHIN).await;
+    eprintln!(
+        "the active's agent restarted: {} of {} echoes lost",
+        restart.lost(),
+        restart.sent
+    );
+    assert!(
+        agent_log(&lab, &replacement.id).contains("the partner's agent restarts"),
+        "the passive heard the restart"
+    );
+    assert_eq!(restart.lost(), 0, "{restart:?}");
+    assert_eq!(
+        holder(c, WEST).await.as_deref(),
+        Some(west_passive.id.as_str()),
+        "the address stayed"
+    );
+    assert_eq!(failover_count(&w).await, failovers_before, "no failover");
 
     // 3. Split brain: the heartbeat path between the east's members is
     //    cut while both live. The passive takes over once; the old active
