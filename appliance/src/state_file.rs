@@ -41,7 +41,10 @@ mod tests {
         write_atomically(&dir, "x.json", b"new").unwrap();
         assert_eq!(std::fs::read(dir.join("x.json")).unwrap(), b"new");
         assert!(!dir.join("x.json.tmp").exists());
-        let mode = std::fs::metadata(dir.join("x.json")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.join("x.json"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         remove(&dir, "x.json").unwrap();
         remove(&dir, "x.json").unwrap();

@@ -16,9 +16,8 @@ use crate::{
 use app::{
     api::{
         AccountSetup, AccountSummary, Action, AuditEntry, ConnectivityCheck, ConsoleError, JobView,
-        OrgChoice,
-        KmsKeyChoice, NetworkRequest, NetworkSummary, NewAccount, NewUser, OrgSummary, Plan,
-        ProgressEvent, Role, TakeoverView, UserSummary, Viewer, VpcChoice,
+        KmsKeyChoice, NetworkRequest, NetworkSummary, NewAccount, NewUser, OrgChoice, OrgSummary,
+        Plan, ProgressEvent, Role, TakeoverView, UserSummary, Viewer, VpcChoice,
     },
     backend::Console,
 };
@@ -197,9 +196,11 @@ fn viewer(user: &users::UserRecord) -> Viewer {
 }
 
 impl ConsoleSession {
-    /// The users among `candidates` whose password `password_text` is. Each
-    /// candidate costs one hash; no candidate costs one too (a dummy), so an
-    /// unknown email answers as slowly as a wrong password.
+    /// The users among `candidates` whose password `password_text` is. No
+    /// candidate costs one hash too (a dummy), so an unknown email answers
+    /// as slowly as a wrong password; several are checked side by side, so
+    /// the answer's time says little about how many organizations have
+    /// the email (as long as hashes are free to run, see `password`).
     async fn passwords_open(
         &self,
         candidates: &[users::UserRecord],
@@ -211,12 +212,15 @@ impl ConsoleSession {
                 .or_internal("verify a password")?;
             return Ok(Vec::new());
         }
+        let checked = futures::future::join_all(
+            candidates
+                .iter()
+                .map(|u| password::verify(password_text, Some(u.password_hash.as_str()))),
+        )
+        .await;
         let mut opened = Vec::new();
-        for u in candidates {
-            if password::verify(password_text, Some(u.password_hash.as_str()))
-                .await
-                .or_internal("verify a password")?
-            {
+        for (u, ok) in candidates.iter().zip(checked) {
+            if ok.or_internal("verify a password")? {
                 opened.push(u.clone());
             }
         }

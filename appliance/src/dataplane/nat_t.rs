@@ -87,7 +87,10 @@ pub fn hold() -> anyhow::Result<()> {
             }
         }
     };
-    tracing::info!(port = NAT_T_PORT, "holding the ESP-in-UDP socket while the agent restarts");
+    tracing::info!(
+        port = NAT_T_PORT,
+        "holding the ESP-in-UDP socket while the agent restarts"
+    );
     loop {
         std::thread::park();
     }

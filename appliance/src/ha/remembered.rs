@@ -65,7 +65,10 @@ pub fn load(dir: &Path, site: Uuid, member: Member, now_unix_ms: u64) -> Option<
     let age = now_unix_ms.checked_sub(mark.heard_unix_ms)?;
     let age = Duration::from_millis(age);
     if age > RESUME_WITHIN {
-        tracing::info!(age_ms = age.as_millis() as u64, "the HA mark is stale; starting unarmed");
+        tracing::info!(
+            age_ms = age.as_millis() as u64,
+            "the HA mark is stale; starting unarmed"
+        );
         return None;
     }
     Some(age)
@@ -89,15 +92,20 @@ mod tests {
         let site = Uuid::from_u128(7);
         assert_eq!(load(&d, site, Member::B, NOW), None, "no mark");
         save(&d, site, Member::B, NOW - 4_000).unwrap();
-        assert_eq!(
-            load(&d, site, Member::B, NOW),
-            Some(Duration::from_secs(4))
-        );
+        assert_eq!(load(&d, site, Member::B, NOW), Some(Duration::from_secs(4)));
         assert_eq!(load(&d, site, Member::A, NOW), None, "another member");
-        assert_eq!(load(&d, Uuid::from_u128(8), Member::B, NOW), None, "another site");
+        assert_eq!(
+            load(&d, Uuid::from_u128(8), Member::B, NOW),
+            None,
+            "another site"
+        );
         let stale = NOW + RESUME_WITHIN.as_millis() as u64;
         assert_eq!(load(&d, site, Member::B, stale), None, "stale");
-        assert_eq!(load(&d, site, Member::B, NOW - 5_000), None, "from the future");
+        assert_eq!(
+            load(&d, site, Member::B, NOW - 5_000),
+            None,
+            "from the future"
+        );
         clear(&d).unwrap();
         assert_eq!(load(&d, site, Member::B, NOW), None, "cleared");
         std::fs::write(d.join(FILE), b"{not json").unwrap();

@@ -8,8 +8,8 @@
 use super::decide::{Action, Holder, Pair, Settings};
 use super::heartbeat::{Beat, Receiver, BEAT_LEN};
 use super::remembered;
-use super::stopping::{Stopping, HANDOVER_WITHIN};
 use super::routes::{forwarding_on, RouteOwner};
+use super::stopping::{Stopping, HANDOVER_WITHIN};
 use crate::address::{SiteAddress, TakeOver};
 use crate::dataplane::HeartbeatKey;
 use crate::imds::Imds;
@@ -162,7 +162,10 @@ impl HaTask {
 
         let mut pair = Pair::new(member, Instant::now());
         if let Some(age) = remembered::load(&state_dir, site_id, member, unix_ms()) {
-            tracing::info!(heard_ms_before = age.as_millis() as u64, "armed before this restart: the partner's silence will still mean a failover");
+            tracing::info!(
+                heard_ms_before = age.as_millis() as u64,
+                "armed before this restart: the partner's silence will still mean a failover"
+            );
             pair.resume_armed();
         }
         let mut mark_refreshed: Option<Instant> = None;

@@ -73,7 +73,13 @@ mod tests {
 
     #[test]
     fn only_a_running_system_means_the_agent_alone_restarts() {
-        for s in ["running\n", "degraded", "maintenance", "starting", "initializing"] {
+        for s in [
+            "running\n",
+            "degraded",
+            "maintenance",
+            "starting",
+            "initializing",
+        ] {
             assert_eq!(Stopping::from_system_state(s), Stopping::Restart, "{s}");
         }
         for s in ["stopping\n", "offline", "unknown", "", "Running"] {

@@ -58,7 +58,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn follow_server(args: RunArgs, stop: &watch::Sender<Option<Stopping>>) -> anyhow::Result<()> {
+async fn follow_server(
+    args: RunArgs,
+    stop: &watch::Sender<Option<Stopping>>,
+) -> anyhow::Result<()> {
     args.validate()?;
     let boot = BootConfig::load(&args.agent_config)?;
     let server = args

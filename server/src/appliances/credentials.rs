@@ -53,6 +53,16 @@ impl CredentialCache {
         e.rows.insert(hash, (row, Instant::now()));
     }
 
+    /// The appliance's agent now speaks `protocol` (recorded in Postgres):
+    /// its cached rows say so, so the next poll writes nothing.
+    pub fn note_protocol(&self, id: uuid::Uuid, protocol: u16) {
+        for (row, _) in self.entries().rows.values_mut() {
+            if row.id == id {
+                row.protocol = Some(protocol);
+            }
+        }
+    }
+
     pub fn forget(&self, change: Change) {
         if matches!(change, Change::Network(_)) {
             return;
@@ -80,7 +90,21 @@ mod tests {
             network_id,
             member: Member::A,
             private_ip: "10.0.0.10".parse().expect("address"),
+            protocol: None,
         }
+    }
+
+    #[test]
+    fn a_recorded_protocol_is_what_the_cached_row_says_next() {
+        let cache = CredentialCache::default();
+        let (a, b) = (row(Uuid::new_v4()), row(Uuid::new_v4()));
+        for (hash, r) in [(b"a", &a), (b"b", &b)] {
+            let ticket = cache.get(hash).expect_err("not cached yet");
+            cache.store(hash.to_vec(), r.clone(), ticket);
+        }
+        cache.note_protocol(a.id, 4);
+        assert_eq!(cache.get(b"a").expect("cached").protocol, Some(4));
+        assert_eq!(cache.get(b"b").expect("cached").protocol, None);
     }
 
     #[test]

@@ -129,7 +129,11 @@ async fn config(
     })?;
     let _slot = state.appliance_limits.poll(appliance.id)?;
     let protocol = served_protocol(q.protocol)?;
-    store::record_protocol(&state.pool, appliance.id, protocol).await?;
+    // Written once per change of agent, not on every poll.
+    if appliance.protocol != Some(protocol) {
+        store::record_protocol(&state.pool, appliance.id, protocol).await?;
+        state.credentials.note_protocol(appliance.id, protocol);
+    }
     let wait = Duration::from_secs(q.wait.unwrap_or(MAX_WAIT_SECS).min(MAX_WAIT_SECS));
     let deadline = Instant::now() + wait;
     // Subscribe before computing, so a change in between is not missed.

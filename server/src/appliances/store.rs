@@ -222,29 +222,35 @@ pub struct ApplianceRow {
     pub network_id: Uuid,
     pub member: Member,
     pub private_ip: Ipv4Addr,
+    /// The protocol its agent last asked in (None: not yet recorded).
+    pub protocol: Option<u16>,
 }
 
 pub async fn by_credential(
     pool: &PgPool,
     hash: &[u8],
 ) -> Result<Option<ApplianceRow>, sqlx::Error> {
-    let row: Option<(Uuid, Uuid, Uuid, String, String)> = sqlx::query_as(
-        "SELECT a.id, a.site_id, s.network_id, a.member, host(a.private_ip)
+    type Row = (Uuid, Uuid, Uuid, String, String, Option<i16>);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT a.id, a.site_id, s.network_id, a.member, host(a.private_ip), a.protocol
            FROM appliances a JOIN sites s ON s.id = a.site_id
           WHERE a.credential_hash = $1 AND a.retired_at IS NULL",
     )
     .bind(hash)
     .fetch_optional(pool)
     .await?;
-    Ok(row.and_then(|(id, site_id, network_id, member, ip)| {
-        Some(ApplianceRow {
-            id,
-            site_id,
-            network_id,
-            member: member_of(&member)?,
-            private_ip: ip.parse().ok()?,
-        })
-    }))
+    Ok(
+        row.and_then(|(id, site_id, network_id, member, ip, protocol)| {
+            Some(ApplianceRow {
+                id,
+                site_id,
+                network_id,
+                member: member_of(&member)?,
+                private_ip: ip.parse().ok()?,
+                protocol: protocol.and_then(|p| u16::try_from(p).ok()),
+            })
+        }),
+    )
 }
 
 /// Stores a status report; returns the role the appliance had reported

@@ -122,9 +122,11 @@ async fn sign_in(
     console: ConsoleSession,
     ApiJson(body): ApiJson<SignInBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(console
-        .sign_in(&body.email, &body.password, body.organization.as_deref())
-        .await?))
+    Ok(Json(
+        console
+            .sign_in(&body.email, &body.password, body.organization.as_deref())
+            .await?,
+    ))
 }
 
 async fn sign_out(console: ConsoleSession) -> Result<impl IntoResponse, ApiError> {

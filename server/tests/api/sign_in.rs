@@ -274,17 +274,23 @@ async fn an_email_in_two_organizations_leaks_nothing_and_signs_in_where_the_pass
     let mut gus = app.signed_in("gus@globex.test").await;
     let mut ada_acme = app.signed_in("ada@acme.test").await;
     let own = "a different long passphrase";
-    let add = |email: &str, password: &str| {
-        json!({ "email": email, "name": "Someone", "role": "member", "password": password })
-    };
+    let add = |email: &str, password: &str| json!({ "email": email, "name": "Someone", "role": "member", "password": password });
 
     // Acme has ada@acme.test: Globex may add her too, and is told nothing.
     let r = gus
-        .json(Method::POST, "/api/v1/users", Some(add("ada@acme.test", own)))
+        .json(
+            Method::POST,
+            "/api/v1/users",
+            Some(add("ada@acme.test", own)),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     let r = gus
-        .json(Method::POST, "/api/v1/users", Some(add("ada@acme.test", own)))
+        .json(
+            Method::POST,
+            "/api/v1/users",
+            Some(add("ada@acme.test", own)),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "twice in one organization");
     // Each password opens its own organization.
@@ -337,7 +343,10 @@ async fn an_email_in_two_organizations_leaks_nothing_and_signs_in_where_the_pass
     assert_eq!(r.json()["error"]["field"], "organization");
 
     // A wrong password is logged as a failure in each organization.
-    let r = app.client().sign_in(shared, "not her password at all").await;
+    let r = app
+        .client()
+        .sign_in(shared, "not her password at all")
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         app.count(&format!(
@@ -359,7 +368,8 @@ async fn an_email_in_two_organizations_leaks_nothing_and_signs_in_where_the_pass
     let page = c.page(back).await.text();
     assert!(page.contains("open more than one organization"), "{page}");
     assert!(
-        page.contains(&format!("value=\"{acme}\"")) && page.contains(&format!("value=\"{globex}\"")),
+        page.contains(&format!("value=\"{acme}\""))
+            && page.contains(&format!("value=\"{globex}\"")),
         "the page offers both organizations"
     );
     let r = c

@@ -176,7 +176,10 @@ fn a_member_restarted_while_armed_stays_passive_while_its_partner_beats() {
         assert_eq!(b.on_beat(t, true, false), None, "at {i}");
         assert_eq!(b.next(t), None, "at {i}");
     }
-    assert_eq!((b.role(), b.reason()), (HaRole::Passive, HaReason::PartnerActive));
+    assert_eq!(
+        (b.role(), b.reason()),
+        (HaRole::Passive, HaReason::PartnerActive)
+    );
 }
 
 #[test]

@@ -674,7 +674,9 @@ async fn an_ha_pair_fails_over_when_its_active_dies_is_cut_off_or_is_interrupted
     //     and no packet is lost.
     let failovers_before = failover_count(&w).await;
     let restart = Pings::open(&lab, "restart", &east, &west).await;
-    let log_before = agent_log(&lab, &west_passive.id).matches("stopped on SIGTERM").count();
+    let log_before = agent_log(&lab, &west_passive.id)
+        .matches("stopped on SIGTERM")
+        .count();
     in_instance(
         &lab,
         &west_passive.id,
