@@ -6,7 +6,7 @@ use super::probe;
 use super::rotation::{self, LIVE_WITHIN};
 use super::store::{self, ApplianceRow, MemberSas};
 use super::ApplianceError;
-use crate::failover::config::{self as ha, Recipient, Timing};
+use crate::failover::config::{Pairs, Recipient, Timing};
 use crate::networks::{
     model,
     store::{self as networks, NetworkRow, SiteRow},
@@ -107,6 +107,10 @@ pub struct NetworkSnapshot {
     /// During a rotation: which sites accept the new epoch.
     peer_accepts_new: Option<BTreeMap<Uuid, bool>>,
     gens: Generations,
+    /// The sites' HA pairs.
+    pairs: Pairs,
+    /// The connectivity check in progress.
+    check: Option<probe::Running>,
 }
 
 impl NetworkSnapshot {
@@ -135,6 +139,10 @@ impl NetworkSnapshot {
                 .map(|m| ((m.site_id, m.member), m))
                 .collect(),
         );
+        // What the sites' HA pairs and a running check add to the configs:
+        // read here once, not by every poll.
+        let pairs = Pairs::load(pool, net.id).await?;
+        let check = probe::running(pool, net.id).await?;
         Ok(NetworkSnapshot {
             net,
             sites,
@@ -142,13 +150,14 @@ impl NetworkSnapshot {
             epochs,
             peer_accepts_new,
             gens,
+            pairs,
+            check,
         })
     }
 }
 
 /// One appliance's config, cut from its network's snapshot.
-pub async fn desired_config(
-    pool: &PgPool,
+pub fn desired_config(
     snapshot: &NetworkSnapshot,
     appliance: &ApplianceRow,
     protocol: u16,
@@ -161,6 +170,8 @@ pub async fn desired_config(
         epochs,
         peer_accepts_new,
         gens,
+        pairs,
+        check,
     } = snapshot;
     let plan = plans
         .get(&appliance.site_id)
@@ -261,7 +272,7 @@ pub async fn desired_config(
     // A connectivity check of the network in progress (agents of the
     // previous protocol cannot run one; a site without tunnels has no peer).
     let probe = if protocol >= GENERATIONS_PROTOCOL_VERSION && !tunnels.is_empty() {
-        probe::for_config(pool, appliance).await?
+        probe::for_config(check.as_ref(), appliance)
     } else {
         None
     };
@@ -274,7 +285,7 @@ pub async fn desired_config(
             member: appliance.member,
             private_ip: appliance.private_ip,
         };
-        ha::for_member(pool, to, timing).await?
+        pairs.for_member(to, timing)
     } else {
         None
     };

@@ -149,7 +149,7 @@ async fn config(
             None => {
                 state
                     .snapshots
-                    .load(&state.pool, appliance.network_id)
+                    .fresh(&state.pool, appliance.network_id)
                     .await?
             }
             Some(_) => {
@@ -159,7 +159,7 @@ async fn config(
                     .await?
             }
         };
-        let config = desired_config(&state.pool, &snapshot, &appliance, protocol, timing).await?;
+        let config = desired_config(&snapshot, &appliance, protocol, timing)?;
         if Some(config.version) != q.after {
             METRICS.config_answers.with_label_values(&["changed"]).inc();
             return Ok(Json(config).into_response());

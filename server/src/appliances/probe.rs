@@ -11,25 +11,42 @@ use appliance::protocol::{ConnectivityProbe, ProbeReport, ProbeTarget};
 use sqlx::PgPool;
 use std::net::Ipv4Addr;
 
+/// A check of the network in progress and who takes part in it: read once
+/// per network, in its snapshot.
+#[derive(Clone, Debug)]
+pub struct Running {
+    check: CheckRow,
+    participants: Vec<store::Participant>,
+}
+
+/// The network's check in progress, if any, with its participants.
+pub async fn running(pool: &PgPool, network_id: uuid::Uuid) -> Result<Option<Running>, sqlx::Error> {
+    let Some(check) = store::running(pool, network_id).await? else {
+        return Ok(None);
+    };
+    let participants = store::participants(pool, network_id, LIVE_WITHIN).await?;
+    Ok(Some(Running {
+        check,
+        participants,
+    }))
+}
+
 /// The probe for `appliance`'s config: only while a check of its network
 /// runs, only for its site's active appliance, and only when some other
 /// site of the check has an appliance to ping.
-pub async fn for_config(
-    pool: &PgPool,
-    appliance: &ApplianceRow,
-) -> Result<Option<ConnectivityProbe>, sqlx::Error> {
-    let Some(check) = store::running(pool, appliance.network_id).await? else {
-        return Ok(None);
-    };
+pub fn for_config(running: Option<&Running>, appliance: &ApplianceRow) -> Option<ConnectivityProbe> {
+    let Running {
+        check,
+        participants,
+    } = running?;
     if !check.sites.contains(&appliance.site_id) {
-        return Ok(None);
+        return None;
     }
-    let participants = store::participants(pool, appliance.network_id, LIVE_WITHIN).await?;
     let active = participants
         .iter()
         .any(|p| p.site_id == appliance.site_id && p.appliance_id == appliance.id);
     if !active {
-        return Ok(None);
+        return None;
     }
     let targets: Vec<ProbeTarget> = participants
         .iter()
@@ -39,12 +56,12 @@ pub async fn for_config(
             address: p.private_ip,
         })
         .collect();
-    Ok((!targets.is_empty()).then_some(ConnectivityProbe {
+    (!targets.is_empty()).then_some(ConnectivityProbe {
         id: check.id,
         count: check.count,
         interval_ms: check.interval_ms,
         targets,
-    }))
+    })
 }
 
 /// What a report from a site of `check` may name: every other site of it.

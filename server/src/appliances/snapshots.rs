@@ -6,6 +6,13 @@
 //! waiter wakes for them, and is
 //! reloaded after `MAX_AGE` in any case: liveness (who reported lately)
 //! moves without a notification.
+//!
+//! A poll without a config (an agent that just started or registered) must
+//! see every write committed before it asked, which a cached snapshot may
+//! trail: it takes a snapshot whose load began after it asked (`fresh`).
+//! Such loads take turns per network, and a load serves every poll that
+//! asked before it began: a burst of them (every agent after a server
+//! restart) costs two loads per network, not one per agent.
 
 use super::changes::Change;
 use super::config::NetworkSnapshot;
@@ -22,9 +29,13 @@ const MAX_AGE: Duration = Duration::from_secs(2);
 
 type Cell = Arc<OnceCell<Arc<NetworkSnapshot>>>;
 
+/// A network's turn for fresh loads, with the last one and when it began.
+type Turn = Arc<tokio::sync::Mutex<Option<(Instant, Arc<NetworkSnapshot>)>>>;
+
 #[derive(Default)]
 pub struct Snapshots {
     cells: Mutex<HashMap<Uuid, (Cell, Instant)>>,
+    turns: Mutex<HashMap<Uuid, Turn>>,
     loads: AtomicU64,
 }
 
@@ -56,9 +67,38 @@ impl Snapshots {
             .cloned()
     }
 
-    /// The network read now, not shared: for an appliance that has no
-    /// config yet, which must see every write committed before it asked
-    /// (a cached snapshot trails a write by the notification's delay).
+    /// A snapshot of the network whose load began after this call: for an
+    /// appliance that has no config yet, which must see every write
+    /// committed before it asked (a cached snapshot trails a write by the
+    /// notification's delay). Fresh loads of a network take turns (the
+    /// lock is fair, first come first served), and one that began after
+    /// this call was made serves it too.
+    pub async fn fresh(
+        &self,
+        pool: &PgPool,
+        network_id: Uuid,
+    ) -> Result<Arc<NetworkSnapshot>, ApplianceError> {
+        let asked = Instant::now();
+        let turn = self
+            .turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(network_id)
+            .or_default()
+            .clone();
+        let mut last = turn.lock().await;
+        if let Some((began, snapshot)) = last.as_ref() {
+            if *began >= asked {
+                return Ok(snapshot.clone());
+            }
+        }
+        let began = Instant::now();
+        let snapshot = self.load(pool, network_id).await?;
+        *last = Some((began, snapshot.clone()));
+        Ok(snapshot)
+    }
+
+    /// The network read now, not shared.
     pub async fn load(
         &self,
         pool: &PgPool,
@@ -74,6 +114,15 @@ impl Snapshots {
         snapshot.map(Arc::new)
     }
 
+    /// Polls of the network taking or waiting for its fresh-load turn.
+    pub fn fresh_waiting(&self, network_id: Uuid) -> usize {
+        self.turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&network_id)
+            .map_or(0, |t| Arc::strong_count(t) - 1)
+    }
+
     /// Snapshots loaded so far by this process.
     pub fn loads(&self) -> u64 {
         self.loads.load(Ordering::Relaxed)
@@ -87,6 +136,15 @@ impl Snapshots {
             }
             Change::Revoked(_) => {}
             Change::Resync => cells.clear(),
+        }
+        drop(cells);
+        // A fresh load is judged by when it began, not by notifications;
+        // a network's turn goes once no poll holds or waits for it.
+        if let Change::Network(id) = change {
+            let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+            if turns.get(&id).is_some_and(|t| Arc::strong_count(t) == 1) {
+                turns.remove(&id);
+            }
         }
     }
 }

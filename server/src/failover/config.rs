@@ -4,6 +4,7 @@
 use super::store;
 use appliance::protocol::{HaConfig, HaPartner, Member};
 use sqlx::PgPool;
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use uuid::Uuid;
 
@@ -24,40 +25,60 @@ pub struct Recipient {
     pub private_ip: Ipv4Addr,
 }
 
-/// The member's HA config. The partner is the other member's registered
-/// appliance (None until it registers; a replacement shows up as soon as
-/// it registers). The agent refuses a config whose `ha` it finds unsound as
-/// a whole, so a partner it would refuse is left out rather than costing
-/// the member every other change.
-pub async fn for_member(
-    pool: &PgPool,
-    to: Recipient,
-    timing: Timing,
-) -> Result<Option<HaConfig>, sqlx::Error> {
-    let members = store::live_members(pool, to.site_id).await?;
-    let partner = members
-        .iter()
-        .find(|m| m.member != to.member)
-        .map(|p| HaPartner {
-            member: p.member,
-            instance_id: p.instance_id.clone(),
-            private_ip: p.private_ip,
-        });
-    let take_over = store::take_over_for(pool, to.site_id, to.appliance_id).await?;
-    let mut ha = HaConfig {
-        partner,
-        heartbeat_ms: timing.heartbeat_ms,
-        dead_after: timing.dead_after,
-        take_over,
-    };
-    if let Err(e) = ha.validate(to.member, to.private_ip) {
-        tracing::error!(appliance_id = %to.appliance_id, site_id = %to.site_id, error = %e,
-            "the partner would make the member refuse its config; leaving it out");
-        ha.partner = None;
+/// What a network's HA pairs give their members' configs: each site's
+/// registered appliances and open takeover request, read once per network
+/// (in its snapshot, see `appliances::snapshots`), not by every poll.
+#[derive(Debug, Default)]
+pub struct Pairs {
+    members: BTreeMap<Uuid, Vec<store::PairMember>>,
+    takeovers: BTreeMap<Uuid, (u64, Uuid)>,
+}
+
+impl Pairs {
+    pub async fn load(pool: &PgPool, network_id: Uuid) -> Result<Pairs, sqlx::Error> {
+        Ok(Pairs {
+            members: store::live_members_by_site(pool, network_id).await?,
+            takeovers: store::open_takeovers(pool, network_id).await?,
+        })
     }
-    if let Err(e) = ha.validate(to.member, to.private_ip) {
-        tracing::error!(appliance_id = %to.appliance_id, error = %e, "no HA config: its timing is unsound");
-        return Ok(None);
+
+    /// The member's HA config. The partner is the other member's
+    /// registered appliance (None until it registers; a replacement shows
+    /// up as soon as it registers). The agent refuses a config whose `ha`
+    /// it finds unsound as a whole, so a partner it would refuse is left
+    /// out rather than costing the member every other change.
+    pub fn for_member(&self, to: Recipient, timing: Timing) -> Option<HaConfig> {
+        let partner = self
+            .members
+            .get(&to.site_id)
+            .into_iter()
+            .flatten()
+            .find(|m| m.member != to.member)
+            .map(|p| HaPartner {
+                member: p.member,
+                instance_id: p.instance_id.clone(),
+                private_ip: p.private_ip,
+            });
+        let take_over = self
+            .takeovers
+            .get(&to.site_id)
+            .filter(|(_, appliance)| *appliance == to.appliance_id)
+            .map(|(n, _)| *n);
+        let mut ha = HaConfig {
+            partner,
+            heartbeat_ms: timing.heartbeat_ms,
+            dead_after: timing.dead_after,
+            take_over,
+        };
+        if let Err(e) = ha.validate(to.member, to.private_ip) {
+            tracing::error!(appliance_id = %to.appliance_id, site_id = %to.site_id, error = %e,
+                "the partner would make the member refuse its config; leaving it out");
+            ha.partner = None;
+        }
+        if let Err(e) = ha.validate(to.member, to.private_ip) {
+            tracing::error!(appliance_id = %to.appliance_id, error = %e, "no HA config: its timing is unsound");
+            return None;
+        }
+        Some(ha)
     }
-    Ok(Some(ha))
 }

@@ -3,6 +3,7 @@
 
 use appliance::protocol::Member;
 use sqlx::{PgConnection, PgExecutor};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -66,6 +67,19 @@ type MemberRow = (
     Option<i16>,
 );
 
+/// A [`MemberRow`] after its site's id.
+type SiteMemberRow = (
+    Uuid,
+    Uuid,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<OffsetDateTime>,
+    Option<i16>,
+);
+
 fn pair_member(r: MemberRow) -> Option<PairMember> {
     Some(PairMember {
         id: r.0,
@@ -93,6 +107,55 @@ pub async fn live_members(
     .fetch_all(db)
     .await?;
     Ok(rows.into_iter().filter_map(pair_member).collect())
+}
+
+/// The registered appliances of every site of the network, by site (member
+/// A first): what a network's snapshot gives each site's pair.
+pub async fn live_members_by_site(
+    db: impl PgExecutor<'_>,
+    network_id: Uuid,
+) -> Result<BTreeMap<Uuid, Vec<PairMember>>, sqlx::Error> {
+    let rows: Vec<SiteMemberRow> =
+        sqlx::query_as(
+            "SELECT a.site_id, a.id, a.member, a.instance_id, host(a.private_ip), a.ha_role,
+                    a.ha_reason, a.last_seen_at, a.protocol
+               FROM appliances a JOIN sites s ON s.id = a.site_id
+              WHERE s.network_id = $1 AND a.retired_at IS NULL ORDER BY a.site_id, a.member",
+        )
+        .bind(network_id)
+        .fetch_all(db)
+        .await?;
+    let mut by_site: BTreeMap<Uuid, Vec<PairMember>> = BTreeMap::new();
+    for (site, id, member, instance, ip, role, reason, seen, protocol) in rows {
+        if let Some(m) = pair_member((id, member, instance, ip, role, reason, seen, protocol)) {
+            by_site.entry(site).or_default().push(m);
+        }
+    }
+    Ok(by_site)
+}
+
+/// Every site's open takeover request in the network, as (number, the
+/// appliance it asks): a site's latest request, while it is not done. The
+/// appliance it names is asked to take over (in its config).
+pub async fn open_takeovers(
+    db: impl PgExecutor<'_>,
+    network_id: Uuid,
+) -> Result<BTreeMap<Uuid, (u64, Uuid)>, sqlx::Error> {
+    let rows: Vec<(Uuid, i64, Uuid)> = sqlx::query_as(
+        "SELECT site_id, number, appliance_id FROM (
+           SELECT DISTINCT ON (t.site_id) t.site_id, t.number, t.appliance_id, t.done_at
+             FROM takeover_requests t JOIN sites s ON s.id = t.site_id
+            WHERE s.network_id = $1
+            ORDER BY t.site_id, t.number DESC) latest
+          WHERE done_at IS NULL",
+    )
+    .bind(network_id)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(site, n, appliance)| Some((site, (u64::try_from(n).ok()?, appliance))))
+        .collect())
 }
 
 /// A site's takeover request.
@@ -194,25 +257,6 @@ pub async fn latest_requests(
     .fetch_all(db)
     .await?;
     Ok(rows.into_iter().filter_map(takeover_of).collect())
-}
-
-/// The takeover number `appliance` is asked to carry out: its site's
-/// latest request, while it is not done and addressed to this appliance.
-pub async fn take_over_for(
-    db: impl PgExecutor<'_>,
-    site_id: Uuid,
-    appliance_id: Uuid,
-) -> Result<Option<u64>, sqlx::Error> {
-    let n: Option<i64> = sqlx::query_scalar(
-        "SELECT number FROM takeover_requests
-          WHERE site_id = $1 AND appliance_id = $2 AND done_at IS NULL
-            AND number = (SELECT max(number) FROM takeover_requests WHERE site_id = $1)",
-    )
-    .bind(site_id)
-    .bind(appliance_id)
-    .fetch_optional(db)
-    .await?;
-    Ok(n.and_then(|n| u64::try_from(n).ok()))
 }
 
 pub struct NewRequest {

@@ -758,3 +758,69 @@ async fn one_change_is_compiled_once_for_all_the_waiting_polls_of_its_network() 
         "eight polls woken by one change share one compile of the network"
     );
 }
+
+/// Every agent asks without a version after a server restart: the polls of
+/// one network that asked while a fresh load ran share the next one, which
+/// began after all of them asked (so each still sees every write made
+/// before it asked).
+#[tokio::test]
+async fn polls_without_a_version_that_ask_together_share_the_fresh_loads() {
+    let (w, id) = ready_east_west("fresh burst").await;
+    let network: uuid::Uuid = id.parse().expect("network id");
+    let mut c = w.app.client();
+    let mut credentials = Vec::new();
+    for region in ["us-east-1", "eu-west-1"] {
+        let t = tokens(&w, region).await;
+        for member in ['a', 'b'] {
+            let (s, r) = register(
+                &mut c,
+                registration(&t[&member], &instance(&w, region, member).await),
+            )
+            .await;
+            assert_eq!(s, StatusCode::CREATED, "{r}");
+            let r: RegisterResponse = serde_json::from_value(r).expect("response");
+            credentials.push(r.credential);
+        }
+    }
+    // Each appliance asks once (credential cached, protocol recorded).
+    for cred in &credentials {
+        assert_eq!(config(&mut c, cred, "").await.0, StatusCode::OK);
+    }
+    // The first fresh load is held up by a lock on the sites, while the
+    // others (two polls per appliance, eight in all) queue behind it.
+    let mut lock = w.app.pool.begin().await.expect("transaction");
+    sqlx::query("LOCK TABLE sites IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    let before = w.app.state.snapshots.loads();
+    let polls: Vec<_> = credentials
+        .iter()
+        .flat_map(|cred| [cred.clone(), cred.clone()])
+        .map(|cred| {
+            let mut pc = w.app.client();
+            tokio::spawn(async move { config(&mut pc, &cred, "").await })
+        })
+        .collect();
+    let snapshots = w.app.state.clone();
+    crate::support::eventually(
+        std::time::Duration::from_secs(20),
+        "eight polls at the network's fresh-load turn",
+        || {
+            let n = snapshots.snapshots.fresh_waiting(network);
+            async move { (n == 8).then_some(()) }
+        },
+    )
+    .await;
+    lock.rollback().await.expect("unlock");
+    for p in polls {
+        let (s, cfg) = p.await.expect("poll");
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(cfg.expect("config").tunnels.len(), 1);
+    }
+    assert_eq!(
+        w.app.state.snapshots.loads() - before,
+        2,
+        "the held load, and one for the seven that asked meanwhile"
+    );
+}
