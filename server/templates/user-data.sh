@@ -24,8 +24,6 @@ readonly server_url='${ServerUrl}'
 readonly agent_url='${AgentUrl}'
 readonly agent_sha256='${AgentSha256}'
 readonly bin=/usr/local/bin/vpcmesh-agent
-readonly unit=/etc/systemd/system/vpcmesh-agent.service
-readonly nat_t_unit=/etc/systemd/system/vpcmesh-nat-t.service
 partial=
 
 log() {
@@ -98,10 +96,46 @@ install_agent() {
   log "installed $bin (sha256 $actual)"
 }
 
+# The sandbox both units share; each adds its capabilities, address
+# families and writable paths.
+sandbox() {
+  cat <<'UNIT'
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+PrivateMounts=yes
+ProtectProc=invisible
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictNamespaces=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+RestrictRealtime=yes
+SystemCallArchitectures=native
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+}
+
+# Installs unit $1 from its own part (standard input) and the sandbox,
+# atomically.
+install_unit() {
+  local path=/etc/systemd/system/$1 tmp
+  tmp=$(mktemp "/etc/systemd/system/.$1.XXXXXX")
+  { cat; sandbox; } >"$tmp"
+  chmod 0644 "$tmp"
+  mv -f "$tmp" "$path"
+}
+
 write_unit() {
-  local tmp
-  tmp=$(mktemp /etc/systemd/system/.vpcmesh-agent.service.XXXXXX)
-  cat >"$tmp" <<'UNIT'
+  install_unit vpcmesh-agent.service <<'UNIT'
 [Unit]
 Description=vpcmesh appliance agent (IPsec tunnels of this site)
 Wants=network-online.target
@@ -125,41 +159,16 @@ UMask=0077
 # CAP_NET_RAW are all the agent needs. Kernel tunables stay writable: the
 # agent turns on /proc/sys/net/ipv4/ip_forward.
 CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW
-NoNewPrivileges=yes
-ProtectSystem=strict
 ReadWritePaths=/var/lib/vpcmesh
-ProtectHome=yes
-PrivateTmp=yes
-PrivateDevices=yes
-PrivateMounts=yes
-ProtectProc=invisible
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
 RestrictAddressFamilies=AF_UNIX AF_INET AF_NETLINK
-RestrictNamespaces=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-MemoryDenyWriteExecute=yes
-RestrictRealtime=yes
-SystemCallArchitectures=native
-
-[Install]
-WantedBy=multi-user.target
 UNIT
-  chmod 0644 "$tmp"
-  mv -f "$tmp" "$unit"
 }
 
 # The ESP-in-UDP socket, held by a process of its own while the agent
 # restarts (an upgrade, a crash): the kernel decapsulates UDP 4500 only on
 # such a socket, and the agent's own goes with it. It needs no capability.
 write_nat_t_unit() {
-  local tmp
-  tmp=$(mktemp /etc/systemd/system/.vpcmesh-nat-t.service.XXXXXX)
-  cat >"$tmp" <<'UNIT'
+  install_unit vpcmesh-nat-t.service <<'UNIT'
 [Unit]
 Description=vpcmesh ESP-in-UDP socket (UDP 4500), held while the agent restarts
 Before=vpcmesh-agent.service
@@ -170,32 +179,9 @@ Restart=always
 RestartSec=1
 UMask=0077
 CapabilityBoundingSet=
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-PrivateDevices=yes
-PrivateMounts=yes
-ProtectProc=invisible
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
 ProtectKernelTunables=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
 RestrictAddressFamilies=AF_UNIX AF_INET
-RestrictNamespaces=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-MemoryDenyWriteExecute=yes
-RestrictRealtime=yes
-SystemCallArchitectures=native
-
-[Install]
-WantedBy=multi-user.target
 UNIT
-  chmod 0644 "$tmp"
-  mv -f "$tmp" "$nat_t_unit"
 }
 
 log "setting up the vpcmesh agent for $server_url"

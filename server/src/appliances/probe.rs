@@ -20,7 +20,10 @@ pub struct Running {
 }
 
 /// The network's check in progress, if any, with its participants.
-pub async fn running(pool: &PgPool, network_id: uuid::Uuid) -> Result<Option<Running>, sqlx::Error> {
+pub async fn running(
+    pool: &PgPool,
+    network_id: uuid::Uuid,
+) -> Result<Option<Running>, sqlx::Error> {
     let Some(check) = store::running(pool, network_id).await? else {
         return Ok(None);
     };
@@ -34,7 +37,10 @@ pub async fn running(pool: &PgPool, network_id: uuid::Uuid) -> Result<Option<Run
 /// The probe for `appliance`'s config: only while a check of its network
 /// runs, only for its site's active appliance, and only when some other
 /// site of the check has an appliance to ping.
-pub fn for_config(running: Option<&Running>, appliance: &ApplianceRow) -> Option<ConnectivityProbe> {
+pub fn for_config(
+    running: Option<&Running>,
+    appliance: &ApplianceRow,
+) -> Option<ConnectivityProbe> {
     let Running {
         check,
         participants,

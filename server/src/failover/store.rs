@@ -67,7 +67,7 @@ type MemberRow = (
     Option<i16>,
 );
 
-/// A [`MemberRow`] after its site's id.
+/// A [`MemberRow`] after its site's id (sqlx decodes flat tuples only).
 type SiteMemberRow = (
     Uuid,
     Uuid,
@@ -93,20 +93,40 @@ fn pair_member(r: MemberRow) -> Option<PairMember> {
     })
 }
 
+/// Registered appliances matching `filter` (on `a`, the appliance, or `s`,
+/// its site; `$1` is `id`), with their sites, by site and member.
+async fn members_where(
+    db: impl PgExecutor<'_>,
+    filter: &str,
+    id: Uuid,
+) -> Result<Vec<(Uuid, PairMember)>, sqlx::Error> {
+    let rows: Vec<SiteMemberRow> = sqlx::query_as(&format!(
+        "SELECT a.site_id, a.id, a.member, a.instance_id, host(a.private_ip), a.ha_role,
+                a.ha_reason, a.last_seen_at, a.protocol
+           FROM appliances a JOIN sites s ON s.id = a.site_id
+          WHERE a.retired_at IS NULL AND {filter} ORDER BY a.site_id, a.member"
+    ))
+    .bind(id)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(
+            |(site, id, member, instance, ip, role, reason, seen, protocol)| {
+                let m = pair_member((id, member, instance, ip, role, reason, seen, protocol))?;
+                Some((site, m))
+            },
+        )
+        .collect())
+}
+
 /// The site's registered appliances, member A first.
 pub async fn live_members(
     db: impl PgExecutor<'_>,
     site_id: Uuid,
 ) -> Result<Vec<PairMember>, sqlx::Error> {
-    let rows: Vec<MemberRow> = sqlx::query_as(
-        "SELECT id, member, instance_id, host(private_ip), ha_role, ha_reason, last_seen_at,
-                protocol
-           FROM appliances WHERE site_id = $1 AND retired_at IS NULL ORDER BY member",
-    )
-    .bind(site_id)
-    .fetch_all(db)
-    .await?;
-    Ok(rows.into_iter().filter_map(pair_member).collect())
+    let rows = members_where(db, "a.site_id = $1", site_id).await?;
+    Ok(rows.into_iter().map(|(_, m)| m).collect())
 }
 
 /// The registered appliances of every site of the network, by site (member
@@ -115,21 +135,9 @@ pub async fn live_members_by_site(
     db: impl PgExecutor<'_>,
     network_id: Uuid,
 ) -> Result<BTreeMap<Uuid, Vec<PairMember>>, sqlx::Error> {
-    let rows: Vec<SiteMemberRow> =
-        sqlx::query_as(
-            "SELECT a.site_id, a.id, a.member, a.instance_id, host(a.private_ip), a.ha_role,
-                    a.ha_reason, a.last_seen_at, a.protocol
-               FROM appliances a JOIN sites s ON s.id = a.site_id
-              WHERE s.network_id = $1 AND a.retired_at IS NULL ORDER BY a.site_id, a.member",
-        )
-        .bind(network_id)
-        .fetch_all(db)
-        .await?;
     let mut by_site: BTreeMap<Uuid, Vec<PairMember>> = BTreeMap::new();
-    for (site, id, member, instance, ip, role, reason, seen, protocol) in rows {
-        if let Some(m) = pair_member((id, member, instance, ip, role, reason, seen, protocol)) {
-            by_site.entry(site).or_default().push(m);
-        }
+    for (site, m) in members_where(db, "s.network_id = $1", network_id).await? {
+        by_site.entry(site).or_default().push(m);
     }
     Ok(by_site)
 }

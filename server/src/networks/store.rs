@@ -18,11 +18,18 @@ pub fn topology_str(t: TopologyKind) -> &'static str {
     }
 }
 
-fn topology_from(s: &str) -> TopologyKind {
+/// A value the `networks` table cannot hold (its CHECK constraints say
+/// so): an error, never read as some default.
+fn unknown(column: &str, value: &str) -> sqlx::Error {
+    sqlx::Error::Decode(format!("networks.{column} holds the unknown value '{value}'").into())
+}
+
+fn topology_from(s: &str) -> Result<TopologyKind, sqlx::Error> {
     match s {
-        "transit" => TopologyKind::Transit,
-        "mesh_with_leaves" => TopologyKind::MeshWithLeaves,
-        _ => TopologyKind::FullMesh,
+        "full_mesh" => Ok(TopologyKind::FullMesh),
+        "transit" => Ok(TopologyKind::Transit),
+        "mesh_with_leaves" => Ok(TopologyKind::MeshWithLeaves),
+        other => Err(unknown("topology", other)),
     }
 }
 
@@ -37,14 +44,15 @@ pub fn status_str(s: NetworkStatus) -> &'static str {
     }
 }
 
-fn status_from(s: &str) -> NetworkStatus {
+fn status_from(s: &str) -> Result<NetworkStatus, sqlx::Error> {
     match s {
-        "provisioning" => NetworkStatus::Provisioning,
-        "ready" => NetworkStatus::Ready,
-        "failed" => NetworkStatus::Failed,
-        "deleting" => NetworkStatus::Deleting,
-        "deleted" => NetworkStatus::Deleted,
-        _ => NetworkStatus::Planned,
+        "planned" => Ok(NetworkStatus::Planned),
+        "provisioning" => Ok(NetworkStatus::Provisioning),
+        "ready" => Ok(NetworkStatus::Ready),
+        "failed" => Ok(NetworkStatus::Failed),
+        "deleting" => Ok(NetworkStatus::Deleting),
+        "deleted" => Ok(NetworkStatus::Deleted),
+        other => Err(unknown("status", other)),
     }
 }
 
@@ -74,19 +82,20 @@ pub struct NetworkRow {
     pub created_at: OffsetDateTime,
 }
 
-impl From<NetworkDbRow> for NetworkRow {
-    fn from(r: NetworkDbRow) -> Self {
-        NetworkRow {
+impl TryFrom<NetworkDbRow> for NetworkRow {
+    type Error = sqlx::Error;
+    fn try_from(r: NetworkDbRow) -> Result<Self, sqlx::Error> {
+        Ok(NetworkRow {
             id: r.id,
             org_id: r.org_id,
             name: r.name,
-            topology: topology_from(&r.topology),
+            topology: topology_from(&r.topology)?,
             options: r.options.0,
             kms_key_arn: r.kms_key_arn,
-            status: status_from(&r.status),
+            status: status_from(&r.status)?,
             status_note: r.status_note,
             created_at: r.created_at,
-        }
+        })
     }
 }
 
@@ -100,7 +109,7 @@ pub async fn list(pool: &PgPool, org_id: Uuid) -> Result<Vec<NetworkRow>, sqlx::
     .bind(org_id)
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(Into::into).collect())
+    rows.into_iter().map(TryInto::try_into).collect()
 }
 
 pub async fn find(
@@ -115,7 +124,7 @@ pub async fn find(
     .bind(id)
     .fetch_optional(db)
     .await?;
-    Ok(row.map(Into::into))
+    row.map(TryInto::try_into).transpose()
 }
 
 /// The network by id alone (the engine works across organizations).
@@ -129,7 +138,7 @@ pub async fn find_any(
     .bind(id)
     .fetch_optional(db)
     .await?;
-    Ok(row.map(Into::into))
+    row.map(TryInto::try_into).transpose()
 }
 
 pub struct NewNetwork<'a> {
@@ -299,4 +308,37 @@ pub async fn key_epochs(
             rotation: None,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_names_read_back_and_unknown_ones_are_errors_not_defaults() {
+        for t in [
+            TopologyKind::FullMesh,
+            TopologyKind::Transit,
+            TopologyKind::MeshWithLeaves,
+        ] {
+            assert_eq!(topology_from(topology_str(t)).ok(), Some(t));
+        }
+        for s in [
+            NetworkStatus::Planned,
+            NetworkStatus::Provisioning,
+            NetworkStatus::Ready,
+            NetworkStatus::Failed,
+            NetworkStatus::Deleting,
+            NetworkStatus::Deleted,
+        ] {
+            assert_eq!(status_from(status_str(s)).ok(), Some(s));
+        }
+        let e = topology_from("star").expect_err("unknown");
+        assert!(
+            e.to_string()
+                .contains("networks.topology holds the unknown value 'star'"),
+            "{e}"
+        );
+        assert!(status_from("").is_err());
+    }
 }

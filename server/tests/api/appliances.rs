@@ -671,17 +671,16 @@ async fn the_appliance_api_limits_registrations_unknown_credentials_requests_and
     );
 }
 
-#[tokio::test]
-async fn one_change_is_compiled_once_for_all_the_waiting_polls_of_its_network() {
-    let (w, id) = ready_east_west("one compile").await;
-    let mut c = w.app.client();
+/// Registers members a and b of the east and the west site; their
+/// credentials, in that order.
+async fn register_both_members_of_east_and_west(w: &World, c: &mut Client) -> Vec<String> {
     let mut credentials = Vec::new();
     for region in ["us-east-1", "eu-west-1"] {
-        let t = tokens(&w, region).await;
+        let t = tokens(w, region).await;
         for member in ['a', 'b'] {
             let (s, r) = register(
-                &mut c,
-                registration(&t[&member], &instance(&w, region, member).await),
+                c,
+                registration(&t[&member], &instance(w, region, member).await),
             )
             .await;
             assert_eq!(s, StatusCode::CREATED, "{r}");
@@ -689,6 +688,14 @@ async fn one_change_is_compiled_once_for_all_the_waiting_polls_of_its_network() 
             credentials.push(r.credential);
         }
     }
+    credentials
+}
+
+#[tokio::test]
+async fn one_change_is_compiled_once_for_all_the_waiting_polls_of_its_network() {
+    let (w, id) = ready_east_west("one compile").await;
+    let mut c = w.app.client();
+    let credentials = register_both_members_of_east_and_west(&w, &mut c).await;
     let mut versions = Vec::new();
     for cred in &credentials {
         let (s, cfg) = config(&mut c, cred, "").await;
@@ -768,20 +775,7 @@ async fn polls_without_a_version_that_ask_together_share_the_fresh_loads() {
     let (w, id) = ready_east_west("fresh burst").await;
     let network: uuid::Uuid = id.parse().expect("network id");
     let mut c = w.app.client();
-    let mut credentials = Vec::new();
-    for region in ["us-east-1", "eu-west-1"] {
-        let t = tokens(&w, region).await;
-        for member in ['a', 'b'] {
-            let (s, r) = register(
-                &mut c,
-                registration(&t[&member], &instance(&w, region, member).await),
-            )
-            .await;
-            assert_eq!(s, StatusCode::CREATED, "{r}");
-            let r: RegisterResponse = serde_json::from_value(r).expect("response");
-            credentials.push(r.credential);
-        }
-    }
+    let credentials = register_both_members_of_east_and_west(&w, &mut c).await;
     // Each appliance asks once (credential cached, protocol recorded).
     for cred in &credentials {
         assert_eq!(config(&mut c, cred, "").await.0, StatusCode::OK);
