@@ -1,12 +1,12 @@
 //! Start-up configuration: flags and environment, validated once.
 
 use crate::appliances::limits::LimitSettings;
-use appliance::protocol::{
-    DEAD_AFTER_BEATS, DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT_MS, HEARTBEAT_INTERVALS_MS,
-};
 use clap::{Parser, ValueEnum};
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use url::Url;
+use vpcmesh_protocol::{
+    DEAD_AFTER_BEATS, DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT_MS, HEARTBEAT_INTERVALS_MS,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {

@@ -12,16 +12,16 @@ use crate::networks::{
     store::{self as networks, NetworkRow, SiteRow},
 };
 use crate::topology::SitePlan;
-use appliance::protocol::{
-    spi_epoch_parity, spi_for, DesiredConfig, EpochKey, InboundSa, KeyScope, Member, OutboundSa,
-    Tunnel, TunnelKey, GENERATIONS_PROTOCOL_VERSION, PREVIOUS_PROTOCOL_VERSION, PROTOCOL_VERSION,
-    SPI_BASE_MASK,
-};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use uuid::Uuid;
+use vpcmesh_protocol::{
+    spi_epoch_parity, spi_for, DesiredConfig, EpochKey, InboundSa, KeyScope, Member, OutboundSa,
+    Tunnel, TunnelKey, GENERATIONS_PROTOCOL_VERSION, PREVIOUS_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    SPI_BASE_MASK,
+};
 
 /// The protocols this server renders configs in: its own and the previous
 /// one (agents of the last release keep working during an upgrade).

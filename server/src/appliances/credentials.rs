@@ -80,8 +80,8 @@ impl CredentialCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use appliance::protocol::Member;
     use uuid::Uuid;
+    use vpcmesh_protocol::Member;
 
     fn row(network_id: Uuid) -> ApplianceRow {
         ApplianceRow {

@@ -8,10 +8,6 @@ use crate::failover::config::Timing;
 use crate::http::client_ip::ClientIp;
 use crate::metrics::METRICS;
 use crate::state::AppState;
-use appliance::protocol::{
-    GenerationRequest, GenerationResponse, ProbeReport, RegisterRequest, RegisterResponse,
-    StatusReport, MAX_MEMBER_GENERATION,
-};
 use axum::{
     extract::{
         rejection::{JsonRejection, QueryRejection},
@@ -24,6 +20,10 @@ use axum::{
 };
 use serde::Deserialize;
 use std::time::{Duration, Instant};
+use vpcmesh_protocol::{
+    GenerationRequest, GenerationResponse, ProbeReport, RegisterRequest, RegisterResponse,
+    StatusReport, MAX_MEMBER_GENERATION,
+};
 
 /// How long a config long-poll waits for a change at most.
 const MAX_WAIT_SECS: u64 = 30;

@@ -1,6 +1,6 @@
 //! The appliance API: instances register with their member's single-use
 //! bootstrap token, then use a per-appliance credential to long-poll their
-//! desired config and report status. Wire types: `appliance::protocol`.
+//! desired config and report status. Wire types: `vpcmesh_protocol`.
 
 pub mod agent_binary;
 mod changes;

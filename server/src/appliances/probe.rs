@@ -7,9 +7,9 @@
 use super::rotation::LIVE_WITHIN;
 use super::{store::ApplianceRow, ApplianceError};
 use crate::networks::connectivity::store::{self, CheckRow};
-use appliance::protocol::{ConnectivityProbe, ProbeReport, ProbeTarget};
 use sqlx::PgPool;
 use std::net::Ipv4Addr;
+use vpcmesh_protocol::{ConnectivityProbe, ProbeReport, ProbeTarget};
 
 /// A check of the network in progress and who takes part in it: read once
 /// per network, in its snapshot.

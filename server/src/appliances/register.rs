@@ -7,11 +7,11 @@
 use super::{rotation::LIVE_WITHIN, store, ApplianceError};
 use crate::aws::instances::{self, InstanceFacts, GROUP_TAG};
 use crate::{accounts, audit, identity::orgs, state::AppState};
-use appliance::protocol::{Member, RegisterRequest, RegisterResponse, MAX_MEMBER_GENERATION};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
+use vpcmesh_protocol::{Member, RegisterRequest, RegisterResponse, MAX_MEMBER_GENERATION};
 
 pub fn hash(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()

@@ -15,11 +15,11 @@
 //! every server replica just restarted) holds it: the old epoch stays until
 //! the site is heard again, is replaced, or an admin invalidates the epoch.
 
-use appliance::protocol::KeyScope;
 use sqlx::{PgExecutor, PgPool};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use uuid::Uuid;
+use vpcmesh_protocol::KeyScope;
 
 /// Appliances report every 10 s by default; three missed reports and an
 /// appliance no longer counts for rotation decisions.
@@ -126,7 +126,7 @@ pub async fn all_agents_take_tunnel_keys(
           WHERE s.network_id = $1 AND a.retired_at IS NULL",
     )
     .bind(network_id)
-    .bind(appliance::protocol::PROTOCOL_VERSION as i16)
+    .bind(vpcmesh_protocol::PROTOCOL_VERSION as i16)
     .fetch_one(db)
     .await
 }

@@ -3,9 +3,9 @@
 
 use super::{rotation, store, store::ApplianceRow, ApplianceError};
 use crate::failover;
-use appliance::protocol::{StatusReport, MAX_EPOCHS_IN_PLAY, MAX_TUNNELS};
 use sqlx::PgPool;
 use std::time::Duration;
+use vpcmesh_protocol::{StatusReport, MAX_EPOCHS_IN_PLAY, MAX_TUNNELS};
 
 pub async fn record(
     pool: &PgPool,

@@ -1,10 +1,10 @@
 //! SQL for appliances and their bootstrap tokens.
 
-use appliance::protocol::{HaRole, Member, StatusReport};
 use sqlx::{PgExecutor, PgPool};
 use std::net::Ipv4Addr;
 use time::OffsetDateTime;
 use uuid::Uuid;
+use vpcmesh_protocol::{HaRole, Member, StatusReport};
 
 pub struct TokenRow {
     pub site_id: Uuid,

@@ -13,13 +13,13 @@ pub async fn new_data_key(
     key_arn: &str,
     network_id: &uuid::Uuid,
     epoch: i32,
-    scope: appliance::protocol::KeyScope,
+    scope: vpcmesh_protocol::KeyScope,
 ) -> Result<Vec<u8>, AwsError> {
     let mut req = kms
         .generate_data_key_without_plaintext()
         .key_id(key_arn)
         .key_spec(DataKeySpec::Aes256);
-    for (k, v) in appliance::protocol::encryption_context(network_id, epoch as u32, scope) {
+    for (k, v) in vpcmesh_protocol::encryption_context(network_id, epoch as u32, scope) {
         req = req.encryption_context(k, v);
     }
     let out = req

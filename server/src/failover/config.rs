@@ -2,11 +2,11 @@
 //! heartbeats go), the heartbeat timing, and a takeover the server asks of it.
 
 use super::store;
-use appliance::protocol::{HaConfig, HaPartner, Member};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use uuid::Uuid;
+use vpcmesh_protocol::{HaConfig, HaPartner, Member};
 
 /// Heartbeat timing from the server's settings (checked at start-up
 /// against the protocol's ranges).

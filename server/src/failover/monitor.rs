@@ -221,7 +221,7 @@ pub fn spawn(state: AppState) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use appliance::protocol::Member;
+    use vpcmesh_protocol::Member;
 
     const RETRY: Duration = Duration::from_secs(60);
 

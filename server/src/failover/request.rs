@@ -8,9 +8,9 @@ use crate::appliances::rotation::LIVE_WITHIN;
 use crate::networks::view as networks;
 use crate::{audit, identity::users::UserRecord, internal::OrInternal, state::AppState};
 use app::api::{ConsoleError, TakeoverView};
-use appliance::protocol::GENERATIONS_PROTOCOL_VERSION;
 use time::OffsetDateTime;
 use uuid::Uuid;
+use vpcmesh_protocol::GENERATIONS_PROTOCOL_VERSION;
 
 /// "2026-12-02 04:56:50" (UTC), as the console shows times.
 fn to_second(t: OffsetDateTime) -> String {
@@ -196,8 +196,8 @@ pub async fn fail_over(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use appliance::protocol::Member;
     use std::time::Duration;
+    use vpcmesh_protocol::Member;
 
     fn member(m: Member, role: Option<&str>, seen_ago: u64) -> store::PairMember {
         store::PairMember {

@@ -3,9 +3,9 @@
 //! failover reason is recorded in the site's history, once.
 
 use super::store::{self, NewFailover};
-use appliance::protocol::{HaReason, HaRole, HaStatus, Member, StatusReport};
 use sqlx::PgConnection;
 use uuid::Uuid;
+use vpcmesh_protocol::{HaReason, HaRole, HaStatus, Member, StatusReport};
 
 /// The longest a member may say it has had its role: ten years, in ms
 /// (keeps role-since a date Postgres can hold).

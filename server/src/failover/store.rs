@@ -1,13 +1,13 @@
 //! The `takeover_requests` and `failovers` tables, and the pair of a site
 //! as failover sees it.
 
-use appliance::protocol::Member;
 use sqlx::{PgConnection, PgExecutor};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 use time::OffsetDateTime;
 use uuid::Uuid;
+use vpcmesh_protocol::Member;
 
 fn member_of(text: &str) -> Option<Member> {
     match text {

@@ -7,11 +7,11 @@
 
 use crate::aws::{kms, AwsError};
 use crate::topology::SitePlan;
-use appliance::protocol::KeyScope;
 use futures::{StreamExt, TryStreamExt};
 use sqlx::PgConnection;
 use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
+use vpcmesh_protocol::KeyScope;
 
 /// KMS calls in flight at once while an epoch's keys are made.
 const CONCURRENT_KMS_CALLS: usize = 8;

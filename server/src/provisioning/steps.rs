@@ -15,7 +15,6 @@ use crate::{
     state::AppState,
     topology::RouteTarget,
 };
-use appliance::protocol::Member;
 use aws_sdk_cloudformation::types::{Capability, Parameter, Stack};
 use aws_sdk_ec2::types::Filter;
 use ipnet::Ipv4Net;
@@ -23,6 +22,7 @@ use rand::RngCore;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
+use vpcmesh_protocol::Member;
 
 const POLL: Duration = Duration::from_secs(2);
 /// How long the routes step waits for the site's appliance instance once its
@@ -468,7 +468,7 @@ async fn active_instance(
 }
 
 /// Programs (or removes) the site's VPC routes for every remote CIDR, by
-/// `appliance::route_owner`'s rule (see `super::vpc_routes`).
+/// `vpcmesh_protocol::route_owner`'s rule (see `super::vpc_routes`).
 async fn routes(
     ctx: &Ctx<'_>,
     access: &AccountAccess,

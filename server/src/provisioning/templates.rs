@@ -406,7 +406,7 @@ mod tests {
             json!({"kms:EncryptionContext:vpcmesh:sites": "true"})
         );
         assert_eq!(
-            appliance::protocol::SITES_CONTEXT_KEY,
+            vpcmesh_protocol::SITES_CONTEXT_KEY,
             "vpcmesh:sites",
             "the template's condition names the protocol's context key"
         );

@@ -1,5 +1,5 @@
 //! The routes step's decisions, kept pure: which of the site's VPC routes
-//! to create, replace or delete, by `appliance::route_owner`'s rule. A
+//! to create, replace or delete, by `vpcmesh_protocol::route_owner`'s rule. A
 //! route vpcmesh did not make (a peering connection, a VPN, someone
 //! else's instance) is never replaced or deleted: applying stops with a
 //! conflict that names it, before any change; a teardown leaves it.
@@ -12,9 +12,9 @@ use crate::{
     state::AppState,
     topology::RouteTarget,
 };
-use appliance::route_owner::{self, Claim, Route, SiteHosts, Target};
 use ipnet::Ipv4Net;
 use std::collections::HashMap;
+use vpcmesh_protocol::route_owner::{self, Claim, Route, SiteHosts, Target};
 
 /// One change to make in one table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,7 +61,7 @@ impl Conflict {
     }
 }
 
-/// The routes of `tables`, as `appliance::route_owner` reads them.
+/// The routes of `tables`, as `vpcmesh_protocol::route_owner` reads them.
 pub async fn table_routes(
     ec2: &aws_sdk_ec2::Client,
     tables: &[String],

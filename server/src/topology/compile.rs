@@ -183,14 +183,14 @@ impl SpiTable {
                 .map(|attempt| {
                     // Below 2^16: the bits above carry the key epoch's
                     // parity and the flow's generation
-                    // (appliance::protocol::spi_for).
+                    // (vpcmesh_protocol::spi_for).
                     stable_u32(&[
                         network.as_bytes(),
                         from.as_bytes(),
                         &[member as u8],
                         to.as_bytes(),
                         &attempt.to_be_bytes(),
-                    ]) & appliance::protocol::SPI_BASE_MASK
+                    ]) & vpcmesh_protocol::SPI_BASE_MASK
                 })
                 .find(|spi| *spi >= 0x100 && !taken.contains(spi))
                 .expect("an unbounded search over a 32-bit hash finds a free SPI");

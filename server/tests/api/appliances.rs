@@ -4,14 +4,14 @@
 
 use crate::networks::{place, World};
 use crate::support::Client;
-use appliance::protocol::{
-    DesiredConfig, InboundSa, Member, RegisterResponse, TunnelState, PROTOCOL_VERSION,
-};
 use axum::body::Body;
 use axum::http::{header, Method, StatusCode};
 use base64::Engine;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use vpcmesh_protocol::{
+    DesiredConfig, InboundSa, Member, RegisterResponse, TunnelState, PROTOCOL_VERSION,
+};
 
 /// Bootstrap tokens by (region, member), read from the launch templates.
 pub(crate) async fn tokens(w: &World, region: &str) -> BTreeMap<char, String> {
@@ -430,8 +430,7 @@ async fn appliances_register_once_get_matching_configs_and_report_status() {
     .await
     .expect("status row");
     assert_eq!(applied, Some(rotated.version as i64));
-    let t: Vec<appliance::protocol::TunnelStatus> =
-        serde_json::from_value(tunnels).expect("tunnels");
+    let t: Vec<vpcmesh_protocol::TunnelStatus> = serde_json::from_value(tunnels).expect("tunnels");
     assert_eq!((t[0].state, t[0].in_packets), (TunnelState::Up, 10));
     let (s, _) = config(&mut c, "vma_forged", "").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);

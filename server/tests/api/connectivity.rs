@@ -8,12 +8,12 @@
 use crate::appliances::{config, instance, register, registration, status, tokens, Instance};
 use crate::networks::{place, World};
 use crate::support::{Client, Response, TestApp};
-use appliance::protocol::{DesiredConfig, ProbeTarget, RegisterResponse};
 use axum::body::Body;
 use axum::http::{header, Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
+use vpcmesh_protocol::{DesiredConfig, ProbeTarget, RegisterResponse};
 
 /// A ready two-site full mesh (us-east-1, eu-west-1, HA) whose checks wait
 /// `grace` beyond their echoes for reports.

@@ -13,12 +13,12 @@ use crate::networks::{place, World};
 use crate::support::eventually;
 use crate::support::{Client, TestApp};
 use app::api::Role;
-use appliance::protocol::{DesiredConfig, Member, RegisterResponse};
 use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
 use server::Settings;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
+use vpcmesh_protocol::{DesiredConfig, Member, RegisterResponse};
 
 /// A ready two-site full mesh (us-east-1, eu-west-1, HA pairs) on a server
 /// whose settings `change` adjusts.

@@ -9,11 +9,11 @@ use crate::mirror::Mirror;
 use crate::networks::World;
 use crate::support::eventually;
 use crate::support::Client;
-use appliance::protocol::{spi_generation, DesiredConfig, Member, RegisterResponse};
 use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use vpcmesh_protocol::{spi_generation, DesiredConfig, Member, RegisterResponse};
 
 /// Protocol 2 as its agents shipped it, kept verbatim: what such an agent
 /// parses and accepts.

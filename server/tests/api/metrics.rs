@@ -4,11 +4,11 @@
 use crate::appliances::{
     config, instance, ready_east_west, register, registration, status, tokens,
 };
-use appliance::protocol::RegisterResponse;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
+use vpcmesh_protocol::RegisterResponse;
 
 /// The value of the sample whose line starts with `series` (name and labels).
 fn sample(text: &str, series: &str) -> Option<f64> {

@@ -8,10 +8,10 @@ use crate::appliances::{
     config, instance, ready_east_west, register, registration, status, tokens, Instance,
 };
 use crate::support::Client;
-use appliance::protocol::{DesiredConfig, RegisterResponse};
 use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+use vpcmesh_protocol::{DesiredConfig, RegisterResponse};
 
 /// What an agent reports after applying `cfg`: the epochs it accepts, and
 /// per tunnel the state and the epoch it sends with.

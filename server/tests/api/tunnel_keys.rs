@@ -10,11 +10,11 @@
 use crate::appliances::{config, instance, ready_east_west, register, registration, tokens};
 use crate::networks::{place, World};
 use crate::support::Client;
-use appliance::protocol::{encryption_context, DesiredConfig, KeyScope, RegisterResponse};
 use axum::http::{Method, StatusCode};
 use base64::Engine;
 use std::collections::BTreeMap;
 use uuid::Uuid;
+use vpcmesh_protocol::{encryption_context, DesiredConfig, KeyScope, RegisterResponse};
 
 async fn join(c: &mut Client, w: &World, region: &str) -> String {
     let token = tokens(w, region).await[&'a'].clone();

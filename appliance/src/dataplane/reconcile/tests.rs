@@ -1,10 +1,10 @@
 use super::*;
 use crate::dataplane::{desired_state, DataKey, Underlay};
-use crate::protocol::tests::sample_config;
 use crate::protocol::DesiredConfig;
 use crate::xfrm::{Block, Direction, SaCounters};
 use ipnet::Ipv4Net;
 use std::net::Ipv4Addr;
+use vpcmesh_protocol::fixtures::sample_config;
 
 fn config(peers: u32) -> DesiredConfig {
     sample_config(peers as usize)
@@ -166,7 +166,7 @@ fn an_sa_with_its_key_in_another_shape_is_never_added_again_under_that_key() {
 /// and policies and routes never change.
 #[test]
 fn a_rotation_adds_before_it_removes_and_never_touches_policies() {
-    use crate::protocol::tests::rotating;
+    use vpcmesh_protocol::fixtures::rotating;
     let steady = config(3);
     let accept = rotating(steady.clone(), 1);
     let send = rotating(steady.clone(), 2);
@@ -209,7 +209,7 @@ fn a_rotation_adds_before_it_removes_and_never_touches_policies() {
 
 #[test]
 fn a_config_naming_an_epoch_without_its_key_programs_nothing() {
-    let c = crate::protocol::tests::rotating(config(1), 2);
+    let c = vpcmesh_protocol::fixtures::rotating(config(1), 2);
     let only_old = [(1, DataKey::new(vec![5; 32]))].into_iter().collect();
     let underlay = Underlay {
         oif: 2,
@@ -234,7 +234,7 @@ fn status_says_rekeying_while_two_epochs_are_in_play() {
     };
     let steady = config(2);
     assert!(mark(&steady).iter().all(|t| t.state == TunnelState::Up));
-    let rotating = crate::protocol::tests::rotating(steady, 2);
+    let rotating = vpcmesh_protocol::fixtures::rotating(steady, 2);
     let status = mark(&rotating);
     assert!(status
         .iter()

@@ -9,11 +9,11 @@ use crate::networks::{
 };
 use crate::{audit, identity::users::UserRecord, internal::OrInternal, state::AppState};
 use app::api::{ConnectivityCheck, ConsoleError};
-use appliance::protocol::MAX_PROBE_TARGETS;
 use sqlx::PgPool;
 use std::time::Duration;
 use time::OffsetDateTime;
 use uuid::Uuid;
+use vpcmesh_protocol::MAX_PROBE_TARGETS;
 
 /// Echoes each appliance sends to each peer, and their spacing: a second
 /// of pinging, enough to see loss without loading the tunnels.

@@ -1,12 +1,12 @@
 //! The `connectivity_checks` and `connectivity_results` tables, and which
 //! appliance of each site takes part.
 
-use appliance::protocol::ProbeResult;
 use sqlx::{PgExecutor, PgPool};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 use time::OffsetDateTime;
 use uuid::Uuid;
+use vpcmesh_protocol::ProbeResult;
 
 #[derive(Clone, Debug)]
 pub struct CheckRow {

@@ -9,12 +9,12 @@ use crate::appliances::{running_instances, Instance};
 use crate::moto::Customer;
 use crate::networks::{place, World};
 use crate::support::TestApp;
-use appliance::protocol::{DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT_MS};
 use aws_sdk_ec2::types::Filter;
 use serde_json::Value;
 use server::Settings;
 use std::time::{Duration, Instant};
 use vpcmesh_lab::model::Host;
+use vpcmesh_protocol::{DEFAULT_DEAD_AFTER, DEFAULT_HEARTBEAT_MS};
 
 const EAST: &str = "us-east-1";
 const WEST: &str = "eu-west-1";

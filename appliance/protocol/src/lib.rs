@@ -1,6 +1,8 @@
 //! The appliance wire protocol: what the server and the agent say to each
-//! other. This module is its one owner; the server depends on this crate
-//! without the `agent` feature to get exactly these types.
+//! other (serde types, their validation and versions). This crate is its one
+//! owner and has no agent dependencies; the server and the agent both depend
+//! on it. With feature `routes`, also [`route_owner`]: which VPC routes are
+//! vpcmesh's, a rule both sides apply to what EC2 holds.
 //!
 //! Versioned: every config carries [`PROTOCOL_VERSION`]; an agent refuses a
 //! config of a protocol it does not speak instead of guessing.
@@ -11,7 +13,11 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use uuid::Uuid;
 
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 mod ha;
+#[cfg(feature = "routes")]
+pub mod route_owner;
 pub use ha::{
     HaConfig, HaConfigError, HaPartner, HaReason, HaStatus, DEAD_AFTER_BEATS, DEFAULT_DEAD_AFTER,
     DEFAULT_HEARTBEAT_MS, HEARTBEAT_INTERVALS_MS, HEARTBEAT_PORT,
@@ -827,4 +833,4 @@ pub struct StatusReport {
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;
