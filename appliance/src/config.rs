@@ -74,6 +74,11 @@ pub struct RunArgs {
     /// Seconds a config long-poll waits for a change.
     #[arg(long, default_value_t = 25)]
     pub long_poll_secs: u64,
+    /// Seconds between checks of the kernel against the applied config
+    /// when no new config came (what drifted is put back).
+    #[arg(long, env = "VPCMESH_DRIFT_CHECK_SECS", default_value_t = crate::sync::DRIFT_CHECK_EVERY.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub drift_check_secs: u64,
 }
 
 #[derive(Args, Debug, Clone)]

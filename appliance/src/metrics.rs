@@ -23,6 +23,7 @@ pub struct AgentMetrics {
     config_version: IntGauge,
     configs_applied: IntCounter,
     config_errors: IntCounter,
+    drift_repairs: IntCounter,
     reconcile_seconds: Histogram,
     reconcile_changes: IntCounterVec,
     tunnel_state: IntGaugeVec,
@@ -80,6 +81,10 @@ pub static METRICS: LazyLock<AgentMetrics> = LazyLock::new(|| {
         config_errors: counter(
             "vpcmesh_agent_config_errors_total",
             "Configs refused, not decrypted or not fully applied",
+        ),
+        drift_repairs: counter(
+            "vpcmesh_agent_drift_repairs_total",
+            "Times the periodic check found the kernel changed behind the agent's back and put it back",
         ),
         reconcile_seconds: register(
             &r,
@@ -186,6 +191,10 @@ impl AgentMetrics {
 
     pub fn config_error(&self) {
         self.config_errors.inc();
+    }
+
+    pub fn drift_repaired(&self) {
+        self.drift_repairs.inc();
     }
 
     pub fn status_report(&self, delivered: bool) {

@@ -237,6 +237,21 @@ pub struct ApplianceSummary {
     pub applied_version: Option<i64>,
     pub config_error: Option<String>,
     pub tunnels: Vec<TunnelLive>,
+    /// What its drift check last put back in its kernel, if ever.
+    #[serde(default)]
+    pub repaired: Option<Repaired>,
+}
+
+/// The appliance's last repair of its kernel: objects of the applied config
+/// someone deleted or changed behind the agent's back, put back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repaired {
+    /// When (RFC 3339).
+    pub at: String,
+    /// Kernel objects put back (0: lost SAs, replaced by a fresh generation).
+    pub changes: u32,
+    /// Repairs since the appliance's agent started.
+    pub count: u64,
 }
 
 /// One tunnel as an appliance sees it in its kernel.

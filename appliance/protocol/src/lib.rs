@@ -830,6 +830,24 @@ pub struct StatusReport {
     /// failover existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha: Option<HaStatus>,
+    /// What the agent's periodic check of its kernel found changed behind
+    /// its back and put back (absent before the first repair, and from
+    /// agents before the check existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repairs: Option<Repairs>,
+}
+
+/// Drift the agent repaired since it started: SAs, policies or routes of
+/// the applied config that someone deleted or changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repairs {
+    /// Repairs since the agent started (at least 1).
+    pub count: u64,
+    /// Kernel objects the last repair put back or replaced (0: the kernel
+    /// had lost SAs, so the agent moved to a fresh SA generation instead).
+    pub last_changes: u32,
+    /// How long ago the last repair was, by the agent's clock.
+    pub last_ago_ms: u64,
 }
 
 #[cfg(test)]

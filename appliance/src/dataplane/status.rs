@@ -118,5 +118,6 @@ pub fn status_report(
         epochs: applied.map(DesiredConfig::epochs).unwrap_or_default(),
         tunnels,
         ha,
+        repairs: None,
     }
 }

@@ -5,10 +5,12 @@
 pub(crate) mod backoff;
 mod boot;
 mod client;
+mod drift;
 mod generation;
 mod run;
 pub mod systemd;
 
 pub use boot::{BootConfig, Identity, StoredCredential};
 pub use client::{ControlPlane, SyncError};
+pub use drift::CHECK_EVERY as DRIFT_CHECK_EVERY;
 pub use run::run;

@@ -1,6 +1,7 @@
 //! `vpcmesh-agent run`: register once, then follow the server.
 
 use super::backoff::Backoff;
+use super::drift::{DriftCheck, Repaired};
 use super::generation::{Decision, Generations};
 use super::{BootConfig, ControlPlane, Identity, StoredCredential, SyncError};
 use crate::address::SiteAddress;
@@ -26,6 +27,7 @@ use tokio::sync::{watch, Notify};
 struct Shared {
     applied: Option<DesiredConfig>,
     error: Option<String>,
+    repaired: Option<Repaired>,
 }
 
 type SharedKernel = Arc<Mutex<Kernel>>;
@@ -252,6 +254,10 @@ async fn follow_config(
     let wait = Duration::from_secs(args.long_poll_secs.clamp(1, 30));
     // The config version last given to the HA task.
     let mut ha_sent: Option<u64> = None;
+    // The applied config, planned again against the kernel when no new one
+    // comes (see `drift`).
+    let mut drift = DriftCheck::new(Duration::from_secs(args.drift_check_secs), Instant::now());
+    let mut last_applied: Option<DesiredConfig> = None;
     let set_error = |e: String| {
         METRICS.config_error();
         if let Ok(mut s) = shared.lock() {
@@ -260,12 +266,16 @@ async fn follow_config(
         report_now.notify_one();
     };
     loop {
-        let config = match cp.config(credential, after, wait).await {
+        let poll_wait = drift.poll_wait(wait, Instant::now());
+        let (config, checking) = match cp.config(credential, after, poll_wait).await {
             Ok(None) => {
                 backoff.reset();
-                continue;
+                match last_applied.clone() {
+                    Some(c) if drift.due(Instant::now()) => (c, true),
+                    _ => continue,
+                }
             }
-            Ok(Some(c)) => c,
+            Ok(Some(c)) => (c, false),
             Err(SyncError::Refused { status: 401, .. }) => return Revoked,
             Err(e) => {
                 // Fail static: the kernel keeps the last applied config.
@@ -346,6 +356,26 @@ async fn follow_config(
                 generations = g;
                 backoff.reset();
                 kernel_backoff.reset();
+                let changes = report.added + report.replaced + report.deleted;
+                if let Some(r) = drift.applied(checking, changes, Instant::now()) {
+                    METRICS.drift_repaired();
+                    tracing::warn!(
+                        version = config.version,
+                        added = report.added,
+                        replaced = report.replaced,
+                        deleted = report.deleted,
+                        "the kernel had changed behind the agent's back; put the applied config back"
+                    );
+                    if let Ok(mut s) = shared.lock() {
+                        s.repaired = Some(r);
+                    }
+                    report_now.notify_one();
+                }
+                if checking {
+                    // Nothing new for the HA task, systemd or the report.
+                    continue;
+                }
+                last_applied = Some(config.clone());
                 tracing::info!(
                     version = config.version,
                     generation = config.generation,
@@ -380,6 +410,13 @@ async fn follow_config(
                 }
             }
             Ok(Applied::Renew { above }) => {
+                if checking {
+                    tracing::warn!(
+                        version = config.version,
+                        "the kernel lost SAs behind the agent's back; moving to a fresh generation"
+                    );
+                    drift.renewing();
+                }
                 // Never put lost SAs back: get SPIs no kernel ever held.
                 match cp.new_generation(credential, above).await {
                     Ok(g) => {
@@ -511,8 +548,8 @@ async fn report_status(
 ) {
     loop {
         let _ = tokio::time::timeout(every, now.notified()).await;
-        let (applied, error) = match shared.lock() {
-            Ok(s) => (s.applied.clone(), s.error.clone()),
+        let (applied, error, repaired) = match shared.lock() {
+            Ok(s) => (s.applied.clone(), s.error.clone(), s.repaired),
             Err(_) => return,
         };
         let k = kernel.clone();
@@ -524,13 +561,14 @@ async fn report_status(
                 (Some(c), Some(o)) => inbound_drops(c, o),
                 _ => Vec::new(),
             };
-            let report = status_report(
+            let mut report = status_report(
                 applied.as_ref(),
                 error,
                 view.role,
                 Some(view.status()),
                 observed.as_ref(),
             );
+            report.repairs = repaired.map(|r| r.report(Instant::now()));
             METRICS.tunnels(report.ha_role, &report.tunnels, &drops);
             report
         })

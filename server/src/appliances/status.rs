@@ -7,6 +7,9 @@ use sqlx::PgPool;
 use std::time::Duration;
 use vpcmesh_protocol::{StatusReport, MAX_EPOCHS_IN_PLAY, MAX_TUNNELS};
 
+/// The oldest last repair a report may name (an agent up for a year).
+const MAX_REPAIR_AGO_MS: u64 = 366 * 24 * 3600 * 1000;
+
 pub async fn record(
     pool: &PgPool,
     appliance: &ApplianceRow,
@@ -76,6 +79,18 @@ pub fn check(report: &StatusReport) -> Result<(), ApplianceError> {
             message: format!("at most {} inbound SAs per tunnel", 4 * MAX_EPOCHS_IN_PLAY),
         });
     }
+    if let Some(r) = &report.repairs {
+        if r.count == 0
+            || r.count > i64::MAX as u64
+            || r.last_changes > i32::MAX as u32
+            || r.last_ago_ms > MAX_REPAIR_AGO_MS
+        {
+            return Err(ApplianceError::InvalidInput {
+                field: "repairs",
+                message: "a count of at least 1, changes that fit the kernel and a last repair within a year".into(),
+            });
+        }
+    }
     if let Some(ha) = &report.ha {
         failover::status::check(report.ha_role, ha)
             .map_err(|(field, message)| ApplianceError::InvalidInput { field, message })?;
@@ -107,11 +122,14 @@ mod tests {
             proptest::collection::vec(any::<u32>(), 0..5),
             proptest::collection::vec(tunnel, 0..4),
             prop_oneof![Just("active"), Just("passive")],
+            proptest::option::of((any::<u64>(), any::<u32>(), any::<u64>())),
         )
-            .prop_map(|(version, applied, error, epochs, tunnels, role)| {
+            .prop_map(|(version, applied, error, epochs, tunnels, role, repairs)| {
                 json!({"agent_version": version, "applied_version": applied,
                        "config_error": error.map(|e| e.repeat(60)), "ha_role": role,
-                       "epochs": epochs, "tunnels": tunnels})
+                       "epochs": epochs, "tunnels": tunnels,
+                       "repairs": repairs.map(|(count, last_changes, last_ago_ms)|
+                           json!({"count": count, "last_changes": last_changes, "last_ago_ms": last_ago_ms}))})
             })
     }
 
@@ -125,11 +143,39 @@ mod tests {
                 Ok(()) => {
                     prop_assert!(!report.agent_version.is_empty() && report.agent_version.len() <= 64);
                     prop_assert!(report.epochs.len() <= MAX_EPOCHS_IN_PLAY);
+                    if let Some(r) = report.repairs {
+                        prop_assert!(r.count >= 1 && r.count <= i64::MAX as u64);
+                        prop_assert!(r.last_changes <= i32::MAX as u32 && r.last_ago_ms <= MAX_REPAIR_AGO_MS);
+                    }
                 }
                 Err(ApplianceError::InvalidInput { field, message }) => {
                     prop_assert!(!field.is_empty() && !message.is_empty());
                 }
                 Err(other) => prop_assert!(false, "refused without a field: {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn repairs_that_cannot_be_true_are_refused_by_name() {
+        let report = |repairs: serde_json::Value| -> StatusReport {
+            serde_json::from_value(json!({"agent_version": "1", "applied_version": 1,
+                "ha_role": "active", "tunnels": [], "repairs": repairs}))
+            .expect("a report")
+        };
+        let ok = json!({"count": 2, "last_changes": 1, "last_ago_ms": 1500});
+        assert!(check(&report(ok)).is_ok());
+        for bad in [
+            json!({"count": 0, "last_changes": 1, "last_ago_ms": 0}),
+            json!({"count": u64::MAX, "last_changes": 1, "last_ago_ms": 0}),
+            json!({"count": 1, "last_changes": u32::MAX, "last_ago_ms": 0}),
+            json!({"count": 1, "last_changes": 1, "last_ago_ms": MAX_REPAIR_AGO_MS + 1}),
+        ] {
+            match check(&report(bad.clone())) {
+                Err(ApplianceError::InvalidInput { field, .. }) => {
+                    assert_eq!(field, "repairs", "{bad}")
+                }
+                other => panic!("{bad} was not refused by name: {other:?}"),
             }
         }
     }

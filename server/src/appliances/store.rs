@@ -294,7 +294,18 @@ pub async fn record_status(
                          OR abs(extract(epoch FROM ha_role_since
                                 - (now() - make_interval(secs => $10)))) > 2
                     THEN now() - make_interval(secs => $10)
-                    ELSE ha_role_since END
+                    ELSE ha_role_since END,
+                -- A repair keeps its time unless the report moves it by more
+                -- than 2 s (each report shifts it by its own delay).
+                last_repair_at = CASE
+                    WHEN $11::bigint IS NULL THEN last_repair_at
+                    WHEN last_repair_at IS NULL
+                         OR abs(extract(epoch FROM last_repair_at
+                                - (now() - make_interval(secs => $13)))) > 2
+                    THEN now() - make_interval(secs => $13)
+                    ELSE last_repair_at END,
+                last_repair_changes = COALESCE($12, last_repair_changes),
+                repairs = COALESCE($11, repairs)
           WHERE id = $1",
     )
     .bind(id)
@@ -317,6 +328,13 @@ pub async fn record_status(
             .ha
             .as_ref()
             .map_or(0.0, |h| h.role_for_ms as f64 / 1000.0),
+    )
+    .bind(report.repairs.map(|r| r.count as i64))
+    .bind(report.repairs.map(|r| r.last_changes as i32))
+    .bind(
+        report
+            .repairs
+            .map_or(0.0, |r| r.last_ago_ms as f64 / 1000.0),
     )
     .execute(&mut *tx)
     .await?;
@@ -430,31 +448,38 @@ pub async fn member_sas(
         .collect())
 }
 
+/// One appliance as the console lists it.
+#[derive(sqlx::FromRow)]
+struct SummaryRow {
+    id: Uuid,
+    site_id: Uuid,
+    member: String,
+    ha_role: Option<String>,
+    instance_id: String,
+    availability_zone: String,
+    private_ip: String,
+    public_ip: Option<String>,
+    last_seen_at: Option<OffsetDateTime>,
+    applied_version: Option<i64>,
+    config_error: Option<String>,
+    tunnels: sqlx::types::Json<Vec<app::api::TunnelLive>>,
+    ha_reason: Option<String>,
+    ha_role_since: Option<OffsetDateTime>,
+    last_repair_at: Option<OffsetDateTime>,
+    last_repair_changes: Option<i32>,
+    repairs: Option<i64>,
+}
+
 /// The live appliances of a network for the console, by site and member.
 pub async fn summaries(
     pool: &PgPool,
     network_id: Uuid,
 ) -> Result<Vec<app::api::ApplianceSummary>, sqlx::Error> {
-    type Row = (
-        Uuid,
-        Uuid,
-        String,
-        Option<String>,
-        String,
-        String,
-        String,
-        Option<String>,
-        Option<OffsetDateTime>,
-        Option<i64>,
-        Option<String>,
-        sqlx::types::Json<Vec<app::api::TunnelLive>>,
-        Option<String>,
-        Option<OffsetDateTime>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
+    let rows: Vec<SummaryRow> = sqlx::query_as(
         "SELECT a.id, a.site_id, a.member, a.ha_role, a.instance_id, a.availability_zone,
-                host(a.private_ip), host(a.public_ip), a.last_seen_at, a.applied_version,
-                a.config_error, a.tunnels, a.ha_reason, a.ha_role_since
+                host(a.private_ip) AS private_ip, host(a.public_ip) AS public_ip,
+                a.last_seen_at, a.applied_version, a.config_error, a.tunnels, a.ha_reason,
+                a.ha_role_since, a.last_repair_at, a.last_repair_changes, a.repairs
            FROM appliances a JOIN sites s ON s.id = a.site_id
           WHERE s.network_id = $1 AND a.retired_at IS NULL
           ORDER BY s.region, s.name, a.member",
@@ -462,23 +487,33 @@ pub async fn summaries(
     .bind(network_id)
     .fetch_all(pool)
     .await?;
+    let rfc3339 = crate::networks::store::rfc3339;
     Ok(rows
         .into_iter()
         .map(|r| app::api::ApplianceSummary {
-            id: r.0.to_string(),
-            site_id: r.1.to_string(),
-            member: r.2,
-            role: r.3,
-            ha_reason: r.12,
-            role_since: r.13.map(crate::networks::store::rfc3339),
-            instance_id: r.4,
-            availability_zone: r.5,
-            private_ip: r.6,
-            public_ip: r.7,
-            last_seen_at: r.8.map(crate::networks::store::rfc3339),
-            applied_version: r.9,
-            config_error: r.10,
-            tunnels: r.11 .0,
+            id: r.id.to_string(),
+            site_id: r.site_id.to_string(),
+            member: r.member,
+            role: r.ha_role,
+            ha_reason: r.ha_reason,
+            role_since: r.ha_role_since.map(rfc3339),
+            instance_id: r.instance_id,
+            availability_zone: r.availability_zone,
+            private_ip: r.private_ip,
+            public_ip: r.public_ip,
+            last_seen_at: r.last_seen_at.map(rfc3339),
+            applied_version: r.applied_version,
+            config_error: r.config_error,
+            tunnels: r.tunnels.0,
+            // Stored as the report's checks left them (positive counts).
+            repaired: match (r.last_repair_at, r.last_repair_changes, r.repairs) {
+                (Some(at), Some(changes), Some(count)) => Some(app::api::Repaired {
+                    at: rfc3339(at),
+                    changes: changes.unsigned_abs(),
+                    count: count.unsigned_abs(),
+                }),
+                _ => None,
+            },
         })
         .collect())
 }

@@ -329,6 +329,7 @@ fn AppliancesPanel(network: NetworkSummary) -> impl IntoView {
                                     <td>
                                         {a.applied_version.map(|v| format!("{:012x}", v as u64 & 0xffff_ffff_ffff)).unwrap_or_else(|| "none applied".into())}
                                         {a.config_error.clone().map(|e| view! { <br /><span class="field-error small" role="alert">{e}</span> })}
+                                        {a.repaired.clone().map(|r| view! { <br /><span class="small muted repaired">{describe_repair(&r)}</span> })}
                                     </td>
                                     <td>
                                         <ul class="plain">
@@ -372,4 +373,18 @@ fn DeletePanel(name: String, teardown: Action<(), Result<JobView, ConsoleError>>
             {move || teardown.value().get().and_then(|r| r.err()).map(|e| view! { <p class="field-error" role="alert">{e.to_string()}</p> })}
         </section>
     }
+}
+
+/// What an appliance's drift check last put back, for its Config cell.
+fn describe_repair(r: &crate::api::Repaired) -> String {
+    let what = match r.changes {
+        0 => "lost SAs replaced with fresh ones".to_string(),
+        1 => "put back 1 kernel object changed behind its back".to_string(),
+        n => format!("put back {n} kernel objects changed behind its back"),
+    };
+    let times = match r.count {
+        1 => String::new(),
+        n => format!(" ({n} repairs since the agent started)"),
+    };
+    format!("{what} at {}{times}", time::to_second(&r.at))
 }

@@ -260,7 +260,77 @@ async fn a_cidr_added_to_a_vpc_reaches_the_far_side_and_touches_no_sa() {
         install_times(&sas_after),
         "an SA was installed again:\n{sas_before}\n{sas_after}"
     );
+
+    // Drift: someone deletes the tunnel policy that sends to the new CIDR
+    // behind the agent's back. Its block policy drops what it carried (no
+    // cleartext), and the agent's periodic check puts it back by itself,
+    // touching no SA, and says so in its status.
+    let deleted = lab
+        .sh(&format!(
+            "idx=$(ip -n {ns} -s xfrm policy list dir out dst {added} | awk '/ index /{{for(i=1;i<NF;i++) if($i==\"index\") x=$(i+1)}} /tmpl/{{print x; exit}}'); \
+             [ -n \"$idx\" ] && ip -n {ns} xfrm policy delete dir out index $idx && echo $idx"
+        ))
+        .await;
+    assert!(
+        deleted.ok(),
+        "the tunnel policy to {added} was not deleted: {deleted:?}"
+    );
+    let deleted_at = Instant::now();
+    let dropped = lab
+        .sh(&format!(
+            "ip netns exec {} ping -c 2 -i 0.2 -W 1 {}",
+            east.name, far.address
+        ))
+        .await;
+    assert!(
+        !dropped.ok(),
+        "traffic to {added} flowed without its tunnel policy: {dropped:?}"
+    );
+    let repaired_in = lab.until_ping(&east, &far, drift_repaired_within()).await;
+    eprintln!(
+        "drift: the deleted policy was put back and carried traffic {:?} after it was deleted (a ping {repaired_in:?} in)",
+        deleted_at.elapsed()
+    );
+    let sas_repaired = lab.sh(&format!("ip -n {ns} -s xfrm state")).await.stdout;
+    assert_eq!(
+        install_times(&sas_after),
+        install_times(&sas_repaired),
+        "the repair touched an SA:\n{sas_after}\n{sas_repaired}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let repaired = loop {
+        let net = w.admin.get(&format!("/api/v1/networks/{id}")).await.json();
+        let row = net["appliances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["instance_id"] == east_appliance.id.as_str())
+            .cloned();
+        if let Some(r) = row
+            .as_ref()
+            .map(|a| a["repaired"].clone())
+            .filter(|r| !r.is_null())
+        {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the console never showed the repair: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(repaired["count"], 1, "{repaired}");
+    assert_eq!(
+        repaired["changes"], 1,
+        "one policy was put back: {repaired}"
+    );
     lab.stop().await;
+}
+
+/// How long the agent may take to notice and repair drift: its check's
+/// period, a long poll that was already waiting, and the kernel's work.
+fn drift_repaired_within() -> Duration {
+    appliance::sync::DRIFT_CHECK_EVERY + Duration::from_secs(15)
 }
 
 /// Pings per second from site 2 to site 1 and to site 3 around the reboot.
