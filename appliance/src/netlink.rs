@@ -1,11 +1,12 @@
 //! A small synchronous netlink transport shared by the XFRM and route
 //! handles: requests are pipelined (many per `send`, acknowledged one by one)
-//! and dumps are collected until `NLMSG_DONE`. The socket belongs to the
-//! network namespace of the thread that opened it.
+//! and dumps are collected until `NLMSG_DONE` (and read again when the
+//! kernel says a change interrupted them). The socket belongs to the network
+//! namespace of the thread that opened it.
 
 use netlink_packet_core::{
     NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use netlink_sys::{Socket, SocketAddr};
 use std::collections::HashMap;
@@ -16,6 +17,8 @@ use std::io;
 /// receive buffer, large enough to amortise the syscalls.
 const PIPELINE: usize = 128;
 const RECV_BUFFER: usize = 4 << 20;
+/// Reads of a dump that changes interrupted before it is given up.
+const DUMP_TRIES: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -25,6 +28,13 @@ pub enum NetlinkError {
     Refused { what: String, source: io::Error },
     #[error("the kernel sent a message this agent cannot read: {0}")]
     Decode(String),
+    /// The kernel's answer was lost (the socket failed while acks were due):
+    /// the request may well have been applied, so the caller reads the
+    /// kernel back instead of counting it as refused.
+    #[error("the kernel's answer to {what} was lost ({reason})")]
+    Unconfirmed { what: String, reason: String },
+    #[error("{what} kept changing while it was read ({DUMP_TRIES} reads interrupted)")]
+    Inconsistent { what: String },
 }
 
 impl NetlinkError {
@@ -112,9 +122,13 @@ impl NetlinkSocket {
             let messages = match self.receive::<M>() {
                 Ok(m) => m,
                 Err(e) => {
-                    let text = e.to_string();
+                    // The requests went out; only their answers are lost.
+                    let reason = e.to_string();
                     for (_, i) in pending.drain() {
-                        results[i] = Some(Err(NetlinkError::Decode(text.clone())));
+                        results[i] = Some(Err(NetlinkError::Unconfirmed {
+                            what: whats[i].clone(),
+                            reason: reason.clone(),
+                        }));
                     }
                     break;
                 }
@@ -143,8 +157,26 @@ impl NetlinkSocket {
             .collect()
     }
 
-    /// Dumps every object of a kind.
+    /// Dumps every object of a kind: a consistent snapshot, read again
+    /// when a change interrupted the dump (`NLM_F_DUMP_INTR`).
     pub fn dump<M>(&mut self, request: M, what: &str) -> Result<Vec<M>, NetlinkError>
+    where
+        M: NetlinkSerializable + NetlinkDeserializable + Debug + Clone,
+    {
+        for _ in 0..DUMP_TRIES {
+            match self.dump_once(request.clone(), what)? {
+                Dumped::Whole(items) => return Ok(items),
+                Dumped::Interrupted => {
+                    tracing::debug!(what, "a dump was interrupted by a change; reading it again")
+                }
+            }
+        }
+        Err(NetlinkError::Inconsistent {
+            what: what.to_string(),
+        })
+    }
+
+    fn dump_once<M>(&mut self, request: M, what: &str) -> Result<Dumped<M>, NetlinkError>
     where
         M: NetlinkSerializable + NetlinkDeserializable + Debug,
     {
@@ -157,24 +189,11 @@ impl NetlinkSocket {
         let mut out = vec![0; packet.buffer_len()];
         packet.serialize(&mut out);
         self.socket.send(&out, 0)?;
-        let mut items = Vec::new();
+        let mut dump = Dump::new(seq, what);
         loop {
             for msg in self.receive::<M>()? {
-                if msg.header.sequence_number != seq {
-                    continue;
-                }
-                match msg.payload {
-                    NetlinkPayload::InnerMessage(m) => items.push(m),
-                    NetlinkPayload::Done(_) => return Ok(items),
-                    NetlinkPayload::Error(e) => {
-                        if let Some(code) = e.code {
-                            return Err(NetlinkError::Refused {
-                                what: what.to_string(),
-                                source: io::Error::from_raw_os_error(-code.get()),
-                            });
-                        }
-                    }
-                    _ => {}
+                if let Some(done) = dump.take(msg)? {
+                    return Ok(done);
                 }
             }
         }
@@ -213,5 +232,124 @@ impl NetlinkSocket {
             messages.push(msg);
         }
         Ok(messages)
+    }
+}
+
+/// What one read of a dump gave.
+#[derive(Debug, PartialEq)]
+enum Dumped<M> {
+    Whole(Vec<M>),
+    /// A change interrupted it: its objects are no snapshot.
+    Interrupted,
+}
+
+/// One read of a dump, message by message, to its `NLMSG_DONE`.
+struct Dump<'a, M> {
+    seq: u32,
+    what: &'a str,
+    items: Vec<M>,
+    interrupted: bool,
+}
+
+impl<'a, M: Debug> Dump<'a, M> {
+    fn new(seq: u32, what: &'a str) -> Self {
+        Dump {
+            seq,
+            what,
+            items: Vec::new(),
+            interrupted: false,
+        }
+    }
+
+    /// Takes one message; the dump's outcome once it is done. An
+    /// interrupted dump is still read to its end (its rest would otherwise
+    /// be taken for the next answer).
+    fn take(&mut self, msg: NetlinkMessage<M>) -> Result<Option<Dumped<M>>, NetlinkError> {
+        if msg.header.sequence_number != self.seq {
+            return Ok(None);
+        }
+        self.interrupted |= msg.header.flags & NLM_F_DUMP_INTR != 0;
+        match msg.payload {
+            NetlinkPayload::InnerMessage(m) => self.items.push(m),
+            NetlinkPayload::Done(_) if self.interrupted => return Ok(Some(Dumped::Interrupted)),
+            NetlinkPayload::Done(_) => {
+                return Ok(Some(Dumped::Whole(std::mem::take(&mut self.items))))
+            }
+            NetlinkPayload::Error(e) => {
+                if let Some(code) = e.code {
+                    return Err(NetlinkError::Refused {
+                        what: self.what.to_string(),
+                        source: io::Error::from_raw_os_error(-code.get()),
+                    });
+                }
+            }
+            _ => {}
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_core::DoneMessage;
+    use netlink_packet_route::RouteNetlinkMessage;
+
+    fn message(
+        seq: u32,
+        flags: u16,
+        payload: NetlinkPayload<RouteNetlinkMessage>,
+    ) -> NetlinkMessage<RouteNetlinkMessage> {
+        let mut header = NetlinkHeader::default();
+        header.sequence_number = seq;
+        header.flags = flags;
+        NetlinkMessage::new(header, payload)
+    }
+
+    fn route() -> NetlinkPayload<RouteNetlinkMessage> {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(Default::default()))
+    }
+
+    fn done() -> NetlinkPayload<RouteNetlinkMessage> {
+        NetlinkPayload::Done(DoneMessage::default())
+    }
+
+    #[test]
+    fn a_whole_dump_gives_its_objects_and_ignores_other_answers() {
+        let mut d = Dump::new(7, "routes");
+        assert_eq!(d.take(message(7, 0, route())).expect("taken"), None);
+        assert_eq!(
+            d.take(message(6, 0, route())).expect("another answer"),
+            None
+        );
+        assert_eq!(d.take(message(7, 0, route())).expect("taken"), None);
+        match d.take(message(7, 0, done())).expect("done") {
+            Some(Dumped::Whole(items)) => assert_eq!(items.len(), 2),
+            other => panic!("not a whole dump: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_dump_a_change_interrupted_is_read_to_its_end_and_given_up() {
+        let mut d = Dump::new(3, "routes");
+        assert_eq!(d.take(message(3, 0, route())).expect("taken"), None);
+        assert_eq!(
+            d.take(message(3, NLM_F_DUMP_INTR, route())).expect("taken"),
+            None
+        );
+        assert_eq!(
+            d.take(message(3, 0, route())).expect("the rest is read"),
+            None
+        );
+        assert_eq!(
+            d.take(message(3, NLM_F_DUMP_INTR, done())).expect("done"),
+            Some(Dumped::Interrupted)
+        );
+        let mut d = Dump::new(4, "routes");
+        assert_eq!(
+            d.take(message(4, NLM_F_DUMP_INTR, done())).expect("done"),
+            Some(Dumped::Interrupted),
+            "flagged on its last message only"
+        );
     }
 }

@@ -307,53 +307,177 @@ impl Kernel {
     /// policies and routes; removals in reverse (routes, policies, SAs, and
     /// block policies last).
     pub fn apply(&mut self, changes: ChangeSet) -> Result<ReconcileReport, ReconcileError> {
-        let mut report = ReconcileReport::default();
-        let mut errors = Vec::new();
         let total = changes.len();
         let (sa_deletes, sa_puts) = split_trailing_deletes(changes.sas);
         let (policy_deletes, policy_puts) = split_deletes(changes.policies);
         let (route_deletes, route_puts) = split_deletes(changes.routes);
         let (block_deletes, block_puts) = split_deletes(changes.blocks);
 
-        let mut run = |results: Vec<Result<(), NetlinkError>>, kinds: Vec<Kind>| {
-            for (r, kind) in results.into_iter().zip(kinds) {
-                match r {
-                    Ok(()) => match kind {
-                        Kind::Add => report.added += 1,
-                        Kind::Replace => report.replaced += 1,
-                        Kind::Delete => report.deleted += 1,
-                    },
-                    Err(e) => errors.push(e),
+        let mut tally = Tally::default();
+        let results = self.xfrm.policy().apply_blocks(&block_puts);
+        tally.take(results, &block_puts, Landing::BlockPut);
+        let results = self.xfrm.state().apply(&sa_puts);
+        tally.take(results, &sa_puts, Landing::Sa);
+        let results = self.xfrm.policy().apply(&policy_puts);
+        tally.take(results, &policy_puts, Landing::Policy);
+        let results = self.routes.apply(&route_puts);
+        tally.take(results, &route_puts, Landing::Route);
+        let results = self.routes.apply(&route_deletes);
+        tally.take(results, &route_deletes, Landing::Route);
+        let results = self.xfrm.policy().apply(&policy_deletes);
+        tally.take(results, &policy_deletes, Landing::Policy);
+        let results = self.xfrm.state().apply(&sa_deletes);
+        tally.take(results, &sa_deletes, Landing::Sa);
+        let results = self.xfrm.policy().apply_blocks(&block_deletes);
+        tally.take(results, &block_deletes, Landing::Block);
+        if !tally.unconfirmed.is_empty() {
+            // Answers were lost, not the changes: read the kernel back.
+            let observed = self.observe()?;
+            let readded = sa_puts
+                .iter()
+                .filter_map(|c| match c {
+                    Change::Add(sa) => Some((sa.id(), sa.clone())),
+                    _ => None,
+                })
+                .collect();
+            tally.read_back(&observed, &readded);
+        }
+        tally.finish(total)
+    }
+}
+
+/// A change whose answer was lost, to be read back from the kernel.
+enum Landing {
+    /// A block policy going in: forwarding waits for every one.
+    BlockPut(Change<PolicyId, Block>),
+    Block(Change<PolicyId, Block>),
+    Sa(Change<SaId, Sa>),
+    Policy(Change<PolicyId, Policy>),
+    Route(Change<Ipv4Net, Route>),
+}
+
+impl Landing {
+    /// Whether `observed` holds what the change asked for; `readded` are
+    /// the SAs of the same apply that were deleted to be added anew.
+    fn landed(&self, observed: &ObservedState, readded: &BTreeMap<SaId, Sa>) -> bool {
+        fn in_map<K: Ord, T: PartialEq>(
+            c: &Change<K, T>,
+            map: &BTreeMap<K, T>,
+            key: impl Fn(&T) -> K,
+        ) -> bool {
+            match c {
+                Change::Add(want) | Change::Replace(want) => map.get(&key(want)) == Some(want),
+                Change::Delete(k) => !map.contains_key(k),
+            }
+        }
+        let sa_is = |id: &SaId, want: &Sa| {
+            observed
+                .sas
+                .get(id)
+                .is_some_and(|o| o.sa.as_ref() == Some(want))
+        };
+        match self {
+            Landing::BlockPut(c) | Landing::Block(c) => in_map(c, &observed.blocks, |b| b.id),
+            Landing::Policy(c) => in_map(c, &observed.policies, |p| p.id),
+            Landing::Route(c) => in_map(c, &observed.routes, |r| r.dst),
+            Landing::Sa(Change::Add(sa) | Change::Replace(sa)) => sa_is(&sa.id(), sa),
+            // A changed SA is deleted and added under the same id: the new
+            // one in place means the old one went first.
+            Landing::Sa(Change::Delete(id)) => match readded.get(id) {
+                Some(new) => sa_is(id, new),
+                None => !observed.sas.contains_key(id),
+            },
+        }
+    }
+
+    fn kind(&self) -> Kind {
+        match self {
+            Landing::BlockPut(c) | Landing::Block(c) => c.kind(),
+            Landing::Sa(c) => c.kind(),
+            Landing::Policy(c) => c.kind(),
+            Landing::Route(c) => c.kind(),
+        }
+    }
+}
+
+trait ChangeKind {
+    fn kind(&self) -> Kind;
+}
+
+impl<K, T> ChangeKind for Change<K, T> {
+    fn kind(&self) -> Kind {
+        match self {
+            Change::Add(_) => Kind::Add,
+            Change::Replace(_) => Kind::Replace,
+            Change::Delete(_) => Kind::Delete,
+        }
+    }
+}
+
+/// The outcome of an apply, change by change.
+#[derive(Default)]
+struct Tally {
+    report: ReconcileReport,
+    errors: Vec<NetlinkError>,
+    /// Block policies that did not go in: forwarding stays off.
+    blocks_missing: usize,
+    unconfirmed: Vec<(Landing, NetlinkError)>,
+}
+
+impl Tally {
+    fn count(&mut self, kind: Kind) {
+        match kind {
+            Kind::Add => self.report.added += 1,
+            Kind::Replace => self.report.replaced += 1,
+            Kind::Delete => self.report.deleted += 1,
+        }
+    }
+
+    fn take<C: Clone + ChangeKind>(
+        &mut self,
+        results: Vec<Result<(), NetlinkError>>,
+        changes: &[C],
+        landing: fn(C) -> Landing,
+    ) {
+        for (r, c) in results.into_iter().zip(changes) {
+            let l = landing(c.clone());
+            match r {
+                Ok(()) => self.count(c.kind()),
+                Err(e @ NetlinkError::Unconfirmed { .. }) => self.unconfirmed.push((l, e)),
+                Err(e) => {
+                    if matches!(l, Landing::BlockPut(_)) {
+                        self.blocks_missing += 1;
+                    }
+                    self.errors.push(e);
                 }
             }
-        };
-        let k = kinds(&block_puts);
-        let results = self.xfrm.policy().apply_blocks(&block_puts);
-        let blocks_in = results.iter().all(Result::is_ok);
-        run(results, k);
-        let kinds_sa_puts = kinds(&sa_puts);
-        run(self.xfrm.state().apply(&sa_puts), kinds_sa_puts);
-        let k = kinds(&policy_puts);
-        run(self.xfrm.policy().apply(&policy_puts), k);
-        let k = kinds(&route_puts);
-        run(self.routes.apply(&route_puts), k);
-        let k = kinds(&route_deletes);
-        run(self.routes.apply(&route_deletes), k);
-        let k = kinds(&policy_deletes);
-        run(self.xfrm.policy().apply(&policy_deletes), k);
-        let k = kinds(&sa_deletes);
-        run(self.xfrm.state().apply(&sa_deletes), k);
-        let k = kinds(&block_deletes);
-        run(self.xfrm.policy().apply_blocks(&block_deletes), k);
+        }
+    }
 
-        let failed = errors.len();
-        match errors.into_iter().next() {
-            None => Ok(report),
+    /// Counts each unconfirmed change `observed` shows in place; the rest
+    /// failed.
+    fn read_back(&mut self, observed: &ObservedState, readded: &BTreeMap<SaId, Sa>) {
+        for (l, e) in std::mem::take(&mut self.unconfirmed) {
+            if l.landed(observed, readded) {
+                self.count(l.kind());
+            } else {
+                if matches!(l, Landing::BlockPut(_)) {
+                    self.blocks_missing += 1;
+                }
+                self.errors.push(e);
+            }
+        }
+    }
+
+    fn finish(self, total: usize) -> Result<ReconcileReport, ReconcileError> {
+        let failed = self.errors.len();
+        match self.errors.into_iter().next() {
+            None => Ok(self.report),
             Some(first) => Err(ReconcileError::Apply {
                 failed,
                 total,
                 first,
-                blocks_in,
+                blocks_in: self.blocks_missing == 0,
             }),
         }
     }
@@ -415,17 +539,6 @@ enum Kind {
     Add,
     Replace,
     Delete,
-}
-
-fn kinds<K, T>(changes: &[Change<K, T>]) -> Vec<Kind> {
-    changes
-        .iter()
-        .map(|c| match c {
-            Change::Add(_) => Kind::Add,
-            Change::Replace(_) => Kind::Replace,
-            Change::Delete(_) => Kind::Delete,
-        })
-        .collect()
 }
 
 /// (deletions, the rest) of a list of changes.

@@ -240,3 +240,110 @@ fn status_says_rekeying_while_two_epochs_are_in_play() {
         .iter()
         .all(|t| t.state == TunnelState::Rekeying && t.out_epoch == 2));
 }
+
+mod lost_answers {
+    use super::super::{Landing, ObservedState, Tally};
+    use crate::netlink::NetlinkError;
+    use crate::route::Route;
+    use crate::xfrm::{Block, Change, Direction, PolicyId};
+    use std::collections::BTreeMap;
+
+    fn lost() -> NetlinkError {
+        NetlinkError::Unconfirmed {
+            what: "a change".into(),
+            reason: "No buffer space available (os error 105)".into(),
+        }
+    }
+
+    fn route(dst: &str) -> Route {
+        Route {
+            dst: dst.parse().expect("a CIDR"),
+            oif: 2,
+            prefsrc: None,
+        }
+    }
+
+    fn block(dst: &str) -> Block {
+        Block::new(PolicyId {
+            dir: Direction::Out,
+            src: Default::default(),
+            dst: dst.parse().expect("a CIDR"),
+        })
+    }
+
+    #[test]
+    fn changes_whose_answers_were_lost_count_as_the_kernel_shows_them() {
+        let mut tally = Tally::default();
+        let blocks = [
+            Change::Add(block("10.2.0.0/16")),
+            Change::Add(block("10.3.0.0/16")),
+        ];
+        tally.take(vec![Err(lost()), Err(lost())], &blocks, Landing::BlockPut);
+        let routes = [
+            Change::Add(route("10.2.0.0/16")),
+            Change::Delete("10.9.0.0/16".parse().expect("a CIDR")),
+            Change::Add(route("10.4.0.0/16")),
+        ];
+        tally.take(
+            vec![Err(lost()), Err(lost()), Ok(())],
+            &routes,
+            Landing::Route,
+        );
+        // The kernel took the first block and route and the deletion, not
+        // the second block.
+        let mut observed = ObservedState::default();
+        let b = block("10.2.0.0/16");
+        observed.blocks.insert(b.id, b);
+        let r = route("10.2.0.0/16");
+        observed.routes.insert(r.dst, r);
+        tally.read_back(&observed, &BTreeMap::new());
+        match tally.finish(5) {
+            Err(crate::dataplane::ReconcileError::Apply {
+                failed,
+                total,
+                blocks_in,
+                first,
+            }) => {
+                assert_eq!((failed, total), (1, 5));
+                assert!(
+                    !blocks_in,
+                    "a block policy is missing: forwarding stays off"
+                );
+                assert!(matches!(first, NetlinkError::Unconfirmed { .. }), "{first}");
+            }
+            other => panic!("one change did not land: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn when_every_lost_answer_landed_the_apply_succeeded() {
+        let mut tally = Tally::default();
+        let blocks = [Change::Add(block("10.2.0.0/16"))];
+        tally.take(vec![Err(lost())], &blocks, Landing::BlockPut);
+        let mut observed = ObservedState::default();
+        let b = block("10.2.0.0/16");
+        observed.blocks.insert(b.id, b);
+        tally.read_back(&observed, &BTreeMap::new());
+        let report = tally.finish(1).expect("everything landed");
+        assert_eq!(report.added, 1);
+    }
+
+    #[test]
+    fn a_refusal_is_a_failure_without_reading_back() {
+        let mut tally = Tally::default();
+        let blocks = [Change::Add(block("10.2.0.0/16"))];
+        let refused = NetlinkError::Refused {
+            what: "a block".into(),
+            source: std::io::Error::from_raw_os_error(libc::EINVAL),
+        };
+        tally.take(vec![Err(refused)], &blocks, Landing::BlockPut);
+        assert!(tally.unconfirmed.is_empty());
+        assert!(matches!(
+            tally.finish(1),
+            Err(crate::dataplane::ReconcileError::Apply {
+                blocks_in: false,
+                ..
+            })
+        ));
+    }
+}
