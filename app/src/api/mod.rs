@@ -4,6 +4,7 @@
 mod access;
 mod accounts;
 mod auth;
+pub mod cidr;
 mod cloud;
 mod connectivity;
 mod error;

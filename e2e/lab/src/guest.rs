@@ -18,6 +18,8 @@ pub const PORT: u16 = 7000;
 /// The kernel modules the lab needs (Debian's UML kernel has them as modules).
 const MODULES: &str = "veth bridge overlay xfrm_user esp4 gcm ctr ghash-generic seqiv aes_ti sch_ingress cls_u32 cls_matchall act_nat act_gact";
 const MAX_REQUEST: usize = 4 << 20;
+/// How long a command may wait for the guest to accept its connection.
+const CONNECT_WITHIN: Duration = Duration::from_secs(30);
 
 #[derive(Serialize, Deserialize, Debug)]
 pub struct Request {
@@ -312,7 +314,13 @@ poweroff -f
         };
         let started = Instant::now();
         loop {
-            if guest.exec("true", Duration::from_secs(5)).await.is_ok() {
+            let probe = Request {
+                script: "true".into(),
+                timeout_secs: 5,
+                forward: None,
+            };
+            // Booting: one quick try per round, the loop below waits.
+            if guest.send_within(&probe, Duration::ZERO).await.is_ok() {
                 tracing::info!(took = ?started.elapsed(), "lab guest booted");
                 return Ok(guest);
             }
@@ -360,10 +368,34 @@ poweroff -f
     }
 
     async fn send(&self, request: &Request) -> Result<Output, GuestError> {
+        self.send_within(request, CONNECT_WITHIN).await
+    }
+
+    /// Sends `request`, connecting for up to `connect_within`: a loaded
+    /// guest (one CPU, busy starting an instance's processes) can leave a
+    /// SYN unanswered for seconds, and a connect that timed out is tried
+    /// again until then.
+    async fn send_within(
+        &self,
+        request: &Request,
+        connect_within: Duration,
+    ) -> Result<Output, GuestError> {
         let timeout = Duration::from_secs(request.timeout_secs);
-        let mut stream = crate::netns::connect_in(&self.netns, SocketAddr::from((GUEST, PORT)))
-            .await
-            .map_err(GuestError::Channel)?;
+        let started = Instant::now();
+        let mut tries = 0;
+        let mut stream = loop {
+            tries += 1;
+            match crate::netns::connect_in(&self.netns, SocketAddr::from((GUEST, PORT))).await {
+                Ok(s) => break s,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::TimedOut
+                        && started.elapsed() < connect_within => {}
+                Err(e) => return Err(GuestError::Channel(e)),
+            }
+        };
+        if tries > 1 {
+            tracing::warn!(tries, took = ?started.elapsed(), "lab guest: slow to accept a command");
+        }
         let mut req =
             serde_json::to_string(request).map_err(|e| GuestError::Answer(e.to_string()))?;
         req.push('\n');
@@ -392,7 +424,12 @@ poweroff -f
 
     /// Powers the guest off (and kills it if it does not go within 10 s).
     pub async fn shutdown(&self) {
-        let _ = self.exec("poweroff -f", Duration::from_secs(2)).await;
+        let poweroff = Request {
+            script: "poweroff -f".into(),
+            timeout_secs: 2,
+            forward: None,
+        };
+        let _ = self.send_within(&poweroff, Duration::from_secs(2)).await;
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let done = self

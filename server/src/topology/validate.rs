@@ -115,7 +115,7 @@ fn check_overlaps(sites: &[Site]) -> Result<(), TopologyError> {
         for b in &sites[i + 1..] {
             for ca in &a.cidrs {
                 for cb in &b.cidrs {
-                    if ca.contains(&cb.network()) || cb.contains(&ca.network()) {
+                    if app::api::cidr::overlap(ca, cb) {
                         return Err(TopologyError::Overlap {
                             a: a.name.clone(),
                             a_cidr: ca.to_string(),

@@ -1,6 +1,5 @@
 //! Networks: the list, the new-network wizard and each network's page.
 
-mod cidr;
 mod connectivity_panel;
 mod detail;
 mod failover_panel;

@@ -2,7 +2,8 @@
 //! live (overlaps flagged as you pick), options, then create and review the
 //! plan on the network's page.
 
-use super::{cidr::overlaps, topology_name};
+use super::topology_name;
+use crate::api::cidr::overlaps;
 use crate::api::{
     create_network, discover_vpcs, list_accounts, list_kms_keys, AccountSummary, ConsoleError,
     KmsKeyChoice, NetworkOptions, NetworkRequest, NetworkSummary, SiteRequest, SiteRole,
