@@ -2,8 +2,11 @@
 //! for local runs and tests.
 
 mod pg_cluster;
+mod text_enum;
 
 pub use pg_cluster::{ClusterError, Durability, PrivateCluster};
+pub(crate) use text_enum::text_enum;
+pub use text_enum::UnknownValue;
 
 use sqlx::{postgres::PgPoolOptions, PgPool};
 use std::time::Duration;

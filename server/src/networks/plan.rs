@@ -7,19 +7,13 @@ use crate::{
     audit,
     identity::users::UserRecord,
     internal::OrInternal,
-    provisioning::jobs::{self, JobKind},
+    provisioning::jobs::{self, JobKind, StepAction},
     state::AppState,
     topology::RouteTarget,
 };
 use app::api::{ChangeAction, ConsoleError, JobView, NetworkStatus, Plan, PlannedChange};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
-
-pub const ADDRESS_STACK: &str = "address_stack";
-pub const APPLIANCE_STACK: &str = "appliance_stack";
-pub const ROUTES: &str = "routes";
-pub const DELETE_STACK: &str = "delete_stack";
-pub const REMOVE_ROUTES: &str = "remove_routes";
 
 /// Deterministic stack names: the same network and site always give the
 /// same names, so a retried or resumed step finds what it created.
@@ -35,7 +29,7 @@ pub fn stack_names(network_id: Uuid, site_id: Uuid) -> (String, String) {
 pub struct StepSpec {
     pub site_id: Uuid,
     pub phase: i32,
-    pub action: &'static str,
+    pub action: StepAction,
     pub stack_name: String,
     pub change: PlannedChange,
 }
@@ -125,7 +119,7 @@ fn steps_for(
                     steps.push(StepSpec {
                         site_id: s.id,
                         phase: 1,
-                        action: ADDRESS_STACK,
+                        action: StepAction::AddressStack,
                         stack_name: address.clone(),
                         change: change(
                             ChangeAction::Create,
@@ -137,7 +131,7 @@ fn steps_for(
                     steps.push(StepSpec {
                         site_id: s.id,
                         phase: 2,
-                        action: APPLIANCE_STACK,
+                        action: StepAction::ApplianceStack,
                         stack_name: appliances.clone(),
                         change: change(
                             ChangeAction::Create,
@@ -150,7 +144,7 @@ fn steps_for(
                 steps.push(StepSpec {
                     site_id: s.id,
                     phase: 3,
-                    action: ROUTES,
+                    action: StepAction::Routes,
                     stack_name: routes_name.clone(),
                     change: change(
                         ChangeAction::Create,
@@ -164,7 +158,7 @@ fn steps_for(
                 steps.push(StepSpec {
                     site_id: s.id,
                     phase: 1,
-                    action: REMOVE_ROUTES,
+                    action: StepAction::RemoveRoutes,
                     stack_name: routes_name.clone(),
                     change: change(
                         ChangeAction::Delete,
@@ -177,7 +171,7 @@ fn steps_for(
                     steps.push(StepSpec {
                         site_id: s.id,
                         phase: 2,
-                        action: DELETE_STACK,
+                        action: StepAction::DeleteStack,
                         stack_name: appliances.clone(),
                         change: change(
                             ChangeAction::Delete,
@@ -189,7 +183,7 @@ fn steps_for(
                     steps.push(StepSpec {
                         site_id: s.id,
                         phase: 3,
-                        action: DELETE_STACK,
+                        action: StepAction::DeleteStack,
                         stack_name: address.clone(),
                         change: change(
                             ChangeAction::Delete,

@@ -191,6 +191,15 @@ pub async fn set_status(
     .map(|_| ())
 }
 
+crate::db::text_enum! {
+    /// What `sites.kind` stores: an edge runs its own appliances; a leaf
+    /// reaches the network through its edge's Transit Gateway.
+    pub enum StoredSiteKind {
+        Edge = "edge",
+        Leaf = "leaf",
+    }
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SiteRow {
     pub id: Uuid,
@@ -201,7 +210,7 @@ pub struct SiteRow {
     pub region: String,
     pub vpc_id: String,
     pub name: String,
-    pub kind: String,
+    pub kind: StoredSiteKind,
     pub edge_site_id: Option<Uuid>,
     pub is_hub: bool,
     pub cidrs: Vec<String>,
@@ -211,14 +220,14 @@ pub struct SiteRow {
 
 impl SiteRow {
     pub fn is_edge(&self) -> bool {
-        self.kind == "edge"
+        self.kind == StoredSiteKind::Edge
     }
 
     pub fn role(&self) -> SiteRole {
-        match (self.kind.as_str(), self.is_hub) {
-            ("leaf", _) => SiteRole::Leaf,
-            (_, true) => SiteRole::Hub,
-            _ => SiteRole::Edge,
+        match (self.kind, self.is_hub) {
+            (StoredSiteKind::Leaf, _) => SiteRole::Leaf,
+            (StoredSiteKind::Edge, true) => SiteRole::Hub,
+            (StoredSiteKind::Edge, false) => SiteRole::Edge,
         }
     }
 
@@ -264,7 +273,11 @@ pub async fn insert_site(db: impl PgExecutor<'_>, s: NewSite<'_>) -> Result<(), 
     .bind(s.region)
     .bind(s.vpc_id)
     .bind(s.name)
-    .bind(if s.leaf_of.is_some() { "leaf" } else { "edge" })
+    .bind(if s.leaf_of.is_some() {
+        StoredSiteKind::Leaf
+    } else {
+        StoredSiteKind::Edge
+    })
     .bind(s.leaf_of)
     .bind(s.is_hub)
     .bind(cidrs)

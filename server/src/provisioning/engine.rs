@@ -49,8 +49,8 @@ async fn work(state: AppState, owner: String) {
 }
 
 async fn run_one(state: &AppState, owner: &str, step: &jobs::ClaimedStep) {
-    let action = step.action.replace('_', " ");
-    if step.attempts == 1 && step.state == "pending" {
+    let action = step.action.words();
+    if step.attempts == 1 && step.state == jobs::StepState::Pending {
         let started = format!("{action} started");
         let _ = jobs::step_event(&state.pool, step, &started, None).await;
     }
@@ -109,7 +109,7 @@ async fn settle(state: &AppState, step: &jobs::ClaimedStep) {
         }
     };
     let Some((ok, error)) = settled else { return };
-    let apply = step.kind == "apply";
+    let apply = step.kind == jobs::JobKind::Apply;
     let status = match (apply, ok) {
         (true, true) => NetworkStatus::Ready,
         (false, true) => NetworkStatus::Deleted,

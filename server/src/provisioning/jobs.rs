@@ -8,18 +8,44 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobKind {
-    Apply,
-    Teardown,
+crate::db::text_enum! {
+    /// What a job does to its network (`jobs.kind`).
+    pub enum JobKind {
+        Apply = "apply",
+        Teardown = "teardown",
+    }
 }
 
-impl JobKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Apply => "apply",
-            JobKind::Teardown => "teardown",
-        }
+crate::db::text_enum! {
+    /// What a step does in AWS (`job_steps.action`).
+    pub enum StepAction {
+        /// The site's address stack (its Elastic IP).
+        AddressStack = "address_stack",
+        /// The site's appliance stack (launch template, Auto Scaling groups).
+        ApplianceStack = "appliance_stack",
+        /// The VPC's routes to the remote CIDRs, pointed at the appliance.
+        Routes = "routes",
+        DeleteStack = "delete_stack",
+        RemoveRoutes = "remove_routes",
+    }
+}
+
+impl StepAction {
+    /// As a person reads it ("address stack").
+    pub fn words(self) -> String {
+        self.as_str().replace('_', " ")
+    }
+}
+
+crate::db::text_enum! {
+    /// Where a step stands (`job_steps.state`).
+    pub enum StepState {
+        /// Not begun, or retried before it ever waited on AWS.
+        Pending = "pending",
+        /// Waiting on AWS (a stack being created or deleted).
+        Waiting = "waiting",
+        Succeeded = "succeeded",
+        Failed = "failed",
     }
 }
 
@@ -36,7 +62,7 @@ pub async fn insert_job(
     )
     .bind(id)
     .bind(network_id)
-    .bind(kind.as_str())
+    .bind(kind)
     .bind(plan)
     .execute(db)
     .await;
@@ -51,7 +77,7 @@ pub struct NewStep<'a> {
     pub job_id: Uuid,
     pub site_id: Uuid,
     pub phase: i32,
-    pub action: &'a str,
+    pub action: StepAction,
     pub stack_name: &'a str,
 }
 
@@ -80,11 +106,11 @@ pub struct ClaimedStep {
     pub id: Uuid,
     pub job_id: Uuid,
     pub network_id: Uuid,
-    pub kind: String,
+    pub kind: JobKind,
     pub site_id: Uuid,
     pub phase: i32,
-    pub action: String,
-    pub state: String,
+    pub action: StepAction,
+    pub state: StepState,
     pub stack_name: String,
     pub client_token: String,
     /// Turns so far, this one included: failed attempts, polls and the rest.
@@ -193,21 +219,20 @@ pub async fn finish(
     owner: &str,
     outcome: &Outcome,
 ) -> Result<bool, sqlx::Error> {
-    let (state, delay, error, outputs): (&str, f64, Option<&str>, Option<&serde_json::Value>) =
+    let (state, delay, error, outputs): (StepState, f64, Option<&str>, Option<&serde_json::Value>) =
         match outcome {
-            Outcome::Succeeded(out) => ("succeeded", 0.0, None, Some(out)),
-            Outcome::Waiting(d) => ("waiting", d.as_secs_f64(), None, None),
+            Outcome::Succeeded(out) => (StepState::Succeeded, 0.0, None, Some(out)),
+            Outcome::Waiting(d) => (StepState::Waiting, d.as_secs_f64(), None, None),
             Outcome::Retry { delay, error } => (
-                if step.state == "pending" {
-                    "pending"
-                } else {
-                    "waiting"
+                match step.state {
+                    StepState::Pending => StepState::Pending,
+                    _ => StepState::Waiting,
                 },
                 delay.as_secs_f64(),
                 Some(error),
                 None,
             ),
-            Outcome::Failed(e) => ("failed", 0.0, Some(e), None),
+            Outcome::Failed(e) => (StepState::Failed, 0.0, Some(e), None),
         };
     let tally = outcome.tally();
     // `error` is the step's current trouble (cleared once a turn goes well);
@@ -375,7 +400,7 @@ pub async fn events_after(
 #[derive(sqlx::FromRow)]
 struct JobRow {
     id: Uuid,
-    kind: String,
+    kind: JobKind,
     state: String,
     error: Option<String>,
     created_at: OffsetDateTime,
@@ -387,8 +412,8 @@ struct StepRow {
     id: Uuid,
     site_id: Uuid,
     phase: i32,
-    action: String,
-    state: String,
+    action: StepAction,
+    state: StepState,
     stack_name: String,
     failures: i32,
     polls: i32,
@@ -418,7 +443,7 @@ pub async fn latest(pool: &PgPool, network_id: Uuid) -> Result<Option<JobView>, 
     Ok(Some(JobView {
         id: job.id.to_string(),
         network_id: network_id.to_string(),
-        kind: job.kind,
+        kind: job.kind.to_string(),
         state: job.state,
         error: job.error,
         steps: steps
@@ -427,8 +452,8 @@ pub async fn latest(pool: &PgPool, network_id: Uuid) -> Result<Option<JobView>, 
                 id: s.id.to_string(),
                 site_id: s.site_id.to_string(),
                 phase: s.phase,
-                action: s.action,
-                state: s.state,
+                action: s.action.to_string(),
+                state: s.state.to_string(),
                 stack_name: s.stack_name,
                 failures: s.failures,
                 polls: s.polls,

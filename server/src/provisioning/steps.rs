@@ -3,7 +3,7 @@
 //! another replica continues instead of duplicating.
 
 use super::{
-    jobs::{self, ClaimedStep, Outcome},
+    jobs::{self, ClaimedStep, Outcome, StepAction},
     retry::{self, AfterFailure},
     templates::{self, ApplianceSpec, LeafAttachment},
 };
@@ -11,7 +11,7 @@ use crate::{
     accounts,
     aws::{AccountAccess, AwsError},
     identity::orgs,
-    networks::{model, plan, store},
+    networks::{model, store},
     state::AppState,
     topology::RouteTarget,
 };
@@ -66,7 +66,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Outcome {
                 },
                 AfterFailure::GiveUp => Outcome::Failed(format!(
                     "{} {}: gave up after {}; last error: {}",
-                    ctx.step.action.replace('_', " "),
+                    ctx.step.action.words(),
                     ctx.step.stack_name,
                     retry::failed_attempts(failed_before.saturating_add(1)),
                     last_words(&e)
@@ -110,14 +110,13 @@ async fn turn(ctx: &Ctx<'_>) -> Result<Outcome, StepError> {
     })?;
     let access =
         accounts::access(role_arn, &external_id).map_err(|e| StepError::Broken(e.to_string()))?;
-    match step.action.as_str() {
-        plan::ADDRESS_STACK | plan::APPLIANCE_STACK => {
+    match step.action {
+        StepAction::AddressStack | StepAction::ApplianceStack => {
             ensure_stack(ctx, &access, &net, &sites, site).await
         }
-        plan::DELETE_STACK => delete_stack(ctx, &access, site).await,
-        plan::ROUTES => routes(ctx, &access, &net, &sites, site, true).await,
-        plan::REMOVE_ROUTES => routes(ctx, &access, &net, &sites, site, false).await,
-        other => Err(StepError::Broken(format!("unknown step action {other}"))),
+        StepAction::DeleteStack => delete_stack(ctx, &access, site).await,
+        StepAction::Routes => routes(ctx, &access, &net, &sites, site, true).await,
+        StepAction::RemoveRoutes => routes(ctx, &access, &net, &sites, site, false).await,
     }
 }
 
@@ -209,7 +208,7 @@ async fn ensure_stack(
     let step = ctx.step;
     let cfn = ctx.state.aws.cloudformation(access, &site.region).await?;
     let Some(stack) = describe(&cfn, &step.stack_name).await? else {
-        let (body, params) = if step.action == plan::ADDRESS_STACK {
+        let (body, params) = if step.action == StepAction::AddressStack {
             (
                 templates::address_stack().map_err(|e| StepError::Broken(e.to_string()))?,
                 vec![

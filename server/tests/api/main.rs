@@ -33,6 +33,7 @@ mod roles;
 mod rotation;
 mod sessions;
 mod sign_in;
+mod stored_values;
 mod tunnel_keys;
 mod vpc_routes;
 
