@@ -12,6 +12,8 @@ pub enum TopologyError {
     UnknownRegion { site: String, region: String },
     #[error("site '{0}' has no CIDR block")]
     NoCidr(String),
+    #[error("site '{site}': its stored CIDR '{cidr}' is not an IPv4 block")]
+    StoredCidr { site: String, cidr: String },
     #[error("sites '{a}' ({a_cidr}) and '{b}' ({b_cidr}) overlap; VPCs in one network need distinct addresses")]
     Overlap {
         a: String,
