@@ -440,18 +440,22 @@ impl Tally {
         landing: fn(C) -> Landing,
     ) {
         for (r, c) in results.into_iter().zip(changes) {
-            let l = landing(c.clone());
             match r {
                 Ok(()) => self.count(c.kind()),
-                Err(e @ NetlinkError::Unconfirmed { .. }) => self.unconfirmed.push((l, e)),
-                Err(e) => {
-                    if matches!(l, Landing::BlockPut(_)) {
-                        self.blocks_missing += 1;
-                    }
-                    self.errors.push(e);
+                // Only what failed is copied (an SA change holds its key).
+                Err(e @ NetlinkError::Unconfirmed { .. }) => {
+                    self.unconfirmed.push((landing(c.clone()), e))
                 }
+                Err(e) => self.fail(&landing(c.clone()), e),
             }
         }
+    }
+
+    fn fail(&mut self, l: &Landing, e: NetlinkError) {
+        if matches!(l, Landing::BlockPut(_)) {
+            self.blocks_missing += 1;
+        }
+        self.errors.push(e);
     }
 
     /// Counts each unconfirmed change `observed` shows in place; the rest
@@ -461,10 +465,7 @@ impl Tally {
             if l.landed(observed, readded) {
                 self.count(l.kind());
             } else {
-                if matches!(l, Landing::BlockPut(_)) {
-                    self.blocks_missing += 1;
-                }
-                self.errors.push(e);
+                self.fail(&l, e);
             }
         }
     }

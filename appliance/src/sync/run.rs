@@ -254,10 +254,9 @@ async fn follow_config(
     let wait = Duration::from_secs(args.long_poll_secs.clamp(1, 30));
     // The config version last given to the HA task.
     let mut ha_sent: Option<u64> = None;
-    // The applied config, planned again against the kernel when no new one
-    // comes (see `drift`).
+    // The applied config (`shared.applied`) is planned again against the
+    // kernel when no new one comes (see `drift`).
     let mut drift = DriftCheck::new(Duration::from_secs(args.drift_check_secs), Instant::now());
-    let mut last_applied: Option<DesiredConfig> = None;
     let set_error = |e: String| {
         METRICS.config_error();
         if let Ok(mut s) = shared.lock() {
@@ -270,9 +269,13 @@ async fn follow_config(
         let (config, checking) = match cp.config(credential, after, poll_wait).await {
             Ok(None) => {
                 backoff.reset();
-                match last_applied.clone() {
-                    Some(c) if drift.due(Instant::now()) => (c, true),
-                    _ => continue,
+                let applied = drift
+                    .due(Instant::now())
+                    .then(|| shared.lock().ok().and_then(|s| s.applied.clone()))
+                    .flatten();
+                match applied {
+                    Some(c) => (c, true),
+                    None => continue,
                 }
             }
             Ok(Some(c)) => (c, false),
@@ -375,7 +378,6 @@ async fn follow_config(
                     // Nothing new for the HA task, systemd or the report.
                     continue;
                 }
-                last_applied = Some(config.clone());
                 tracing::info!(
                     version = config.version,
                     generation = config.generation,

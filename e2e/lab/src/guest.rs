@@ -30,6 +30,18 @@ pub struct Request {
     pub forward: Option<Forward>,
 }
 
+impl Request {
+    /// `script` (sh) in the guest's root namespace, given `timeout` (at
+    /// least a second).
+    pub fn script(script: &str, timeout: Duration) -> Self {
+        Request {
+            script: script.to_string(),
+            timeout_secs: timeout.as_secs().max(1),
+            forward: None,
+        }
+    }
+}
+
 /// What EC2 gives an instance over the network, stood in for by the guest
 /// itself (no process of its own per instance): listeners bound inside the
 /// instance's namespace, each spliced to a target the guest reaches (the
@@ -314,11 +326,7 @@ poweroff -f
         };
         let started = Instant::now();
         loop {
-            let probe = Request {
-                script: "true".into(),
-                timeout_secs: 5,
-                forward: None,
-            };
+            let probe = Request::script("true", Duration::from_secs(5));
             // Booting: one quick try per round, the loop below waits.
             if guest.send_within(&probe, Duration::ZERO).await.is_ok() {
                 tracing::info!(took = ?started.elapsed(), "lab guest booted");
@@ -342,12 +350,7 @@ poweroff -f
 
     /// Runs `script` (sh) in the guest's root namespace, in the lab folder.
     pub async fn exec(&self, script: &str, timeout: Duration) -> Result<Output, GuestError> {
-        self.send(&Request {
-            script: script.to_string(),
-            timeout_secs: timeout.as_secs().max(1),
-            forward: None,
-        })
-        .await
+        self.send(&Request::script(script, timeout)).await
     }
 
     /// Makes the guest forward `f` inside its namespace (see [`Forward`]).
@@ -424,11 +427,7 @@ poweroff -f
 
     /// Powers the guest off (and kills it if it does not go within 10 s).
     pub async fn shutdown(&self) {
-        let poweroff = Request {
-            script: "poweroff -f".into(),
-            timeout_secs: 2,
-            forward: None,
-        };
+        let poweroff = Request::script("poweroff -f", Duration::from_secs(2));
         let _ = self.send_within(&poweroff, Duration::from_secs(2)).await;
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
