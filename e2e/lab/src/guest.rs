@@ -6,7 +6,7 @@
 use crate::forward::Mapping;
 use crate::netns::{LabNetns, GUEST};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -58,6 +58,12 @@ pub struct Forward {
 /// The forwarding tasks of each instance namespace.
 type Forwards = Arc<Mutex<HashMap<String, Vec<tokio::task::JoinHandle<()>>>>>;
 
+/// The commands running now: number, when it began, its first words.
+type InFlight = Arc<Mutex<BTreeMap<u64, (Instant, String)>>>;
+
+/// How often the guest says it is alive, and how loaded, in its log.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct Output {
     pub rc: i32,
@@ -93,17 +99,134 @@ pub async fn serve(listen: SocketAddr, dir: PathBuf) -> anyhow::Result<()> {
     std::fs::create_dir_all("/run/lab/exec")?;
     tracing::info!(%listen, "lab guest: ready for commands");
     let forwards = Forwards::default();
+    let in_flight = InFlight::default();
+    tokio::spawn(heartbeat(in_flight.clone()));
     let mut n: u64 = 0;
     loop {
         let (stream, _) = listener.accept().await?;
         n += 1;
-        let (dir, forwards) = (dir.clone(), forwards.clone());
+        let (dir, forwards, in_flight) = (dir.clone(), forwards.clone(), in_flight.clone());
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, n, &dir, &forwards).await {
+            if let Err(e) = handle(stream, n, &dir, &forwards, &in_flight).await {
                 tracing::warn!(error = %e, "lab guest: a command failed to run");
             }
         });
     }
+}
+
+/// Every [`HEARTBEAT`], one line in the guest's log (read on the host even
+/// when the guest no longer answers): the commands in flight and the
+/// oldest of them, free memory, the tmpfs that holds the instances' disks,
+/// the load, and what its `vec0` carried and dropped. A guest that froze
+/// shows as a log that stops; one whose wire stalled, as counters that do.
+async fn heartbeat(in_flight: InFlight) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    loop {
+        tick.tick().await;
+        // Off the runtime: reading /proc must never hold up a command.
+        let in_flight = in_flight.clone();
+        let _ = tokio::task::spawn_blocking(move || say_alive(&in_flight)).await;
+    }
+}
+
+fn say_alive(in_flight: &InFlight) {
+    let (running, oldest) = match in_flight.lock() {
+        Ok(all) => (
+            all.len(),
+            all.values()
+                .min_by_key(|(began, _)| *began)
+                .map(|(began, what)| format!("{:.0?} {what}", began.elapsed())),
+        ),
+        Err(_) => (0, None),
+    };
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let stat = |name: &str| {
+        read(&format!("/sys/class/net/vec0/statistics/{name}"))
+            .trim()
+            .to_string()
+    };
+    let available_mb = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb / 1024);
+    tracing::info!(
+        running,
+        oldest = oldest.as_deref().unwrap_or("-"),
+        available_mb,
+        run_used_mb = run_used_mb(),
+        load = %read("/proc/loadavg").trim(),
+        rx = %stat("rx_packets"),
+        rx_dropped = %stat("rx_dropped"),
+        tx = %stat("tx_packets"),
+        tx_dropped = %stat("tx_dropped"),
+        blocked = %blocked(),
+        "lab guest: alive"
+    );
+}
+
+/// A command in [`InFlight`] while it lives.
+struct Running<'a> {
+    all: &'a InFlight,
+    n: u64,
+}
+
+impl<'a> Running<'a> {
+    fn new(all: &'a InFlight, n: u64, script: &str) -> Self {
+        if let Ok(mut all) = all.lock() {
+            all.insert(n, (Instant::now(), script.chars().take(80).collect()));
+        }
+        Running { all, n }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut all) = self.all.lock() {
+            all.remove(&self.n);
+        }
+    }
+}
+
+/// Processes in uninterruptible sleep (state D), as `pid:comm@wchan`,
+/// the first few: what a command stuck in the kernel waits on.
+fn blocked() -> String {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // `pid (comm) S ...`: the state follows the last parenthesis.
+        let Some((head, tail)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if tail.trim_start().starts_with('D') {
+            let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("?");
+            let wchan = std::fs::read_to_string(entry.path().join("wchan")).unwrap_or_default();
+            found.push(format!("{pid}:{comm}@{wchan}"));
+            if found.len() == 6 {
+                break;
+            }
+        }
+    }
+    if found.is_empty() {
+        "-".to_string()
+    } else {
+        found.join(",")
+    }
+}
+
+/// What /run (tmpfs: the instances' disks) holds, in MiB.
+fn run_used_mb() -> Option<u64> {
+    let path = std::ffi::CString::new("/run").ok()?;
+    // SAFETY: statvfs fills the struct it is given; the path is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_blocks - st.f_bfree) * st.f_frsize / (1 << 20))
 }
 
 async fn handle(
@@ -111,12 +234,16 @@ async fn handle(
     n: u64,
     dir: &Path,
     forwards: &Forwards,
+    in_flight: &InFlight,
 ) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
     reader.read_line(&mut line).await?;
     let req: Request = serde_json::from_str(&line)?;
+    // Until its answer is written: a command whose answer cannot leave
+    // shows in the heartbeat as still running.
+    let _running;
     let out = match req.forward {
         Some(f) => match forward_in(&f, forwards) {
             Ok(()) => Output {
@@ -128,6 +255,7 @@ async fn handle(
         },
         None => {
             let started = std::time::Instant::now();
+            _running = Running::new(in_flight, n, &req.script);
             let out = run_script(&req.script, n, dir, Duration::from_secs(req.timeout_secs)).await;
             // A command that outlives the host's patience shows here (and
             // whether the guest ran it at all).
@@ -384,7 +512,7 @@ poweroff -f
         connect_within: Duration,
     ) -> Result<Output, GuestError> {
         let timeout = Duration::from_secs(request.timeout_secs);
-        let started = Instant::now();
+        let clock = crate::stall::RunningClock::start();
         let mut tries = 0;
         let mut stream = loop {
             tries += 1;
@@ -392,12 +520,12 @@ poweroff -f
                 Ok(s) => break s,
                 Err(e)
                     if e.kind() == std::io::ErrorKind::TimedOut
-                        && started.elapsed() < connect_within => {}
+                        && clock.elapsed() < connect_within => {}
                 Err(e) => return Err(GuestError::Channel(e)),
             }
         };
         if tries > 1 {
-            tracing::warn!(tries, took = ?started.elapsed(), "lab guest: slow to accept a command");
+            tracing::warn!(tries, took = ?clock.elapsed(), "lab guest: slow to accept a command");
         }
         let mut req =
             serde_json::to_string(request).map_err(|e| GuestError::Answer(e.to_string()))?;
@@ -408,19 +536,27 @@ poweroff -f
             .map_err(GuestError::Channel)?;
         let mut line = String::new();
         let mut reader = BufReader::new(stream);
-        tokio::time::timeout(
-            timeout + Duration::from_secs(5),
-            reader.read_line(&mut line),
-        )
-        .await
-        .map_err(|_| {
-            let what = match &request.forward {
-                Some(f) => format!("forward in {}", f.netns),
-                None => request.script.chars().take(160).collect(),
-            };
-            GuestError::NoAnswer(timeout + Duration::from_secs(5), what)
-        })?
-        .map_err(GuestError::Channel)?;
+        let patience = timeout + Duration::from_secs(5);
+        let read = reader.read_line(&mut line);
+        tokio::pin!(read);
+        // Host stalls (a paused machine stops the guest too) move the
+        // deadline: the guest gets `patience` of time the host ran.
+        let read = loop {
+            match tokio::time::timeout_at(clock.deadline(patience), &mut read).await {
+                Ok(read) => break read,
+                Err(_) if clock.elapsed() < patience => {
+                    tracing::warn!(stalled = ?clock.stalled(), "lab guest: the host stalled while a command ran; waiting that much longer");
+                }
+                Err(_) => {
+                    let what = match &request.forward {
+                        Some(f) => format!("forward in {}", f.netns),
+                        None => request.script.chars().take(160).collect(),
+                    };
+                    return Err(GuestError::NoAnswer(patience, what));
+                }
+            }
+        };
+        read.map_err(GuestError::Channel)?;
         serde_json::from_str(&line)
             .map_err(|_| GuestError::Answer(line.chars().take(200).collect()))
     }

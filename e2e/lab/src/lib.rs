@@ -13,6 +13,7 @@ pub mod instance;
 pub mod model;
 pub mod netns;
 pub mod runner;
+pub mod stall;
 pub mod timeline;
 
 pub use runner::{Lab, LabConfig, LabError};

@@ -90,6 +90,8 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,aws_config=warn,aws_smithy_runtime=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: the guest's log and `.data/lab.log` are files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::Guest { listen, dir } => vpcmesh_lab::guest::serve(listen, dir).await,

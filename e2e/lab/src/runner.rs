@@ -283,6 +283,36 @@ impl Lab {
         &self.netns.name
     }
 
+    /// The host's view of the wire to the guest, for a failure report
+    /// (works when the guest no longer answers): the tap's counters and
+    /// every TCP connection to the guest with its retransmissions and
+    /// timers (a stalled wire shows as backoff, a stalled guest as none).
+    pub fn wire_report(&self) -> String {
+        let run = |args: &[&str]| match std::process::Command::new("ip").args(args).output() {
+            Ok(out) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => format!("ip {}: {e}\n", args.join(" ")),
+        };
+        let ns = self.netns.name.as_str();
+        let pressure: String = ["cpu", "io", "memory"]
+            .iter()
+            .map(|what| {
+                let text =
+                    std::fs::read_to_string(format!("/proc/pressure/{what}")).unwrap_or_default();
+                format!("{what}: {}\n", text.lines().next().unwrap_or("-"))
+            })
+            .collect();
+        format!(
+            "host stalls (paused or starved) in this process so far: {:?}\n$ cat /proc/pressure/*\n{pressure}$ ip -s link show tap0\n{}$ ss -tnio\n{}",
+            crate::stall::stalled(),
+            run(&["-n", ns, "-s", "link", "show", "tap0"]),
+            run(&["netns", "exec", ns, "ss", "-tnio"])
+        )
+    }
+
     /// Makes `instance`'s IMDS serve `spot/instance-action` (a Spot
     /// interruption notice), or with `None` withdraw it, as EC2 does about
     /// two minutes before it reclaims a Spot instance.

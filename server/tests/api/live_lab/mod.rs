@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use vpcmesh_lab::guest::Output;
 use vpcmesh_lab::model::Host;
+use vpcmesh_lab::stall::RunningClock;
 use vpcmesh_lab::{Lab, LabConfig};
 
 /// How long a fresh network may take from Provision to its first ping: each
@@ -131,13 +132,20 @@ impl LiveLab {
     fn host_logs(&self) -> String {
         let dir = &self.lab().dir;
         let mut s = format!(
-            "lab error: {:?}\n--- guest console.log\n{}\n--- guest.log\n{}\n",
+            "lab error: {:?}\n--- guest console.log\n{}\n--- guest.log\n{}\n--- the wire, from the host\n{}\n",
             self.lab().last_error(),
             Self::tail(&dir.join("console.log"), 30),
             Self::tail(&dir.join("guest.log"), 30),
+            self.lab().wire_report(),
         );
         for (id, dir) in self.lab().instances() {
-            for f in ["console.log", "agent.log", "forward.log"] {
+            for f in [
+                "phases",
+                "console.log",
+                "cloud-init-output.log",
+                "agent.log",
+                "forward.log",
+            ] {
                 s += &format!("--- {id} {f}\n{}\n", Self::tail(&dir.join(f), 15));
             }
         }
@@ -174,8 +182,10 @@ impl LiveLab {
         hosts
     }
 
+    /// `within` counts the time the host ran ([`RunningClock`]): a paused
+    /// machine stops the guest too.
     pub async fn until_ping(&self, from: &Host, to: &Host, within: Duration) -> Duration {
-        let started = Instant::now();
+        let started = RunningClock::start();
         loop {
             let out = self
                 .sh(&format!(
