@@ -68,7 +68,8 @@ pub struct RunArgs {
     /// not served.
     #[arg(long, env = "VPCMESH_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Seconds between status reports.
+    /// Seconds between status reports while nothing changes (a tunnel
+    /// whose state changes is reported within a second).
     #[arg(long, default_value_t = 10)]
     pub status_every_secs: u64,
     /// Seconds a config long-poll waits for a change.

@@ -213,6 +213,23 @@ pub struct NetworkSummary {
     pub takeovers: Vec<super::TakeoverView>,
 }
 
+impl NetworkSummary {
+    /// A ready network whose tunnels are still coming up: no appliance
+    /// reported yet, or an active one has a tunnel without traffic so far
+    /// (a passive member's tunnels carry none by design).
+    pub fn tunnels_settling(&self) -> bool {
+        self.status == NetworkStatus::Ready
+            && (self.appliances.is_empty()
+                || self
+                    .appliances
+                    .iter()
+                    .filter(|a| a.role.as_deref() != Some("passive"))
+                    .any(|a| {
+                        a.tunnels.is_empty() || a.tunnels.iter().any(|t| t.state == "pending")
+                    }))
+    }
+}
+
 /// One appliance as it registered and last reported.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplianceSummary {
@@ -373,4 +390,57 @@ pub struct KmsKeyChoice {
     pub key_id: String,
     /// The key's own ARN (`…:key/<key_id>`), what a network's options name.
     pub key_arn: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn network(status: &str, appliances: serde_json::Value) -> NetworkSummary {
+        serde_json::from_value(json!({
+            "id": "n", "name": "n", "topology": "full_mesh", "status": status,
+            "status_note": null, "sites": [], "key_epochs": [], "created_at": "",
+            "options": { "kms_key_arn": "arn:aws:kms:us-east-1:111122223333:key/k" },
+            "appliances": appliances,
+        }))
+        .expect("a network summary")
+    }
+
+    fn appliance(role: Option<&str>, states: &[&str]) -> serde_json::Value {
+        let tunnels: Vec<_> = states
+            .iter()
+            .map(|s| json!({ "peer_site": "p", "state": s, "out_bytes": 0, "out_packets": 0, "in_bytes": 0, "in_packets": 0, "in_errors": 0 }))
+            .collect();
+        json!({
+            "id": "a", "site_id": "s", "member": "a", "role": role, "instance_id": "i",
+            "availability_zone": "z", "private_ip": "10.0.0.4", "public_ip": null,
+            "last_seen_at": null, "applied_version": null, "config_error": null,
+            "tunnels": tunnels,
+        })
+    }
+
+    #[test]
+    fn tunnels_settle_once_every_active_appliance_has_traffic_on_each() {
+        assert!(
+            network("ready", json!([])).tunnels_settling(),
+            "none reported yet"
+        );
+        assert!(!network("provisioning", json!([])).tunnels_settling());
+        let coming = json!([appliance(Some("active"), &["up", "pending"])]);
+        assert!(network("ready", coming).tunnels_settling());
+        let no_tunnels_yet = json!([appliance(None, &[])]);
+        assert!(network("ready", no_tunnels_yet).tunnels_settling());
+        // A passive member carries no traffic: its pending tunnels are normal.
+        let settled = json!([
+            appliance(Some("active"), &["up", "rekeying"]),
+            appliance(Some("passive"), &["pending", "pending"]),
+        ]);
+        assert!(!network("ready", settled).tunnels_settling());
+        let down = json!([appliance(Some("active"), &["down"])]);
+        assert!(
+            !network("ready", down).tunnels_settling(),
+            "down is news, not settling"
+        );
+    }
 }

@@ -4,6 +4,7 @@
 
 pub(crate) mod backoff;
 mod boot;
+mod cadence;
 mod client;
 mod drift;
 mod generation;

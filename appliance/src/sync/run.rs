@@ -1,6 +1,7 @@
 //! `vpcmesh-agent run`: register once, then follow the server.
 
 use super::backoff::Backoff;
+use super::cadence::{self, Cadence, OBSERVE_EVERY};
 use super::drift::{DriftCheck, Repaired};
 use super::generation::{Decision, Generations};
 use super::{BootConfig, ControlPlane, Identity, StoredCredential, SyncError};
@@ -539,6 +540,8 @@ async fn apply(
     .await?
 }
 
+/// Reads the tunnels from the kernel every [`OBSERVE_EVERY`] (the metrics
+/// follow each reading) and sends a status report when [`Cadence`] says.
 async fn report_status(
     ha: watch::Receiver<HaView>,
     cp: Arc<ControlPlane>,
@@ -548,8 +551,11 @@ async fn report_status(
     now: Arc<Notify>,
     every: Duration,
 ) {
+    let mut cadence = Cadence::new(every);
     loop {
-        let _ = tokio::time::timeout(every, now.notified()).await;
+        let asked = tokio::time::timeout(OBSERVE_EVERY.min(every), now.notified())
+            .await
+            .is_ok();
         let (applied, error, repaired) = match shared.lock() {
             Ok(s) => (s.applied.clone(), s.error.clone(), s.repaired),
             Err(_) => return,
@@ -578,7 +584,12 @@ async fn report_status(
         let Ok(report) = report else {
             continue;
         };
+        let states = cadence::states(&report.tunnels);
+        if !cadence.due(&states, asked, Instant::now()) {
+            continue;
+        }
         let delivered = cp.status(&credential, &report).await;
+        cadence.tried(states, delivered.is_ok(), Instant::now());
         METRICS.status_report(delivered.is_ok());
         if let Err(e) = delivered {
             tracing::warn!(error = %e, "status report not delivered");

@@ -561,6 +561,63 @@ poweroff -f
             .map_err(|_| GuestError::Answer(line.chars().take(200).collect()))
     }
 
+    /// The host process of the guest's kernel, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(|c| c.id()))
+    }
+
+    /// How long the guest's log has been silent: it writes a heartbeat
+    /// every [`HEARTBEAT`], so much longer means the guest (its kernel or
+    /// its command server) froze. `None` when the log cannot be read.
+    pub fn silent_for(&self) -> Option<Duration> {
+        let modified = std::fs::metadata(self.dir.join("guest.log"))
+            .and_then(|m| m.modified())
+            .ok()?;
+        std::time::SystemTime::now().duration_since(modified).ok()
+    }
+
+    /// What the host says about the User-Mode Linux kernel's own process:
+    /// its state, the host system call it sits in and its host kernel
+    /// stack, and the CPU it burnt over half a second (a guest kernel
+    /// that spins shows ~50 ticks; one blocked on the host, none).
+    pub async fn host_view(&self) -> String {
+        let Some(pid) = self
+            .child
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(|c| c.id()))
+        else {
+            return "the guest's process is gone\n".to_string();
+        };
+        let proc = |what: &str| {
+            std::fs::read_to_string(format!("/proc/{pid}/{what}"))
+                .unwrap_or_else(|e| format!("({e})"))
+        };
+        // utime + stime: fields 14 and 15, after the parenthesised name.
+        let ticks = |stat: &str| -> Option<u64> {
+            let (_, tail) = stat.rsplit_once(')')?;
+            let f: Vec<&str> = tail.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        };
+        let before = proc("stat");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = proc("stat");
+        let burnt = match (ticks(&before), ticks(&after)) {
+            (Some(b), Some(a)) => format!("{} ticks in 0.5 s", a.saturating_sub(b)),
+            _ => "unknown".to_string(),
+        };
+        format!(
+            "User-Mode Linux kernel process {pid}: cpu {burnt}; stat {}; wchan {}; syscall {}; host stack:\n{}",
+            after.trim(),
+            proc("wchan").trim(),
+            proc("syscall").trim(),
+            proc("stack").trim()
+        )
+    }
+
     /// Powers the guest off (and kills it if it does not go within 10 s).
     pub async fn shutdown(&self) {
         let poweroff = Request::script("poweroff -f", Duration::from_secs(2));

@@ -283,6 +283,21 @@ impl Lab {
         &self.netns.name
     }
 
+    /// See [`Guest::pid`].
+    pub fn guest_pid(&self) -> Option<u32> {
+        self.guest.pid()
+    }
+
+    /// See [`Guest::silent_for`].
+    pub fn guest_silent_for(&self) -> Option<Duration> {
+        self.guest.silent_for()
+    }
+
+    /// See [`Guest::host_view`].
+    pub async fn guest_host_view(&self) -> String {
+        self.guest.host_view().await
+    }
+
     /// The host's view of the wire to the guest, for a failure report
     /// (works when the guest no longer answers): the tap's counters and
     /// every TCP connection to the guest with its retransmissions and

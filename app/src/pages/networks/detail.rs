@@ -19,6 +19,11 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::use_params_map;
 
+/// How long after the page opened it refreshes every second while tunnels
+/// come up (a tunnel that never does falls back to every 5 s).
+#[cfg(feature = "hydrate")]
+const SETTLING_FOR_SECS: u64 = 120;
+
 #[component]
 pub fn NetworkPage() -> impl IntoView {
     let params = use_params_map();
@@ -72,14 +77,18 @@ pub fn NetworkPage() -> impl IntoView {
                             NetworkStatus::Provisioning | NetworkStatus::Deleting
                         ) || ConnectivityAction::running(&n)
                     });
-                // While a job runs: every second. While ready: every 5 s, so
-                // tunnel states and counters stay live.
-                let ready = network
+                // While a job runs: every second. While tunnels come up
+                // (for the first two minutes on the page): every second
+                // too, so a tunnel shows up as soon as its appliance says.
+                // Else while ready: every 5 s, so states and counters stay live.
+                let (ready, settling) = network
                     .get_untracked()
                     .and_then(|r| r.ok())
-                    .is_some_and(|n| n.status == NetworkStatus::Ready);
+                    .map(|n| (n.status == NetworkStatus::Ready, n.tunnels_settling()))
+                    .unwrap_or_default();
                 seconds.update_value(|s| *s += 1);
-                if busy || (ready && seconds.get_value() % 5 == 0) {
+                let settling = settling && seconds.get_value() <= SETTLING_FOR_SECS;
+                if busy || settling || (ready && seconds.get_value() % 5 == 0) {
                     tick.update(|t| *t += 1);
                 }
             },

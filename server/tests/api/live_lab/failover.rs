@@ -4,6 +4,7 @@
 //! interruption notice. moto (EC2) is read after each: the site's Elastic
 //! IP and every route to the remote CIDRs name the new active member.
 
+use super::live_test;
 use super::{provision_with, LiveLab};
 use crate::appliances::{running_instances, Instance};
 use crate::moto::Customer;
@@ -588,6 +589,14 @@ const TEST_DEAD_AFTER: u32 = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_ha_pair_fails_over_when_its_active_dies_is_cut_off_or_is_interrupted() {
+    live_test(
+        "an_ha_pair_fails_over_when_its_active_dies_is_cut_off_or_is_interrupted",
+        an_ha_pair_fails_over_when_its_active_dies_is_cut_off_or_is_interrupted_once,
+    )
+    .await;
+}
+
+async fn an_ha_pair_fails_over_when_its_active_dies_is_cut_off_or_is_interrupted_once() {
     let (
         lab,
         w,

@@ -1,6 +1,7 @@
 //! A provisioned network living on in the lab runner: a CIDR added to one
 //! of its VPCs, an appliance rebooted.
 
+use super::live_test;
 use super::{assert_only_esp_in_udp, provision, LiveLab, FIRST_PING};
 use crate::appliances::running_instances;
 use crate::networks::{place, World};
@@ -103,6 +104,14 @@ impl LiveLab {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cidr_added_to_a_vpc_reaches_the_far_side_and_touches_no_sa() {
+    live_test(
+        "a_cidr_added_to_a_vpc_reaches_the_far_side_and_touches_no_sa",
+        a_cidr_added_to_a_vpc_reaches_the_far_side_and_touches_no_sa_once,
+    )
+    .await;
+}
+
+async fn a_cidr_added_to_a_vpc_reaches_the_far_side_and_touches_no_sa_once() {
     let mut w = World::new().await;
     let placed = place(
         &w,
@@ -338,6 +347,14 @@ const REBOOT_RATE: &str = "0.02";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rebooted_appliance_comes_back_by_itself_on_fresh_sas_and_its_peers_keep_working() {
+    live_test(
+        "a_rebooted_appliance_comes_back_by_itself_on_fresh_sas_and_its_peers_keep_working",
+        a_rebooted_appliance_comes_back_by_itself_on_fresh_sas_and_its_peers_keep_working_once,
+    )
+    .await;
+}
+
+async fn a_rebooted_appliance_comes_back_by_itself_on_fresh_sas_and_its_peers_keep_working_once() {
     let mut w = World::new().await;
     let regions = ["us-east-1", "eu-west-1", "ap-southeast-2"];
     let placed = place(

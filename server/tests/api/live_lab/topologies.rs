@@ -1,6 +1,7 @@
 //! Every topology on the lab runner: transit, mesh with leaves, a replaced
 //! instance, a mesh rotating its key and failing static.
 
+use super::live_test;
 use super::{assert_only_esp_in_udp, provision, LiveLab, FIRST_PING};
 use crate::networks::{place, World};
 use std::time::{Duration, Instant};
@@ -9,6 +10,14 @@ const TRANSIT: [&str; 3] = ["us-east-1", "eu-west-1", "ap-southeast-2"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn transit_spokes_reach_each_other_through_the_hub_and_only_esp_crosses_the_wan() {
+    live_test(
+        "transit_spokes_reach_each_other_through_the_hub_and_only_esp_crosses_the_wan",
+        transit_spokes_reach_each_other_through_the_hub_and_only_esp_crosses_the_wan_once,
+    )
+    .await;
+}
+
+async fn transit_spokes_reach_each_other_through_the_hub_and_only_esp_crosses_the_wan_once() {
     let mut w = World::new().await;
     let placed = place(
         &w,
@@ -91,6 +100,14 @@ async fn transit_spokes_reach_each_other_through_the_hub_and_only_esp_crosses_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leaf_reaches_a_remote_leaf_through_both_edges_and_their_transit_gateways() {
+    live_test(
+        "a_leaf_reaches_a_remote_leaf_through_both_edges_and_their_transit_gateways",
+        a_leaf_reaches_a_remote_leaf_through_both_edges_and_their_transit_gateways_once,
+    )
+    .await;
+}
+
+async fn a_leaf_reaches_a_remote_leaf_through_both_edges_and_their_transit_gateways_once() {
     let mut w = World::new().await;
     let placed = place(
         &w,
@@ -156,6 +173,15 @@ async fn a_leaf_reaches_a_remote_leaf_through_both_edges_and_their_transit_gatew
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_terminated_instance_leaves_the_lab_and_its_replacement_registers_and_carries_traffic() {
+    live_test(
+        "a_terminated_instance_leaves_the_lab_and_its_replacement_registers_and_carries_traffic",
+        a_terminated_instance_leaves_the_lab_and_its_replacement_registers_and_carries_traffic_once,
+    )
+    .await;
+}
+
+async fn a_terminated_instance_leaves_the_lab_and_its_replacement_registers_and_carries_traffic_once(
+) {
     let mut w = World::new().await;
     let placed = place(
         &w,
@@ -240,6 +266,14 @@ const ROTATION_PINGS: u64 = 1500;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_mesh_rotates_its_key_under_load_without_losing_a_packet_and_fails_static() {
+    live_test(
+        "a_mesh_rotates_its_key_under_load_without_losing_a_packet_and_fails_static",
+        a_mesh_rotates_its_key_under_load_without_losing_a_packet_and_fails_static_once,
+    )
+    .await;
+}
+
+async fn a_mesh_rotates_its_key_under_load_without_losing_a_packet_and_fails_static_once() {
     let mut w = World::new().await;
     let placed = place(
         &w,
