@@ -1,7 +1,7 @@
 //! A frozen User-Mode Linux guest is told apart from a slow one, and only
 //! a freeze gives a live-lab test its second try.
 
-use super::{live_test, LiveLab, GUEST_FROZE};
+use super::{live_test_logged, LiveLab, GUEST_FROZE};
 use crate::networks::World;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -43,13 +43,22 @@ async fn a_stopped_guest_reads_as_frozen_and_answers_again_once_continued() {
     lab.stop().await;
 }
 
-/// Runs `live_test` with a body that panics with `first`, then with
-/// `second` (None: passes); returns whether it passed and how many tries.
-async fn tries_of(first: &'static str, second: Option<&'static str>) -> (bool, u32) {
+/// Runs [`live_test_logged`] with a body that panics with `first`, then with
+/// `second` (None: passes); returns whether it passed, how many tries, and
+/// what it noted in its retry log (one of this call's own, not the suite's).
+async fn tries_of(first: &'static str, second: Option<&'static str>) -> (bool, u32, String) {
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "live-lab-retries-test-{}-{}.log",
+        std::process::id(),
+        CALLS.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_file(&log);
     let tries = Arc::new(AtomicU32::new(0));
     let counted = tries.clone();
+    let noted = log.clone();
     let outcome = tokio::spawn(async move {
-        live_test("a test", || {
+        let body = || {
             let n = counted.fetch_add(1, Ordering::SeqCst);
             async move {
                 match (n, second) {
@@ -58,11 +67,13 @@ async fn tries_of(first: &'static str, second: Option<&'static str>) -> (bool, u
                     (_, None) => {}
                 }
             }
-        })
-        .await;
+        };
+        live_test_logged("a test", body, &noted).await;
     })
     .await;
-    (outcome.is_ok(), tries.load(Ordering::SeqCst))
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    (outcome.is_ok(), tries.load(Ordering::SeqCst), said)
 }
 
 #[tokio::test]
@@ -70,20 +81,25 @@ async fn only_a_frozen_guest_gives_a_test_a_second_try() {
     let froze =
         "the guest runs the script: no answer\nthe User-Mode Linux guest froze: silent for 40 s";
     assert!(froze.contains(GUEST_FROZE));
-    assert_eq!(tries_of(froze, None).await, (true, 2), "froze, then passed");
+    let retried = format!("a test: {GUEST_FROZE} on the first try; ran it again in a new guest\n");
+    assert_eq!(
+        tries_of(froze, None).await,
+        (true, 2, retried.clone()),
+        "froze, then passed"
+    );
     assert_eq!(
         tries_of(froze, Some(froze)).await,
-        (false, 2),
+        (false, 2, retried.clone()),
         "froze twice"
     );
     assert_eq!(
         tries_of(froze, Some("h1 never reached h2")).await,
-        (false, 2),
+        (false, 2, retried),
         "froze, then failed"
     );
     assert_eq!(
         tries_of("h1 never reached h2 within 180s", None).await,
-        (false, 1),
+        (false, 1, String::new()),
         "any other failure is not tried again"
     );
 }

@@ -43,6 +43,16 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("live-lab-retries.log");
+    live_test_logged(name, test, &log).await;
+}
+
+/// [`live_test`], noting a retry in `log`.
+pub async fn live_test_logged<F, Fut>(name: &str, test: F, log: &std::path::Path)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     use futures::FutureExt;
     let first = std::panic::AssertUnwindSafe(test()).catch_unwind().await;
     let Err(panic) = first else {
@@ -58,7 +68,6 @@ where
     }
     let line = format!("{name}: {GUEST_FROZE} on the first try; ran it again in a new guest\n");
     eprint!("{line}");
-    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("live-lab-retries.log");
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
