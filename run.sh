@@ -22,7 +22,10 @@ done
 
 setup_build
 setup_runtime
-agent_bin="$CARGO_TARGET_DIR/debug/vpcmesh-agent"
+# The agent appliances download: the optimised, stripped build of the
+# `agent` profile (a fifth of the debug build's bytes, which every
+# instance fetches, checks and installs at its first boot).
+agent_bin="$CARGO_TARGET_DIR/agent/vpcmesh-agent"
 lab_bin="$CARGO_TARGET_DIR/debug/vpcmesh-lab"
 if [ -z "${VPCMESH_SKIP_BUILD:-}" ]; then
   say "building the console"
@@ -30,7 +33,7 @@ if [ -z "${VPCMESH_SKIP_BUILD:-}" ]; then
   say "building the size-optimized WebAssembly bundle"
   wasm_release_bundle
   say "building the appliance agent (appliances download it from the server) and the lab"
-  (cd "$VPCMESH_ROOT" && cargo build --quiet -p appliance --bin vpcmesh-agent -p vpcmesh-lab --bin vpcmesh-lab)
+  build_agent_and_lab
 else
   # Built already (./test.sh, or an earlier ./run.sh): start at once.
   VPCMESH_SERVER_BIN="$CARGO_TARGET_DIR/debug/vpcmesh-server"
@@ -43,16 +46,9 @@ fi
 data=${VPCMESH_DATA:-$VPCMESH_ROOT/.data}
 listen=${VPCMESH_LISTEN:-127.0.0.1:3000}
 mkdir -p "$data"
-# Appliances download the agent without its symbols: half the bytes (the
-# server pins whatever file it serves by its SHA-256). Stripped again only
-# when the agent was built again.
-if [ ! "$data/vpcmesh-agent" -nt "$agent_bin" ]; then
-  strip -o "$data/vpcmesh-agent.tmp" "$agent_bin"
-  mv -f "$data/vpcmesh-agent.tmp" "$data/vpcmesh-agent"
-fi
 args=(--site-root "$VPCMESH_SITE_ROOT" --listen "$listen"
       --demo-admin "${VPCMESH_DEMO_ADMIN:-admin@demo.vpcmesh.dev}"
-      --agent-binary "$data/vpcmesh-agent")
+      --agent-binary "$agent_bin")
 [ -n "${DATABASE_URL:-}" ] || args+=(--embedded-postgres "$data/pg")
 
 pids=()

@@ -251,3 +251,11 @@ wasm_release_bundle() {
   gzip -kf -9 "$pkg/vpcmesh.wasm" "$pkg/vpcmesh.js"
   say "release bundle: $(stat -c %s "$pkg/vpcmesh.wasm") bytes of WebAssembly, $(stat -c %s "$pkg/vpcmesh.wasm.gz") gzipped"
 }
+
+# The agent appliances download (the `agent` profile: optimised and
+# stripped, as a release ships it; ./run.sh and the lab tests serve it) and
+# the lab runner.
+build_agent_and_lab() {
+  (cd "$VPCMESH_ROOT" && cargo build --quiet --profile agent -p appliance --bin vpcmesh-agent \
+    && cargo build --quiet -p vpcmesh-lab --bin vpcmesh-lab)
+}

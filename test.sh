@@ -17,7 +17,7 @@ step() { say "$1"; shift; "$@"; }
 step "format check" cargo fmt --all -- --check
 step "clippy (-D warnings)" cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "building the console (WASM + server)" leptos_build
-step "building the agent and the lab runner (the lab tests run them)" cargo build --quiet -p appliance --bin vpcmesh-agent -p vpcmesh-lab --bin vpcmesh-lab
+step "building the agent appliances download and the lab runner (the lab tests run them)" build_agent_and_lab
 retries="$CARGO_TARGET_DIR/tmp/live-lab-retries.log"
 rm -f "$retries"
 step "unit and integration tests" bash -c 'set -o pipefail; cargo test --workspace 2>&1 | tee "$0/cargo-test.log"' "$logs"

@@ -29,52 +29,19 @@ pub const PASSWORD: &str = "correct horse battery staple";
 static CLUSTER: OnceCell<PrivateCluster> = OnceCell::const_new();
 static AGENT: std::sync::OnceLock<Option<AgentRelease>> = std::sync::OnceLock::new();
 
-static SERVED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-
-/// The built agent binary in the shared target folder (`cargo build -p
-/// appliance --bin vpcmesh-agent`; `cargo test --workspace` builds it too).
-pub fn built_agent_path() -> PathBuf {
+/// The agent the test servers hand out, as `./run.sh` serves it: the
+/// `agent` profile's build in the shared target folder (optimised and
+/// stripped, as a release ships it; `cargo build --profile agent -p
+/// appliance --bin vpcmesh-agent`, which ./test.sh runs). Every lab
+/// instance downloads, checks and keeps it, so its size is boot time.
+pub fn agent_binary_path() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
-    // target/debug/deps/api-* -> target/debug/vpcmesh-agent
+    // target/debug/deps/api-* -> target/agent/vpcmesh-agent
     exe.parent()
         .and_then(std::path::Path::parent)
-        .map(|debug| debug.join("vpcmesh-agent"))
+        .and_then(std::path::Path::parent)
+        .map(|target| target.join("agent").join("vpcmesh-agent"))
         .expect("the test binary lives in target/debug/deps")
-}
-
-/// The agent the test servers hand out: the built one without its symbols,
-/// as `./run.sh` serves it (half the bytes each lab instance downloads and
-/// keeps on its disk). Made once per test binary; the built one when it
-/// is missing (the tests that need it say so).
-pub fn agent_binary_path() -> PathBuf {
-    SERVED
-        .get_or_init(|| {
-            let built = built_agent_path();
-            if !built.is_file() {
-                return built;
-            }
-            // Stripped beside, then renamed: one file, whatever runs at once.
-            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-            let (partial, served) = (
-                dir.join(format!("vpcmesh-agent-served.{}", std::process::id())),
-                dir.join("vpcmesh-agent-served"),
-            );
-            let out = std::process::Command::new("strip")
-                .arg("-o")
-                .arg(&partial)
-                .arg(&built)
-                .output()
-                .expect("strip runs (binutils; ./test.sh installs it)");
-            assert!(
-                out.status.success(),
-                "strip {}: {}",
-                built.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::fs::rename(&partial, &served).expect("rename the stripped agent");
-            served
-        })
-        .clone()
 }
 
 /// The agent the test servers hand out and pin, read once per test binary
@@ -93,8 +60,8 @@ pub fn agent_release() -> Option<AgentRelease> {
 pub fn require_agent_release() -> AgentRelease {
     agent_release().unwrap_or_else(|| {
         panic!(
-            "{} is missing: appliance stacks pin and serve it; build it with `cargo build -p appliance --bin vpcmesh-agent` (./test.sh does)",
-            built_agent_path().display()
+            "{} is missing: appliance stacks pin and serve it; build it with `cargo build --profile agent -p appliance --bin vpcmesh-agent` (./test.sh does)",
+            agent_binary_path().display()
         )
     })
 }
