@@ -124,6 +124,7 @@ function phases(upMs) {
     ['guest booted', lab.guest_booted],
     ['AWS emulator answers', lab.aws_answered],
     ['console answers (/readyz)', lab.control_plane_answered],
+    ['Provision: the demo network's job started (as the button starts it)', logged(/job started/)],
     ['demo network provisioned (job finished)', logged(/job finished/)],
     ['first instance seen in the emulator', lab.first_instance_seen],
     ['first encrypted ping between test hosts', lab.first_ping],
@@ -131,6 +132,10 @@ function phases(upMs) {
     ['every tunnel up on the console', t0 + upMs / 1000],
   ];
   const lines = rows.map(([what, t]) => `  ${at(t).padStart(6)} s  ${what}`);
+  const provision = logged(/job started/);
+  if (provision != null && lab.first_ping != null) {
+    lines.push(`  Provision to the first encrypted ping between two regions: ${(lab.first_ping - provision).toFixed(1)} s`);
+  }
   lines.push('  per instance: seen, mirrored, user data, agent installed, agent running, registered, config applied');
   for (const [id, i] of Object.entries(lab.instances ?? {})) {
     const cols = ['seen', 'mirrored', 'user_data', 'agent_installed', 'agent_running', 'registered', 'config_applied'];
