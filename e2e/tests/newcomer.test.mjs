@@ -124,7 +124,7 @@ function phases(upMs) {
     ['guest booted', lab.guest_booted],
     ['AWS emulator answers', lab.aws_answered],
     ['console answers (/readyz)', lab.control_plane_answered],
-    ['Provision: the demo network's job started (as the button starts it)', logged(/job started/)],
+    ["Provision: the demo network's job started (as the button starts it)", logged(/job started/)],
     ['demo network provisioned (job finished)', logged(/job finished/)],
     ['first instance seen in the emulator', lab.first_instance_seen],
     ['first encrypted ping between test hosts', lab.first_ping],

@@ -143,12 +143,52 @@ pub struct SiteSummary {
     pub outputs: serde_json::Value,
 }
 
+/// Where a key epoch stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyEpochState {
+    /// The epoch appliances send with.
+    Active,
+    /// A rotation moves off it: still accepted until every site holds the
+    /// new one.
+    Retiring,
+    /// No longer used.
+    Retired,
+    /// Revoked by an admin: never accepted again.
+    Invalidated,
+}
+
+impl KeyEpochState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyEpochState::Active => "active",
+            KeyEpochState::Retiring => "retiring",
+            KeyEpochState::Retired => "retired",
+            KeyEpochState::Invalidated => "invalidated",
+        }
+    }
+
+    /// The badge the console shows it in.
+    pub fn badge_class(self) -> &'static str {
+        match self {
+            KeyEpochState::Active => "badge badge-ok",
+            KeyEpochState::Retiring => "badge badge-warn",
+            KeyEpochState::Invalidated => "badge badge-bad",
+            KeyEpochState::Retired => "badge",
+        }
+    }
+
+    /// An admin may revoke it (which ends a rotation still under way).
+    pub fn revocable(self) -> bool {
+        matches!(self, KeyEpochState::Retired | KeyEpochState::Retiring)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyEpochSummary {
     pub epoch: i32,
     pub kms_key_arn: String,
-    /// "active", "retiring" (a rotation moves off it), "retired" or "invalidated".
-    pub state: String,
+    pub state: KeyEpochState,
     pub created_at: String,
     /// On the active epoch while a rotation to it is in progress.
     #[serde(default)]

@@ -32,12 +32,12 @@ pub fn KeysPage() -> impl IntoView {
                                         let href = format!("/networks/{}", n.id);
                                         let name = n.name.clone();
                                         n.key_epochs.into_iter().rev().map(move |k| {
-                                            let class = match k.state.as_str() { "active" => "badge badge-ok", "invalidated" => "badge badge-bad", _ => "badge" };
+                                            let class = k.state.badge_class();
                                             view! {
                                                 <tr>
                                                     <td><a href=href.clone()>{name.clone()}</a></td>
                                                     <td>{k.epoch}</td>
-                                                    <td><span class=class>{k.state}</span></td>
+                                                    <td><span class=class>{k.state.as_str()}</span></td>
                                                     <td><code class="wrap">{k.kms_key_arn}</code></td>
                                                     <td>{time::to_minute(&k.created_at)}</td>
                                                 </tr>

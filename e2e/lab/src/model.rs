@@ -526,7 +526,7 @@ pub fn build(
                 format!(
                     "{mk}ip -n {name} link show eth0 >/dev/null 2>&1 || ip link add eth0 netns {name} type veth peer name h{i} netns {ns}\n\
                      ip -n {ns} link set h{i} master {br} up\n\
-                     ip -n {name} addr replace {address}/{p} dev eth0\nip -n {name} link set eth0 up\n\
+                     ip -n {name} addr flush dev eth0\nip -n {name} addr add {address}/{p} dev eth0\nip -n {name} link set eth0 up\n\
                      ip -n {name} route replace default via {gw}\n",
                     mk = ns_exists(&name),
                     br = seg.bridge(),
@@ -534,7 +534,11 @@ pub fn build(
                     gw = router(seg.cidr),
                 ),
                 format!("ip netns del {name}\n"),
-                false,
+                // A host that moves (its CIDR gained a subnet) keeps its
+                // namespace: the up script moves its link and address. A
+                // namespace deleted and made again can hold up the guest
+                // for seconds, and its processes (demo traffic) would go.
+                true,
             );
             d.hosts.push(Host {
                 name,

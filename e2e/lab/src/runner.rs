@@ -518,28 +518,28 @@ impl Runner {
     }
 
     /// EC2's stand-ins for the instances this round booted (their boot
-    /// waits for them), and no more for those it removed.
+    /// waits for them), and no more for those it removed: all at once, each
+    /// instance's boot starts as soon as its own listen.
     async fn forward(&self, steps: &[(&Step, bool)]) {
-        for (step, ok) in steps {
-            let forward = match step {
-                Step::Up(Key::Instance(id), _) if *ok => self
-                    .hosts
-                    .get(id)
-                    .map(|h| instance::forwarding(id, &h.stand_ins)),
-                Step::Down(Key::Instance(id), _) => Some(crate::guest::Forward {
-                    netns: id.clone(),
-                    mappings: Vec::new(),
-                    ready: None,
-                }),
-                _ => None,
-            };
-            if let Some(f) = forward {
-                let id = f.netns.clone();
-                if let Err(e) = self.guest.forward(f).await {
-                    tracing::warn!(instance = %id, error = %e, "lab: EC2's stand-ins for an instance");
-                }
+        let forwards = steps.iter().filter_map(|(step, ok)| match step {
+            Step::Up(Key::Instance(id), _) if *ok => self
+                .hosts
+                .get(id)
+                .map(|h| instance::forwarding(id, &h.stand_ins)),
+            Step::Down(Key::Instance(id), _) => Some(crate::guest::Forward {
+                netns: id.clone(),
+                mappings: Vec::new(),
+                ready: None,
+            }),
+            _ => None,
+        });
+        futures::future::join_all(forwards.map(|f| async move {
+            let id = f.netns.clone();
+            if let Err(e) = self.guest.forward(f).await {
+                tracing::warn!(instance = %id, error = %e, "lab: EC2's stand-ins for an instance");
             }
-        }
+        }))
+        .await;
     }
 
     /// The watched (account, region) pairs: the configured regions and

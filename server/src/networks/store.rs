@@ -1,7 +1,9 @@
 //! The `networks`, `sites` and `key_epochs` tables.
 
 use crate::aws::discovery::VpcFacts;
-use app::api::{KeyEpochSummary, NetworkOptions, NetworkStatus, SiteRole, TopologyKind};
+use app::api::{
+    KeyEpochState, KeyEpochSummary, NetworkOptions, NetworkStatus, SiteRole, TopologyKind,
+};
 use sqlx::{PgExecutor, PgPool};
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 use uuid::Uuid;
@@ -301,11 +303,32 @@ pub async fn merge_outputs(
         .map(|_| ())
 }
 
+crate::db::text_enum! {
+    /// What `key_epochs.state` stores.
+    pub enum StoredKeyEpochState {
+        Active = "active",
+        Retiring = "retiring",
+        Retired = "retired",
+        Invalidated = "invalidated",
+    }
+}
+
+impl From<StoredKeyEpochState> for KeyEpochState {
+    fn from(s: StoredKeyEpochState) -> Self {
+        match s {
+            StoredKeyEpochState::Active => KeyEpochState::Active,
+            StoredKeyEpochState::Retiring => KeyEpochState::Retiring,
+            StoredKeyEpochState::Retired => KeyEpochState::Retired,
+            StoredKeyEpochState::Invalidated => KeyEpochState::Invalidated,
+        }
+    }
+}
+
 pub async fn key_epochs(
     db: impl PgExecutor<'_>,
     network_id: Uuid,
 ) -> Result<Vec<KeyEpochSummary>, sqlx::Error> {
-    let rows: Vec<(i32, String, String, OffsetDateTime)> = sqlx::query_as(
+    let rows: Vec<(i32, String, StoredKeyEpochState, OffsetDateTime)> = sqlx::query_as(
         "SELECT epoch, kms_key_arn, state, created_at FROM key_epochs WHERE network_id = $1 ORDER BY epoch",
     )
     .bind(network_id)
@@ -316,7 +339,7 @@ pub async fn key_epochs(
         .map(|(epoch, kms_key_arn, state, at)| KeyEpochSummary {
             epoch,
             kms_key_arn,
-            state,
+            state: state.into(),
             created_at: rfc3339(at),
             rotation: None,
         })

@@ -2,7 +2,7 @@
 
 use super::store::{self, rfc3339, SiteRow};
 use crate::internal::OrInternal;
-use app::api::{ConsoleError, NetworkSummary, SiteSummary};
+use app::api::{ConsoleError, KeyEpochState, NetworkSummary, SiteSummary};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -53,8 +53,14 @@ async fn summary_of(pool: &PgPool, row: store::NetworkRow) -> Result<NetworkSumm
     let mut key_epochs = store::key_epochs(pool, row.id)
         .await
         .or_internal("load key epochs")?;
-    if key_epochs.iter().any(|k| k.state == "retiring") {
-        if let Some(active) = key_epochs.iter_mut().find(|k| k.state == "active") {
+    if key_epochs
+        .iter()
+        .any(|k| k.state == KeyEpochState::Retiring)
+    {
+        if let Some(active) = key_epochs
+            .iter_mut()
+            .find(|k| k.state == KeyEpochState::Active)
+        {
             let p = crate::appliances::rotation::progress(pool, row.id, active.epoch)
                 .await
                 .or_internal("load a rotation's progress")?;

@@ -3,7 +3,7 @@
 //! value can fail to read and no Rust value can fail to write.
 
 use crate::support::TestApp;
-use server::networks::store::StoredSiteKind;
+use server::networks::store::{StoredKeyEpochState, StoredSiteKind};
 use server::provisioning::jobs::{JobKind, StepAction, StepState};
 use std::collections::BTreeSet;
 
@@ -55,6 +55,11 @@ async fn every_text_enum_names_exactly_what_its_column_allows() {
             "sites",
             "kind",
             names(StoredSiteKind::ALL.iter().map(|v| v.as_str())),
+        ),
+        (
+            "key_epochs",
+            "state",
+            names(StoredKeyEpochState::ALL.iter().map(|v| v.as_str())),
         ),
     ];
     for (table, column, rust) in cases {

@@ -3,7 +3,8 @@
 //! automatic rotation schedule.
 
 use crate::api::{
-    ConsoleError, InvalidateKey, NetworkStatus, NetworkSummary, RotateKey, SetRotationSchedule,
+    ConsoleError, InvalidateKey, KeyEpochState, NetworkStatus, NetworkSummary, RotateKey,
+    SetRotationSchedule,
 };
 use crate::components::time;
 use leptos::prelude::*;
@@ -62,7 +63,7 @@ pub fn KeysPanel(network: NetworkSummary, actions: KeyActions) -> impl IntoView 
     let retiring = network
         .key_epochs
         .iter()
-        .find(|k| k.state == "retiring")
+        .find(|k| k.state == KeyEpochState::Retiring)
         .map(|k| k.epoch);
     let error = move || actions.error();
     let schedule_id = network.id.clone();
@@ -118,20 +119,15 @@ pub fn KeysPanel(network: NetworkSummary, actions: KeyActions) -> impl IntoView 
                 <thead><tr><th scope="col">"Epoch"</th><th scope="col">"State"</th><th scope="col">"KMS key"</th><th scope="col">"Created"</th><th scope="col"><span class="visually-hidden">"Actions"</span></th></tr></thead>
                 <tbody>
                     {network.key_epochs.iter().rev().map(|k| {
-                        let class = match k.state.as_str() {
-                            "active" => "badge badge-ok",
-                            "retiring" => "badge badge-warn",
-                            "invalidated" => "badge badge-bad",
-                            _ => "badge",
-                        };
-                        let revocable = is_admin && (k.state == "retired" || k.state == "retiring");
-                        let confirm = if k.state == "retiring" { " end the rotation now" } else { " revoke now" };
+                        let class = k.state.badge_class();
+                        let revocable = is_admin && k.state.revocable();
+                        let confirm = if k.state == KeyEpochState::Retiring { " end the rotation now" } else { " revoke now" };
                         let id = id.clone();
                         let epoch = k.epoch;
                         view! {
                             <tr data-epoch=k.epoch>
                                 <td>{k.epoch}</td>
-                                <td><span class=class>{k.state.clone()}</span></td>
+                                <td><span class=class>{k.state.as_str()}</span></td>
                                 <td><code class="wrap">{k.kms_key_arn.clone()}</code></td>
                                 <td>{time::to_minute(&k.created_at)}</td>
                                 <td class="actions">

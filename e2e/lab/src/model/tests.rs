@@ -213,6 +213,45 @@ fn a_cidr_added_to_a_vpc_adds_its_segment_and_host_and_keeps_the_rest() {
 }
 
 #[test]
+fn a_host_whose_cidr_gains_a_subnet_moves_in_place() {
+    let mut names = Names::default();
+    let before = build(&snapshot(), &mut names, &boot, false);
+    let mut split = snapshot();
+    split.vpcs[0].subnets.push(Subnet {
+        id: "subnet-c".into(),
+        cidr: net("10.33.0.0/18"),
+    });
+    let after = build(&split, &mut names, &boot, false);
+    let key = Key::Host("h1-2".into());
+    let (old, new) = (&before.resources[&key], &after.resources[&key]);
+    assert_ne!(
+        old.up, new.up,
+        "the host moved to the subnet's bridge and address"
+    );
+    let steps = plan(&before.resources, &after.resources);
+    assert!(
+        !steps
+            .iter()
+            .any(|s| matches!(s, Step::Down(k, _) if *k == key)),
+        "the host's namespace is kept: {steps:#?}"
+    );
+    let up = steps
+        .iter()
+        .find_map(|s| match s {
+            Step::Up(k, r) if *k == key => Some(r.up.as_str()),
+            _ => None,
+        })
+        .expect("the host is brought to its new place");
+    let flush = up
+        .find("addr flush dev eth0")
+        .expect("the old address goes");
+    let add = up
+        .find("addr add 10.33.63.254/18")
+        .expect("the new one comes");
+    assert!(flush < add, "{up}");
+}
+
+#[test]
 fn names_never_move_to_another_object() {
     let mut names = Names::default();
     let mut snap = snapshot();
