@@ -34,9 +34,21 @@ impl FromRef<AppState> for LeptosOptions {
     }
 }
 
+/// The console's routes, generated once per process: they never change,
+/// and generating them runs the app with resource loading suppressed for
+/// the whole process (a process-wide flag in leptos_server): a page whose
+/// resource first polls meanwhile, in another server of the same process
+/// (the tests run many), would wait forever (leptos issue #4773).
+fn route_list() -> Arc<Vec<AxumRouteListing>> {
+    static ROUTES: std::sync::OnceLock<Arc<Vec<AxumRouteListing>>> = std::sync::OnceLock::new();
+    ROUTES
+        .get_or_init(|| Arc::new(leptos_axum::generate_route_list(app::App)))
+        .clone()
+}
+
 impl AppState {
     pub fn new(pool: PgPool, settings: Settings, leptos_options: LeptosOptions, aws: Aws) -> Self {
-        let routes = leptos_axum::generate_route_list(app::App);
+        let routes = route_list();
         let credentials = Arc::new(crate::appliances::CredentialCache::default());
         let snapshots = Arc::new(crate::appliances::Snapshots::default());
         let config_waiters = Arc::new(crate::appliances::Waiters::default());
@@ -59,7 +71,7 @@ impl AppState {
             pool,
             settings: Arc::new(settings),
             leptos_options,
-            routes: Arc::new(routes),
+            routes,
             aws,
             engine_wake: Arc::new(tokio::sync::Notify::new()),
             config_waiters,

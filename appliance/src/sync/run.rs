@@ -237,7 +237,7 @@ async fn follow_config(
 ) -> Revoked {
     let credential = stored.credential.as_str();
     let mut ready_sent = false;
-    let kms = Kms::new(args.aws_endpoint_url.clone());
+    let kms = Arc::new(Kms::new(args.aws_endpoint_url.clone()));
     // Held from the start, so a restarted agent is ready for ESP-in-UDP
     // before its first config arrives.
     let mut nat_t: Option<NatTSocket> = NatTSocket::open()
@@ -309,25 +309,7 @@ async fn follow_config(
                 .iter()
                 .any(|(k, s, c)| k.epoch == *epoch && s == scope && c == ciphertext)
         });
-        let mut failed = None;
-        for (k, scope, ciphertext) in &wanted {
-            if keys.contains_key(&(k.epoch, *scope)) {
-                continue;
-            }
-            match kms
-                .data_key(&config.network_id, k, *scope, ciphertext)
-                .await
-            {
-                Ok(dk) => {
-                    keys.insert((k.epoch, *scope), (ciphertext.to_string(), dk));
-                }
-                Err(e) => {
-                    tracing::warn!(epoch = k.epoch, ?scope, error = %e, "cannot decrypt a data key");
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
+        let failed = decrypt_missing(&kms, &config, &mut keys).await.err();
         if let Some(e) = failed {
             set_error(e.to_string());
             after = None;
@@ -473,6 +455,69 @@ async fn follow_config(
 
 /// Decrypted data keys by (epoch, scope), with the ciphertext each came from.
 type DecryptedKeys = BTreeMap<(u32, KeyScope), (String, DataKey)>;
+
+/// KMS decrypts in flight at once: a config names one data key per tunnel,
+/// and one at a time would add a round trip to KMS per peer site.
+const DECRYPT_AT_ONCE: usize = 8;
+
+/// Decrypts the data keys `config` names that `keys` lacks, up to
+/// [`DECRYPT_AT_ONCE`] at a time. On a refusal nothing more is started; the
+/// keys decrypted by then are kept, and the first error is returned.
+async fn decrypt_missing(
+    kms: &Arc<Kms>,
+    config: &DesiredConfig,
+    keys: &mut DecryptedKeys,
+) -> Result<(), crate::kms::KmsError> {
+    let mut todo: Vec<(crate::protocol::EpochKey, KeyScope, String)> = config
+        .key_blobs()
+        .into_iter()
+        .filter(|(k, scope, _)| !keys.contains_key(&(k.epoch, *scope)))
+        .map(|(k, scope, c)| (k.clone(), scope, c.to_string()))
+        .collect();
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let (count, started) = (todo.len(), Instant::now());
+    let mut running = tokio::task::JoinSet::new();
+    let mut failed = None;
+    loop {
+        while running.len() < DECRYPT_AT_ONCE && failed.is_none() {
+            let Some((key, scope, ciphertext)) = todo.pop() else {
+                break;
+            };
+            let (kms, network) = (kms.clone(), config.network_id);
+            running.spawn(async move {
+                let r = kms.data_key(&network, &key, scope, &ciphertext).await;
+                (key.epoch, scope, ciphertext, r)
+            });
+        }
+        let Some(done) = running.join_next().await else {
+            break;
+        };
+        match done {
+            Ok((epoch, scope, ciphertext, Ok(dk))) => {
+                keys.insert((epoch, scope), (ciphertext, dk));
+            }
+            Ok((epoch, scope, _, Err(e))) => {
+                tracing::warn!(epoch, ?scope, error = %e, "cannot decrypt a data key");
+                failed.get_or_insert(e);
+            }
+            // Nothing aborts these tasks: only a panic ends one early.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!(
+                count,
+                took_ms = started.elapsed().as_millis() as u64,
+                "data keys decrypted"
+            );
+            Ok(())
+        }
+    }
+}
 
 /// The decrypted keys as the kernel and HA code look them up.
 fn epoch_keys(keys: &DecryptedKeys) -> EpochKeys {
