@@ -309,7 +309,9 @@ async fn follow_config(
                 .iter()
                 .any(|(k, s, c)| k.epoch == *epoch && s == scope && c == ciphertext)
         });
-        let failed = decrypt_missing(&kms, &config, &mut keys).await.err();
+        let failed = decrypt_missing(&kms, config.network_id, &wanted, &mut keys)
+            .await
+            .err();
         if let Some(e) = failed {
             set_error(e.to_string());
             after = None;
@@ -460,19 +462,20 @@ type DecryptedKeys = BTreeMap<(u32, KeyScope), (String, DataKey)>;
 /// and one at a time would add a round trip to KMS per peer site.
 const DECRYPT_AT_ONCE: usize = 8;
 
-/// Decrypts the data keys `config` names that `keys` lacks, up to
-/// [`DECRYPT_AT_ONCE`] at a time. On a refusal nothing more is started; the
-/// keys decrypted by then are kept, and the first error is returned.
+/// Decrypts the data keys of `wanted` (a config's `key_blobs`) that `keys`
+/// lacks, up to [`DECRYPT_AT_ONCE`] at a time. On a refusal nothing more is
+/// started; the keys decrypted by then are kept, and the first error is
+/// returned.
 async fn decrypt_missing(
     kms: &Arc<Kms>,
-    config: &DesiredConfig,
+    network: uuid::Uuid,
+    wanted: &[(&crate::protocol::EpochKey, KeyScope, &str)],
     keys: &mut DecryptedKeys,
 ) -> Result<(), crate::kms::KmsError> {
-    let mut todo: Vec<(crate::protocol::EpochKey, KeyScope, String)> = config
-        .key_blobs()
-        .into_iter()
+    let mut todo: Vec<(crate::protocol::EpochKey, KeyScope, String)> = wanted
+        .iter()
         .filter(|(k, scope, _)| !keys.contains_key(&(k.epoch, *scope)))
-        .map(|(k, scope, c)| (k.clone(), scope, c.to_string()))
+        .map(|(k, scope, c)| ((*k).clone(), *scope, c.to_string()))
         .collect();
     if todo.is_empty() {
         return Ok(());
@@ -485,7 +488,7 @@ async fn decrypt_missing(
             let Some((key, scope, ciphertext)) = todo.pop() else {
                 break;
             };
-            let (kms, network) = (kms.clone(), config.network_id);
+            let kms = kms.clone();
             running.spawn(async move {
                 let r = kms.data_key(&network, &key, scope, &ciphertext).await;
                 (key.epoch, scope, ciphertext, r)
